@@ -1,0 +1,1 @@
+"""episodes: few-shot datasets (Omniglot, miniImageNet, image folders) and the episodic N-way K-shot sampler."""

@@ -1,0 +1,62 @@
+"""Argument parsing and dispatch for ``run_episode.py``.
+
+Each command module exposes ``register(subparsers)``, which adds its parser and sets ``func`` (a callable
+taking the parsed namespace and returning an exit code). Modules are imported lazily by name so that a
+broken optional module does not break unrelated commands, and so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from fewshot.errors import FewshotError
+
+__all__ = ["main", "build_parser"]
+
+# (module under fewshot.cli) — each registers one or more subcommands.
+COMMAND_MODULES = (
+    "data",  # data fetch | data info
+    "episodes_cmd",  # episodes
+    "listing",  # list norms|backbones|learners|datasets
+    "bench",  # bench norms | bench episodes | bench train
+    "train",  # train
+    "evaluate",  # eval
+    "compare",  # compare
+    "table",  # table
+    "study",  # study (the Quick start main job)
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_episode.py",
+        description="fewshot: N-way K-shot benchmarks for normalization layers (BN, SWBN, whitening).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"fewshot.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"fewshot.cli.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FewshotError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
