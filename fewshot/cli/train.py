@@ -1,0 +1,91 @@
+"""``run_episode.py train``: meta-train a learner from a YAML experiment config.
+
+::
+
+    python run_episode.py train [--config FILE] [--set KEY=VALUE ...] [--out DIR] [--resume]
+                                [--max-minutes M] [--seed S] [--data-root DIR] [--quiet] [--dry-run]
+
+The config is ``configs/defaults.yaml`` merged with ``--config`` and the ``--set`` overrides (dotted keys,
+YAML values; ``norm=``, ``backbone=`` and ``learner=`` are shorthands). The run writes
+``runs/<name>/<UTC time>-<git sha>/`` (or ``--out``): config.yaml, env.json, train_log.csv, metrics.json and
+checkpoints/{last,best}.pt. ``--resume`` continues a stopped run exactly where its ``last.pt`` left off
+(``--out DIR``, or the latest run of the config's experiment); only the budget-like keys (train.episodes,
+train.max_minutes, ...) may change on resume. Ctrl-C once: finish the step, save, exit 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="meta-train a learner from a YAML config (checkpoints, budget, exact resume)",
+        description=__doc__.split("::")[0].strip().splitlines()[0],
+    )
+    add = parser.add_argument
+    add("--config", default=None, metavar="FILE", help="experiment YAML (differences from configs/defaults.yaml)")
+    add(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.lr=5e-4 --set norm=swbn (repeatable, applied in order)",
+    )  # fmt: skip
+    add("--out", default=None, metavar="DIR", help="run directory (default runs/<name>/<UTC time>-<git sha>)")
+    add("--resume", action="store_true", help="continue the run in --out (or the latest run of this experiment)")
+    add(
+        "--max-minutes", type=float, default=None, metavar="M",
+        help="total training-time budget in minutes, earlier sessions included (= --set train.max_minutes=M)",
+    )  # fmt: skip
+    add("--seed", type=int, default=None, metavar="S", help="training seed (= --set seed=S)")
+    add("--data-root", default=None, metavar="DIR", help="data root (= --set data.data_root=DIR)")
+    add("--quiet", action="store_true", help="no progress bar")
+    add("--dry-run", action="store_true", help="print the resolved config and the run directory, then exit")
+    parser.set_defaults(func=run)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = list(args.overrides)
+    if args.max_minutes is not None:
+        out.append(f"train.max_minutes={args.max_minutes}")
+    if args.seed is not None:
+        out.append(f"seed={args.seed}")
+    if args.data_root is not None:
+        out.append(f"data.data_root={args.data_root!r}")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from fewshot.config import config_to_dict, load_config
+    from fewshot.errors import ConfigError
+    from fewshot.training.run_dir import default_run_dir, find_latest_run, resume_config
+    from fewshot.training.trainer import train
+
+    overrides = _overrides(args)
+    if args.resume:
+        if args.out is None and args.config is None:
+            raise ConfigError("--resume needs the run: give --out DIR (or --config FILE to resume its latest run)")
+        run_dir = args.out or find_latest_run(load_config(args.config, overrides).name)
+        cfg = resume_config(run_dir, args.config, overrides)
+    else:
+        cfg = load_config(args.config, overrides)
+        run_dir = args.out or default_run_dir(cfg)
+    if args.dry_run:
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+        print(f"# run directory: {run_dir}{' (resume)' if args.resume else ''}")
+        return 0
+    result = train(cfg, run_dir, resume=args.resume, quiet=args.quiet)
+    m = result.metrics
+    if result.best_val_acc is not None:
+        best = f"best val acc {result.best_val_acc:.4f} at episode {result.best_episode}"
+    else:
+        best = "no validation (best.pt = final model)"
+    rate = f", {m['episodes_per_second']:.2f} episodes/s" if m.get("episodes_per_second") else ""
+    print(
+        f"{result.status}: {result.episodes_done}/{cfg.train.episodes} episodes in {m['train_seconds'] / 60:.1f} min"
+        f"{rate}; {best}; run directory {result.run_dir}"
+    )
+    return 0

@@ -1,0 +1,58 @@
+"""Few-shot learners and their registry ``LEARNERS``.
+
+Registered names: ``protonet`` (Prototypical Networks) and ``maml`` (MAML / first-order MAML / ANIL, torch.func).
+A learner wraps a backbone and exposes ``meta_loss(episodes, *, policy)`` for meta-training and
+``predict(episode, *, policy)`` for meta-test (see :class:`fewshot.learners.base.Learner`).
+
+Example:
+    >>> from fewshot import backbones, learners
+    >>> learner = learners.create("protonet", backbones.create("conv4"))
+    >>> type(learner).__name__
+    'ProtoNet'
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from fewshot.learners import maml as maml
+from fewshot.learners import protonet as protonet
+from fewshot.learners._registry import LEARNERS as LEARNERS
+from fewshot.learners.base import PREDICT_POLICIES as PREDICT_POLICIES
+from fewshot.learners.base import TRAIN_POLICIES as TRAIN_POLICIES
+from fewshot.learners.base import Learner as Learner
+
+__all__ = ["LEARNERS", "Learner", "PREDICT_POLICIES", "TRAIN_POLICIES", "create", "names"]
+
+
+def names(pattern: str | None = None) -> list[str]:
+    """Sorted registered learner names, optionally filtered by an fnmatch ``pattern``."""
+    return LEARNERS.names(pattern)
+
+
+def create(name: str, backbone: nn.Module, **kwargs: Any) -> Learner:
+    """Build the learner registered as ``name`` around ``backbone``.
+
+    Args:
+        name: registry name (case-insensitive, ``_``/``-`` ignored): ``"protonet"`` or ``"maml"``.
+        backbone: the feature extractor (e.g. from :func:`fewshot.backbones.create`).
+        **kwargs: learner options, e.g. ``distance`` for protonet; ``n_way``, ``image_size``, ``inner_lr``,
+            ``inner_steps``, ``first_order``, ``anil`` for maml. Every learner accepts ``channels_last``,
+            ``n_way``, ``image_size`` and ``in_channels``.
+
+    Raises:
+        UnknownNameError: unknown ``name`` (the message lists close matches and all names).
+        TypeError: a keyword that is not an option of that learner (the message lists its options).
+    """
+    cls = LEARNERS.get(name)
+    accepted = [p for p in inspect.signature(cls).parameters if p != "backbone"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"learner {LEARNERS.canonical(name)!r} got unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"its options are: {', '.join(accepted)}"
+        )
+    return cls(backbone, **kwargs)

@@ -1,0 +1,200 @@
+"""``Learner``: the base class of the few-shot learners, and the helpers they share.
+
+A learner wraps a backbone and implements two calls (see docs/ARCHITECTURE.md and the engine contract):
+
+* ``meta_loss(episodes, *, policy)``: the differentiable mean loss over a meta-batch of episodes, in train
+  mode, with the normalization statistics policy ``policy`` used during meta-training (``"running"``,
+  ``"batch"`` or ``"support"``), plus ``{"loss", "acc"}`` metrics;
+* ``predict(episode, *, policy)``: meta-test logits for the query set, with ``policy`` in
+  ``"transductive"`` / ``"support"`` / ``"running"``; it changes no parameter, buffer or norm state, and
+  restores train/eval modes and norm policies afterwards.
+
+Nothing about an episode is kept on the learner between calls (support statistics cached by norm layers are
+cleared when a query phase ends). Shared here: policy validation and mapping, the mode contexts, the
+channels-last input conversion, episode checks and accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+
+import torch
+from torch import Tensor, nn
+
+import fewshot.norms as norms
+from episodes.episode import Episode
+from fewshot.norms.state import norm_layers
+
+__all__ = [
+    "TRAIN_POLICIES",
+    "PREDICT_POLICIES",
+    "Learner",
+    "accuracy",
+    "check_episode",
+    "predict_norm_policy",
+    "check_train_policy",
+    "rowwise",
+]
+
+#: Norm statistics policies accepted by ``meta_loss`` (they are the norm layers' own policies).
+TRAIN_POLICIES: tuple[str, ...] = ("running", "batch", "support")
+
+#: Meta-test policies accepted by ``predict`` → the norm layers' policy used for them.
+#: ``transductive``: every forward normalizes with its own batch statistics (the query is scored as one batch);
+#: ``support``: the support set's statistics are applied to the query; ``running``: eval-mode running statistics.
+PREDICT_POLICIES: dict[str, str] = {"transductive": "batch", "support": "support", "running": "running"}
+
+
+def check_train_policy(policy: str) -> str:
+    """Validate a meta-training norm policy; returns it."""
+    if policy not in TRAIN_POLICIES:
+        raise ValueError(
+            f"meta-training norm policy must be one of {', '.join(map(repr, TRAIN_POLICIES))}, got {policy!r}; "
+            "set train.norm_policy accordingly"
+        )
+    return policy
+
+
+def predict_norm_policy(policy: str) -> str:
+    """The norm layers' policy for meta-test ``policy`` (``transductive`` → ``batch``, others unchanged)."""
+    if policy not in PREDICT_POLICIES:
+        raise ValueError(
+            f"meta-test policy must be one of {', '.join(map(repr, PREDICT_POLICIES))}, got {policy!r}; "
+            "set eval.norm_policy accordingly"
+        )
+    return PREDICT_POLICIES[policy]
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> float:
+    """Fraction of rows of ``logits`` (M, n_way) whose argmax equals ``labels`` (M,)."""
+    return (logits.argmax(dim=-1) == labels).double().mean().item()
+
+
+def check_episode(episode: Episode, n_way: int | None = None) -> None:
+    """Raise ValueError/TypeError if ``episode``'s tensors are inconsistent (or its way differs from ``n_way``).
+
+    Checks: 4-D images with equal (C, H, W) for support and query, 1-D int64 labels of matching length, support
+    labels covering ``0..n_way-1``, query labels in range.
+    """
+    if not isinstance(episode, Episode):
+        raise TypeError(f"expected an episodes.episode.Episode, got {type(episode).__name__}")
+    sx, sy, qx, qy = episode.support_x, episode.support_y, episode.query_x, episode.query_y
+    way = episode.n_way
+    if sx.dim() != 4 or qx.dim() != 4 or sx.shape[1:] != qx.shape[1:]:
+        raise ValueError(
+            f"episode {episode.index}: support_x and query_x must be (N, C, H, W) with equal (C, H, W), got "
+            f"{tuple(sx.shape)} and {tuple(qx.shape)}"
+        )
+    for name, x, y in (("support", sx, sy), ("query", qx, qy)):
+        if y.dim() != 1 or y.shape[0] != x.shape[0] or y.dtype != torch.int64:
+            raise ValueError(
+                f"episode {episode.index}: {name}_y must be int64 of shape ({x.shape[0]},), got {y.dtype} "
+                f"{tuple(y.shape)}"
+            )
+    if n_way is not None and way != n_way:
+        raise ValueError(
+            f"episode {episode.index} has {way} classes but the learner was built for n_way={n_way}; build it "
+            f"with n_way={way} or sample {n_way}-way episodes"
+        )
+    if sy.numel() == 0 or int(sy.min()) < 0 or int(sy.max()) >= way:
+        raise ValueError(
+            f"episode {episode.index}: support_y must hold the labels 0..{way - 1}, got {sy.unique().tolist()}"
+        )
+    counts = torch.bincount(sy, minlength=way)
+    if bool((counts == 0).any()):
+        raise ValueError(
+            f"episode {episode.index}: support_y must hold every label 0..{way - 1} at least once, got counts "
+            f"{counts.tolist()}"
+        )
+    if qy.numel() and (int(qy.min()) < 0 or int(qy.max()) >= way):
+        raise ValueError(f"episode {episode.index}: query_y must lie in 0..{way - 1}, got {qy.unique().tolist()}")
+
+
+def rowwise(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``fn(x)`` for a row-independent ``fn``, computed so that each output row is bitwise batch-invariant.
+
+    PyTorch computes a batch of exactly one image with other kernels than larger batches (small single-image
+    convolutions go to the native kernel instead of oneDNN, a one-row matrix product to a matrix-vector kernel),
+    which changes the last bits. With two rows or more, each row's result does not depend on the batch size or
+    the other rows (checked for Conv-4, ResNet-12 and whitening products, 1 and 2 threads, plain and
+    channels-last). So a single row is duplicated and the first result row kept.
+
+    Args:
+        fn: maps ``(M, ...)`` to ``(M, ...)`` row by row (no batch statistics).
+        x: input of shape ``(M, ...)``.
+
+    Returns:
+        ``fn(x)``, shape ``(M, ...)``.
+    """
+    if x.shape[0] == 1:
+        return fn(torch.cat([x, x]))[:1]
+    return fn(x)
+
+
+class Learner(nn.Module):
+    """Base class of the few-shot learners.
+
+    Args:
+        backbone: feature extractor mapping ``(N, C, H, W)`` to ``(N, D)``.
+        channels_last: convert input images to the channels-last memory format (the trainer converts the model).
+
+    Subclasses implement :meth:`meta_loss` and :meth:`predict`.
+    """
+
+    def __init__(self, backbone: nn.Module, *, channels_last: bool = False) -> None:
+        super().__init__()
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"backbone must be an nn.Module, got {type(backbone).__name__}")
+        self.backbone = backbone
+        self.channels_last = bool(channels_last)
+
+    # ----------------------------------------------------------------- the learner API
+    def meta_loss(self, episodes: Sequence[Episode], *, policy: str = "running") -> tuple[Tensor, dict[str, float]]:
+        """Mean loss over the meta-batch ``episodes`` (differentiable) and ``{"loss", "acc"}`` metrics."""
+        raise NotImplementedError
+
+    def predict(self, episode: Episode, *, policy: str = "running") -> Tensor:
+        """Meta-test logits ``(n_way * n_query, n_way)`` for ``episode.query_x``."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- helpers for subclasses
+    def prepare(self, x: Tensor) -> Tensor:
+        """``x`` (N, C, H, W) in the learner's memory format (channels-last when ``channels_last`` is set)."""
+        if self.channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @staticmethod
+    def _episodes(episodes: Sequence[Episode]) -> list[Episode]:
+        if isinstance(episodes, Episode):
+            episodes = [episodes]
+        episodes = list(episodes)
+        if not episodes:
+            raise ValueError("meta_loss needs at least one episode, got an empty meta-batch")
+        return episodes
+
+    @contextmanager
+    def mode(self, *, training: bool, norm_policy: str, frozen: bool) -> Iterator[None]:
+        """Run the block in train or eval mode with norm ``norm_policy`` (optionally with frozen norm state).
+
+        Every module's ``training`` flag and every norm layer's policy are restored on exit, also on error, and
+        support statistics cached by norm layers are dropped.
+        """
+        saved_modes = [(m, m.training) for m in self.modules()]
+        with ExitStack() as stack:
+            try:
+                self.train(training)
+                stack.enter_context(norms.set_policy(self, norm_policy))
+                if frozen:
+                    stack.enter_context(norms.frozen_stats(self))
+                yield
+            finally:
+                for m, flag in saved_modes:
+                    m.training = flag
+                self.clear_task_state()
+
+    def clear_task_state(self) -> None:
+        """Drop the support statistics cached by norm layers (the only per-task state a model holds)."""
+        for layer in norm_layers(self):
+            layer.clear_support_stats()

@@ -1,0 +1,335 @@
+"""MAML, first-order MAML and ANIL, written with torch.func (the module's parameters are never mutated).
+
+Finn, Abbeel, Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017,
+arXiv 1703.03400. ANIL: Raghu, Raghu, Bengio, Vinyals, "Rapid Learning or Feature Reuse? Towards Understanding
+the Effectiveness of MAML", ICLR 2020, arXiv 1909.09157.
+
+How the inner loop is written. ``params = dict(named_parameters())``; every forward is
+``functional_call(self, (adapted, fixed, buffers), x, strict=True)``; the inner gradient is
+``torch.func.grad(support_loss)(adapted)`` and the SGD step a dict comprehension. Second order (the default):
+the outer ``backward()`` differentiates through ``torch.func.grad``. First order: the inner gradient is taken at
+detached parameters, so the query gradient at the adapted parameters is applied to the meta-parameters as is.
+
+How normalization state is handled. torch.func cannot mutate buffers captured by a transformed function, and
+the SWBN specification (norms-spec §2.14) asks for one whitening-matrix update per outer iteration at the initial
+weights rather than one per inner forward. So every differentiable pass (inner steps and query) runs inside
+``fewshot.norms.frozen_stats`` and reads a snapshot of the buffers taken at the start of the meta-batch; the
+state update (running moments, SWBN's whitening matrix, Kalman EMAs) happens once per task, in a separate plain
+``no_grad`` forward of the support set at the meta-parameters in train mode. The snapshot also keeps the outer
+backward valid when a layer reads its state in a differentiable pass (as SWBN does) and a later task updates it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+import fewshot.norms as norms
+from episodes.episode import Episode
+from fewshot.learners._registry import LEARNERS
+from fewshot.learners.base import (
+    Learner,
+    check_episode,
+    check_train_policy,
+    predict_norm_policy,
+    rowwise,
+)
+from fewshot.norms.state import norm_layers
+
+__all__ = ["MAML"]
+
+Params = dict[str, Tensor]
+_HEAD_INITS = ("normal", "default")
+
+
+def _positive_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"maml {name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _positive_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"maml {name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _query_runner(rowwise_query: bool, norm_policy: str) -> Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]:
+    """How to apply a forward to the query: batch-invariantly (see ``rowwise``) unless statistics are per batch."""
+    if rowwise_query and norm_policy != "batch":
+        return rowwise
+    return lambda fn, x: fn(x)
+
+
+@LEARNERS.register("maml")
+class MAML(Learner):
+    """MAML (Finn et al., ICML 2017, arXiv 1703.03400), first-order MAML and ANIL (Raghu et al., arXiv 1909.09157).
+
+    The model is ``head(backbone(x))`` with ``head = Linear(backbone.out_features(image_size), n_way)``. For each
+    task of the meta-batch (a Python loop), the adapted parameters take ``inner_steps`` SGD steps of rate
+    ``inner_lr`` on the support cross-entropy; the task's loss is the query cross-entropy at the adapted
+    parameters, and ``meta_loss`` returns the mean over the meta-batch.
+
+    Normalization policies in ``meta_loss``: ``"batch"`` (transductive: every forward normalizes with its own
+    batch statistics, the reference MAML behaviour), ``"running"`` (train mode: batch statistics as well) and
+    ``"support"`` (the support set's statistics applied to the query: each query forward is preceded by a
+    support forward at the same adapted parameters in task phase ``"support"``). ``predict`` adapts with
+    ``eval_inner_steps`` / ``eval_inner_lr`` in eval mode, with norm state frozen: ``"transductive"`` → batch
+    statistics (the query scored as one batch), ``"support"`` → support statistics, ``"running"`` → running
+    statistics for every forward. See the module docstring for how norm state is updated.
+
+    Args:
+        backbone: feature extractor with ``out_features(image_size)``.
+        n_way: classes per task (the head's outputs).
+        image_size: image side, to size the head.
+        in_channels: image channels (checked against ``backbone.in_channels`` when the backbone has it).
+        inner_lr: inner-loop SGD step size during meta-training (0.4 for Omniglot 5-way).
+        inner_steps: inner steps during meta-training (>= 1).
+        eval_inner_lr: step size at meta-test (``None``: ``inner_lr``).
+        eval_inner_steps: steps at meta-test (``None``: 10, as in the reference code; 0 scores the initialization).
+        first_order: first-order MAML (inner gradients detached).
+        anil: adapt only the head; the backbone features are computed once per task.
+        adapt_norm: adapt the norm layers' affine parameters in the inner loop too (learn2learn, torchmeta, higher);
+            ``False`` meta-learns them in the outer loop only, as the reference TensorFlow code does.
+        head_init: ``"normal"``: weights N(0, 1) and zero bias, as the reference code for Omniglot; ``"default"``:
+            PyTorch's ``nn.Linear`` initialization.
+        channels_last: convert input images to the channels-last memory format.
+
+    Example:
+        >>> backbone = fewshot.backbones.create("conv4_maml")  # doctest: +SKIP
+        >>> learner = MAML(backbone, n_way=5, image_size=28)  # doctest: +SKIP
+        >>> loss, metrics = learner.meta_loss(episodes, policy="batch")  # doctest: +SKIP
+        >>> loss.backward()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        n_way: int,
+        image_size: int,
+        in_channels: int | None = None,
+        inner_lr: float = 0.4,
+        inner_steps: int = 1,
+        eval_inner_lr: float | None = None,
+        eval_inner_steps: int | None = None,
+        first_order: bool = False,
+        anil: bool = False,
+        adapt_norm: bool = True,
+        head_init: str = "normal",
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__(backbone, channels_last=channels_last)
+        self.n_way = _positive_int("n_way", n_way, 2)
+        self.inner_lr = _positive_float("inner_lr", inner_lr)
+        self.inner_steps = _positive_int("inner_steps", inner_steps, 1)
+        self.eval_inner_lr = (
+            self.inner_lr if eval_inner_lr is None else _positive_float("eval_inner_lr", eval_inner_lr)
+        )
+        self.eval_inner_steps = (
+            10 if eval_inner_steps is None else _positive_int("eval_inner_steps", eval_inner_steps, 0)
+        )
+        self.first_order = bool(first_order)
+        self.anil = bool(anil)
+        self.adapt_norm = bool(adapt_norm)
+        if head_init not in _HEAD_INITS:
+            raise ValueError(f"maml head_init must be one of {', '.join(map(repr, _HEAD_INITS))}, got {head_init!r}")
+        backbone_channels = getattr(backbone, "in_channels", None)
+        if in_channels is not None and backbone_channels is not None and in_channels != backbone_channels:
+            raise ValueError(
+                f"maml in_channels={in_channels} but the backbone takes {backbone_channels}-channel images; build "
+                "both with the dataset's channel count"
+            )
+        if not callable(getattr(backbone, "out_features", None)):
+            raise TypeError(f"maml needs a backbone with out_features(image_size), got {type(backbone).__name__}")
+        self.head = nn.Linear(backbone.out_features(image_size), self.n_way)
+        if head_init == "normal":
+            with torch.no_grad():
+                nn.init.normal_(self.head.weight)
+                nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, n_way)`` for images ``x`` (N, C, H, W) at the module's own parameters."""
+        return self.head(self.backbone(x))
+
+    # ----------------------------------------------------------------- parameters
+    def adapted_parameter_names(self) -> list[str]:
+        """Names of the parameters the inner loop adapts (all trainable ones, minus norm / backbone per options)."""
+        names = [name for name, p in self.named_parameters() if p.requires_grad]
+        if self.anil:
+            return [name for name in names if name.startswith("head.")]
+        if not self.adapt_norm:
+            layers = set(norm_layers(self))
+            norm_params = {
+                f"{prefix}.{name}"
+                for prefix, module in self.named_modules()
+                if module in layers
+                for name, _ in module.named_parameters(recurse=False)
+            }
+            names = [name for name in names if name not in norm_params]
+        return names
+
+    def _split_parameters(self) -> tuple[Params, Params]:
+        params = dict(self.named_parameters())
+        adapted = set(self.adapted_parameter_names())
+        return (
+            {k: v for k, v in params.items() if k in adapted},
+            {k: v for k, v in params.items() if k not in adapted},
+        )
+
+    # ----------------------------------------------------------------- one task
+    @contextmanager
+    def _phase(self, norm_policy: str, phase: str) -> Iterator[None]:
+        with norms.task_phase(self, phase) if norm_policy == "support" else nullcontext():
+            yield
+
+    def _score_query(
+        self, forward: Callable[[Tensor], Tensor], xs: Tensor, xq: Tensor, norm_policy: str, rowwise_query: bool
+    ) -> Tensor:
+        """Query outputs of ``forward``; under the support policy, preceded by a support forward (same params)."""
+        run = _query_runner(rowwise_query, norm_policy)
+        if norm_policy != "support":
+            return run(forward, xq)
+        with norms.task_phase(self, "support"):
+            forward(xs)
+        with norms.task_phase(self, "query"):
+            return run(forward, xq)
+
+    def _inner_loop(self, loss_fn: Callable[[Params], Tensor], adapt: Params, steps: int, lr: float,
+                    second_order: bool) -> Params:
+        grad_fn = torch.func.grad(loss_fn)
+        for _ in range(steps):
+            if second_order:
+                grads = grad_fn(adapt)
+            else:  # first order: the inner gradient is a constant for the outer backward
+                grads = {k: g.detach() for k, g in grad_fn({k: v.detach() for k, v in adapt.items()}).items()}
+            adapt = {k: adapt[k] - lr * grads[k] for k in adapt}
+        return adapt
+
+    def _task_logits(
+        self,
+        episode: Episode,
+        adapt: Params,
+        fixed: Params,
+        buffers: Params,
+        *,
+        norm_policy: str,
+        steps: int,
+        lr: float,
+        second_order: bool,
+        rowwise_query: bool,
+    ) -> Tensor:
+        """Adapt on the support set, return query logits ``(n_query_total, n_way)``."""
+        xs, ys, xq = self.prepare(episode.support_x), episode.support_y, self.prepare(episode.query_x)
+        if self.anil:
+            return self._anil_logits(xs, ys, xq, adapt, fixed, buffers, norm_policy, steps, lr, second_order,
+                                     rowwise_query)
+
+        def net(params: Params, x: Tensor) -> Tensor:
+            return functional_call(self, (params, fixed, buffers), (x,), strict=True)
+
+        def support_loss(params: Params) -> Tensor:
+            with self._phase(norm_policy, "support"):
+                return F.cross_entropy(net(params, xs), ys)
+
+        adapted = self._inner_loop(support_loss, adapt, steps, lr, second_order)
+        return self._score_query(lambda x: net(adapted, x), xs, xq, norm_policy, rowwise_query)
+
+    def _anil_logits(self, xs: Tensor, ys: Tensor, xq: Tensor, adapt: Params, fixed: Params, buffers: Params,
+                     norm_policy: str, steps: int, lr: float, second_order: bool, rowwise_query: bool) -> Tensor:
+        """ANIL: backbone features once per task at the meta-parameters, inner loop on the head only."""
+        strip = len("backbone.")
+        backbone_state = (
+            {k[strip:]: v for k, v in fixed.items() if k.startswith("backbone.")},
+            {k[strip:]: v for k, v in buffers.items() if k.startswith("backbone.")},
+        )
+        head_fixed = {k: v for k, v in fixed.items() if k.startswith("head.")}
+        run = _query_runner(rowwise_query, norm_policy)
+
+        def features(x: Tensor) -> Tensor:
+            return functional_call(self.backbone, backbone_state, (x,), strict=True)
+
+        def head_logits(params: Params, f: Tensor) -> Tensor:
+            p = {**head_fixed, **params}
+            return F.linear(f, p["head.weight"], p["head.bias"])
+
+        with self._phase(norm_policy, "support"):
+            support_f = features(xs)
+        with self._phase(norm_policy, "query"):  # under the support policy, uses the statistics cached just above
+            query_f = run(features, xq)
+        adapted = self._inner_loop(
+            lambda p: F.cross_entropy(head_logits(p, support_f), ys), adapt, steps, lr, second_order
+        )
+        return run(lambda f: head_logits(adapted, f), query_f)
+
+    # ----------------------------------------------------------------- the learner API
+    def meta_loss(self, episodes: Sequence[Episode], *, policy: str = "running") -> tuple[Tensor, dict[str, float]]:
+        """Mean query cross-entropy after adaptation over the meta-batch ``episodes``, and ``{"loss", "acc"}``.
+
+        Args:
+            episodes: the meta-batch; each episode must be ``n_way``-way.
+            policy: norm statistics policy during meta-training: ``"batch"``, ``"running"`` or ``"support"``.
+
+        Returns:
+            ``(loss, metrics)``: the differentiable scalar loss (second order unless ``first_order``) and its float
+            value with the post-adaptation query accuracy.
+        """
+        check_train_policy(policy)
+        episodes = self._episodes(episodes)
+        for ep in episodes:
+            check_episode(ep, self.n_way)
+        losses, correct, total = [], 0, 0
+        with self.mode(training=True, norm_policy=policy, frozen=False):
+            adapt, fixed = self._split_parameters()
+            # A snapshot: the per-task state updates below write the real buffers in place (see module docstring).
+            buffers = {k: b.clone() for k, b in self.named_buffers()}
+            update_state = any(layer.track_running_stats for layer in norm_layers(self))
+            for ep in episodes:
+                with norms.frozen_stats(self):
+                    logits = self._task_logits(
+                        ep, adapt, fixed, buffers, norm_policy=policy, steps=self.inner_steps, lr=self.inner_lr,
+                        second_order=not self.first_order, rowwise_query=False,
+                    )  # fmt: skip
+                losses.append(F.cross_entropy(logits, ep.query_y))
+                correct += int((logits.argmax(-1) == ep.query_y).sum())
+                total += ep.query_y.shape[0]
+                if update_state:
+                    self._update_norm_state(ep.support_x, policy)
+        loss = torch.stack(losses).mean()
+        return loss, {"loss": loss.item(), "acc": correct / total}
+
+    @torch.no_grad()
+    def _update_norm_state(self, support_x: Tensor, policy: str) -> None:
+        """One plain train-mode forward of the support set at the meta-parameters: updates the norm state once."""
+        with self._phase(policy, "support"):
+            self.backbone(self.prepare(support_x))
+        self.clear_task_state()
+
+    def predict(self, episode: Episode, *, policy: str = "running") -> Tensor:
+        """Adapt on the support set and return query logits ``(n_way * n_query, n_way)``; changes no model state.
+
+        Args:
+            episode: an ``n_way``-way task.
+            policy: ``"transductive"``, ``"support"`` or ``"running"`` (see the class docstring).
+        """
+        norm_policy = predict_norm_policy(policy)
+        check_episode(episode, self.n_way)
+        with torch.no_grad(), self.mode(training=False, norm_policy=norm_policy, frozen=True):
+            adapt, fixed = self._split_parameters()
+            return self._task_logits(
+                episode, adapt, fixed, dict(self.named_buffers()), norm_policy=norm_policy,
+                steps=self.eval_inner_steps, lr=self.eval_inner_lr, second_order=False, rowwise_query=True,
+            )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_way={self.n_way}, inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
+            f"eval_inner_lr={self.eval_inner_lr}, eval_inner_steps={self.eval_inner_steps}, "
+            f"first_order={self.first_order}, anil={self.anil}, adapt_norm={self.adapt_norm}, "
+            f"channels_last={self.channels_last}"
+        )

@@ -1,0 +1,98 @@
+"""The BatchNorm family: ``batchnorm`` (PyTorch semantics, any policy) and ``batchnorm_transductive`` (TBN).
+
+Both normalize with the *biased* batch variance and (``batchnorm``) store the *unbiased* one in
+``running_var``, exactly like ``torch.nn.BatchNorm2d``, but are written from primitive ops (no
+``F.batch_norm``), so second-order meta-gradients are correct under ``torch.func`` transforms and ``vmap``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fewshot.norms import functional as FN
+from fewshot.norms.base import NormLayer
+from fewshot.norms.functional import Moments
+from fewshot.norms.registry import NORM_LAYERS
+
+__all__ = ["BatchNorm", "TransductiveBatchNorm"]
+
+
+@NORM_LAYERS.register("batchnorm")
+class BatchNorm(NormLayer):
+    """Batch Normalization over the channels of ``(N, C)`` or ``(N, C, H, W)`` input.
+
+    Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
+    Shift", ICML 2015, arXiv 1502.03167.
+
+    ``y = weight · (x − μ) / sqrt(σ² + eps) + bias`` per channel, with ``μ, σ²`` the mean and biased variance
+    over ``(N, H, W)`` (train mode / ``batch`` policy / support set) or the running buffers (eval mode,
+    ``running`` policy). The running average stores the unbiased variance ``σ²·m/(m−1)``, ``m = N·H·W``.
+    With the default ``running`` policy this equals ``nn.BatchNorm1d``/``nn.BatchNorm2d`` (CBN); with
+    ``policy="support"`` it is MetaBN (Bronskill et al., ICML 2020, arXiv 2003.03284): the support set's
+    moments normalize support and query.
+
+    Args: see :class:`~fewshot.norms.base.NormLayer` (no layer-specific options).
+
+    Shape:
+        input ``(N, C)`` or ``(N, C, H, W)``; output the same shape.
+
+    Example:
+        >>> layer = BatchNorm(8)
+        >>> layer(torch.randn(5, 8, 4, 4)).shape
+        torch.Size([5, 8, 4, 4])
+    """
+
+    state_buffers = ("running_mean", "running_var")
+
+    def _make_state(self, factory_kwargs: dict[str, Any]) -> dict[str, Tensor]:
+        return {
+            "running_mean": torch.zeros(self.num_features, **factory_kwargs),
+            "running_var": torch.ones(self.num_features, **factory_kwargs),
+        }
+
+    def _batch_stats(self, x: Tensor) -> Moments:
+        return FN.batch_moments(x)
+
+    def _running_stats(self) -> Moments:
+        return Moments(self.running_mean, self.running_var)
+
+    def _normalize(self, x: Tensor, stats: Moments) -> Tensor:
+        return FN.standardize(x, FN.per_channel(stats.mean, x), FN.per_channel(stats.var, x), self.eps)
+
+    def _update_state(self, stats: Moments, x: Tensor) -> None:
+        factor = self._ema_factor()
+        unbiased_var = FN.unbias_variance(stats.var, FN.samples_per_channel(x))
+        self.running_mean.copy_(FN.ema(self.running_mean, stats.mean, factor))
+        self.running_var.copy_(FN.ema(self.running_var, unbiased_var, factor))
+
+
+@NORM_LAYERS.register("batchnorm_transductive")
+class TransductiveBatchNorm(BatchNorm):
+    """Transductive Batch Normalization (TBN): always the current batch's statistics, in train and eval mode.
+
+    The normalization used by the reference MAML implementation ("TBN" in Bronskill et al., "TaskNorm:
+    Rethinking Batch Normalization for Meta-Learning", ICML 2020, arXiv 2003.03284), i.e.
+    ``nn.BatchNorm2d(track_running_stats=False)``. Predictions for one query depend on the other queries of
+    the batch: label results obtained with it as transductive.
+
+    The policy is fixed to ``"batch"`` (constructing it with another policy raises; ``set_policy`` leaves it
+    alone) and it keeps no running state (``track_running_stats`` is always False, momentum is unused).
+
+    Args: see :class:`~fewshot.norms.base.NormLayer` (no layer-specific options).
+
+    Shape:
+        input ``(N, C)`` or ``(N, C, H, W)`` with ``N ≥ 2``; output the same shape.
+
+    Example:
+        >>> layer = TransductiveBatchNorm(8).eval()
+        >>> y = layer(torch.randn(5, 8))
+        >>> bool(y.mean(0).abs().max() < 1e-5)
+        True
+    """
+
+    state_buffers = ()
+    fixed_policy = "batch"
+    reproduces_bn_after_convert = False

@@ -1,0 +1,85 @@
+"""Plot accuracy against shots, one line per normalization layer, with 95% CI error bars (PNG, matplotlib Agg).
+
+Input is the frame of :func:`fewshot.reports.table.runs_table`. One panel per (dataset, protocol, way); within
+a panel one line per (norm, and, when they vary, learner, backbone, policy). Rows without an accuracy are
+skipped. When several runs give the same point, the most recent run (largest run-directory name, which starts
+with the UTC time) is drawn and a warning names the others.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+__all__ = ["plot_accuracy_vs_shots"]
+
+_PANEL = ["dataset", "protocol", "way"]
+_SERIES = ["norm", "learner", "backbone", "policy"]
+
+
+def plot_accuracy_vs_shots(frame: pd.DataFrame, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a PNG of mean accuracy (%) against shots per normalization layer; error bars are the 95% CI.
+
+    Args:
+        frame: a results frame with columns ``dataset, protocol, way, shot, norm, learner, backbone, policy,
+            mean, ci95, run`` (means and CIs in percent).
+        path: the PNG file to write (parent folders are created).
+        overwrite: replace an existing file (else FileExistsError).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: no row has an accuracy to plot.
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"refusing to overwrite {str(path)!r}; choose another --plot file or delete it")
+    data = frame.dropna(subset=["mean", "shot"]).copy()
+    if data.empty:
+        raise ValueError("no evaluated runs to plot: every row lacks an accuracy; run `run_episode.py eval` first")
+    data = data.sort_values("run")
+    key = _PANEL + _SERIES + ["shot"]
+    dup = data[data.duplicated(key, keep="last")]
+    if not dup.empty:
+        warnings.warn(
+            f"{len(dup)} point(s) are given by more than one run; plotting the most recent run of each "
+            f"(ignored: {', '.join(sorted(set(dup['run'].astype(str))))})",
+            stacklevel=2,
+        )
+        data = data.drop_duplicates(key, keep="last")
+    varying = [c for c in _SERIES[1:] if data[c].nunique(dropna=False) > 1]
+    panels = list(data.groupby(_PANEL, sort=True, dropna=False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
+    for ax, ((dataset, protocol, way), panel) in zip(axes[0], panels, strict=True):
+        for series, points in panel.groupby(["norm", *varying], sort=True, dropna=False):
+            series = series if isinstance(series, tuple) else (series,)
+            points = points.sort_values("shot")
+            ax.errorbar(
+                points["shot"].astype(float), points["mean"], yerr=points["ci95"].fillna(0.0),
+                marker="o", capsize=3, label=" / ".join(str(s) for s in series),
+            )  # fmt: skip
+        shots = sorted(int(s) for s in panel["shot"].unique())
+        ax.set_xticks(shots)
+        ax.set_xlabel("shots per class (K)")
+        ax.set_ylabel("accuracy (%), mean ± 95% CI")
+        ax.set_title(f"{dataset} ({protocol}), {way}-way")
+        ax.grid(alpha=0.3)
+        ax.legend(title="norm" + "".join(f" / {c}" for c in varying), fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=120)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,151 @@
+"""Content-addressed fixed episode files under ``<runs root>/_episode_sets/``, shared by every run.
+
+Validation and evaluation episodes are drawn once, deterministically, from ``(dataset, protocol, split,
+split fingerprint, n_way, n_shot, n_query, seed, count, within_alphabet)`` with
+:func:`episodes.fixed.make_fixed_episodes`, saved under a file name carrying a hash of exactly those fields,
+and reused by every later run that asks for the same set. So all runs (BN, SWBN, ...) are validated and tested
+on the very same episodes, and the file a result came from can be named in its summary. The split's
+fingerprint covers the source images, the preprocessing options and the split file, so a change of data or
+options gives a new file instead of a silent mismatch.
+
+The runs root is ``$FEWSHOT_RUNS`` if set, else ``./runs``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from episodes.fixed import BoundEpisodes, FixedEpisodes, make_fixed_episodes
+from episodes.split import ClassSplit
+from fewshot.config.schema import ExperimentConfig
+
+__all__ = [
+    "RUNS_ENV",
+    "EpisodeSet",
+    "runs_root",
+    "episode_set_key",
+    "get_episode_set",
+    "val_episode_set",
+    "eval_episode_set",
+]
+
+RUNS_ENV = "FEWSHOT_RUNS"
+
+
+def runs_root(root: str | Path | None = None) -> Path:
+    """``root`` if given, else ``$FEWSHOT_RUNS``, else ``./runs``."""
+    if root is not None:
+        return Path(root)
+    return Path(os.environ.get(RUNS_ENV) or "runs")
+
+
+@dataclass(frozen=True)
+class EpisodeSet:
+    """A fixed episode set, its file and its key.
+
+    Attributes:
+        path: the JSON file under ``_episode_sets/``.
+        key: the fields the file is addressed by (see :func:`episode_set_key`).
+        key_hash: first 16 hex digits of the key's sha256 (in the file name).
+        fixed: the loaded :class:`~episodes.fixed.FixedEpisodes`.
+        episodes: the episodes bound to the split (built lazily on access).
+    """
+
+    path: Path
+    key: dict[str, Any]
+    key_hash: str
+    fixed: FixedEpisodes
+    episodes: BoundEpisodes
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the file's episodes (see :meth:`episodes.fixed.FixedEpisodes.content_hash`)."""
+        return self.fixed.content_hash()
+
+
+def episode_set_key(
+    split: ClassSplit, n_way: int, n_shot: int, n_query: int, *, seed: int, count: int, within_alphabet: bool = False
+) -> dict[str, Any]:
+    """The fields a fixed episode set is addressed by."""
+    return {
+        "dataset": split.dataset,
+        "protocol": split.protocol,
+        "split": split.split,
+        "fingerprint": split.fingerprint,
+        "n_way": int(n_way),
+        "n_shot": int(n_shot),
+        "n_query": int(n_query),
+        "seed": int(seed),
+        "count": int(count),
+        "within_alphabet": bool(within_alphabet),
+    }
+
+
+def get_episode_set(
+    split: ClassSplit,
+    n_way: int,
+    n_shot: int,
+    n_query: int,
+    *,
+    seed: int,
+    count: int,
+    within_alphabet: bool = False,
+    root: str | Path | None = None,
+) -> EpisodeSet:
+    """Load the fixed episode set for these fields, creating (and saving) it the first time.
+
+    Rotation augmentation is never applied to fixed sets (``rotation_augment=False``): class rotations of the
+    split still apply.
+
+    Args:
+        split: the split to draw from and bind to.
+        n_way, n_shot, n_query: episode sizes.
+        seed: sampler seed of the set.
+        count: number of episodes.
+        within_alphabet: draw each episode's classes from one alphabet.
+        root: runs root (default :func:`runs_root`); files go to ``<root>/_episode_sets/``.
+
+    Raises:
+        ConfigError: the sizes do not fit the split (from the sampler).
+        DataError: an existing file is corrupt or was made for another split.
+    """
+    key = episode_set_key(split, n_way, n_shot, n_query, seed=seed, count=count, within_alphabet=within_alphabet)
+    key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    where = "-within" if within_alphabet else ""
+    name = (
+        f"{split.dataset}-{split.protocol}-{split.split}-{n_way}w{n_shot}s{n_query}q{where}-seed{seed}-n{count}-{key_hash}.json"
+    )
+    path = runs_root(root) / "_episode_sets" / name
+    if path.is_file():
+        fixed = FixedEpisodes.load(path)
+    else:
+        made = make_fixed_episodes(
+            split, n_way, n_shot, n_query, seed=seed, count=count, within_alphabet=within_alphabet,
+            rotation_augment=False,
+        )  # fmt: skip
+        made.save(path)  # atomic; a concurrent writer of the same content is harmless
+        fixed = FixedEpisodes.load(path)
+    return EpisodeSet(path=path, key=key, key_hash=key_hash, fixed=fixed, episodes=fixed.bind(split))
+
+
+def val_episode_set(cfg: ExperimentConfig, split: ClassSplit, root: str | Path | None = None) -> EpisodeSet:
+    """The validation set of ``cfg``: eval way/shot/query, ``train.val_episodes`` episodes, seed ``eval.seed``."""
+    e = cfg.eval
+    return get_episode_set(
+        split, e.n_way, e.n_shot, e.n_query, seed=e.seed, count=cfg.train.val_episodes,
+        within_alphabet=e.within_alphabet, root=root,
+    )  # fmt: skip
+
+
+def eval_episode_set(cfg: ExperimentConfig, split: ClassSplit, root: str | Path | None = None) -> EpisodeSet:
+    """The evaluation (test) set of ``cfg``: eval way/shot/query, ``eval.episodes`` episodes, seed ``eval.seed``."""
+    e = cfg.eval
+    return get_episode_set(
+        split, e.n_way, e.n_shot, e.n_query, seed=e.seed, count=e.episodes, within_alphabet=e.within_alphabet,
+        root=root,
+    )  # fmt: skip

@@ -1,0 +1,280 @@
+"""Run directories: creation (never over a user's files), ``env.json``, the resume config check, and ``load_run``.
+
+Layout of a run (``runs/<name>/<UTC time>-<git short sha>/`` unless ``--out`` is given)::
+
+    config.yaml            the resolved config (rewritten on resume with the resumable keys that changed)
+    env.json               torch/python/platform/threads/git/malloc tunables of the first session + resumes
+    train_log.csv          episode, loss, acc, lr, elapsed_s, val_acc
+    metrics.json           status, episodes_done, best_val_acc, best_episode, timings (written atomically)
+    checkpoints/last.pt    full training state (atomic), for resume
+    checkpoints/best.pt    weights of the best validation episode (or of the final model without validation)
+    eval/<set hash>/       evaluation outputs (written by the eval command)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewshot.config.loader import (
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    diff_configs,
+    load_config,
+    read_config,
+)
+from fewshot.config.schema import ExperimentConfig
+from fewshot.errors import ConfigError, DataError
+from fewshot.training.checkpoint import load_checkpoint
+from fewshot.training.episode_sets import runs_root
+
+__all__ = [
+    "RESUMABLE_KEYS",
+    "LoadedRun",
+    "git_info",
+    "default_run_dir",
+    "prepare_run_dir",
+    "find_latest_run",
+    "resume_config",
+    "write_json",
+    "read_json",
+    "write_env",
+    "load_run",
+]
+
+#: Config keys a resumed run may change (they do not alter what an episode computes).
+RESUMABLE_KEYS = (
+    "train.episodes",
+    "train.max_minutes",
+    "train.checkpoint_minutes",
+    "train.threads",
+    "train.log_every",
+    "data.data_root",
+)
+_REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def git_info(repo: str | Path | None = None) -> dict[str, Any]:
+    """``{"commit", "short", "dirty"}`` of the checkout (``None`` values outside git)."""
+    repo = Path(repo) if repo is not None else _REPO
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain") if commit else None
+    return {"commit": commit, "short": commit[:7] if commit else None, "dirty": bool(status) if commit else None}
+
+
+def default_run_dir(cfg: ExperimentConfig, root: str | Path | None = None) -> Path:
+    """``<runs root>/<name>/<UTC YYYYmmddTHHMMSSZ>-<git short sha>`` (``-2``, ``-3``... if taken)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = runs_root(root) / cfg.name / f"{stamp}-{git_info()['short'] or 'nogit'}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def prepare_run_dir(path: str | Path, *, resume: bool) -> Path:
+    """Create the run directory for a new run, or check it for a resumed one.
+
+    Raises:
+        ConfigError: a new run in an existing non-empty directory (nothing a user saved is overwritten), or
+            ``resume`` on a directory without ``config.yaml`` and ``checkpoints/last.pt``.
+    """
+    path = Path(path)
+    if resume:
+        missing = [p for p in ("config.yaml", "checkpoints/last.pt") if not (path / p).is_file()]
+        if missing:
+            raise ConfigError(
+                f"cannot resume {str(path)!r}: it has no {' and no '.join(missing)}; give the directory of a run "
+                "started by `run_episode.py train` (or drop --resume to start a new run)"
+            )
+        return path
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ConfigError(
+            f"refusing to start a new run in {str(path)!r}: it exists and is not empty; pass --resume to continue "
+            "the run saved there, or choose another --out"
+        )
+    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def find_latest_run(name: str, root: str | Path | None = None) -> Path:
+    """The most recent run directory of experiment ``name`` that has a ``last.pt`` (for ``--resume``)."""
+    parent = runs_root(root) / name
+    runs = sorted(p for p in parent.glob("*") if (p / "checkpoints" / "last.pt").is_file()) if parent.is_dir() else []
+    if not runs:
+        raise ConfigError(
+            f"--resume found no run of experiment {name!r} under {str(parent)!r}; give its directory with --out DIR"
+        )
+    return runs[-1]
+
+
+def resume_config(
+    run_dir: str | Path, config_path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> ExperimentConfig:
+    """The config to resume ``run_dir`` with: its ``config.yaml``, checked against ``config_path`` + overrides.
+
+    Without ``config_path`` the overrides apply to the saved config. Only :data:`RESUMABLE_KEYS` may differ.
+
+    Raises:
+        ConfigError: a key outside :data:`RESUMABLE_KEYS` differs; the message lists each key, saved vs given.
+    """
+    saved_path = Path(run_dir) / "config.yaml"
+    saved = read_config(saved_path)
+    if config_path is not None:
+        new = load_config(config_path, overrides)
+    else:
+        new = config_from_dict(apply_overrides(config_to_dict(saved), overrides))
+    diffs = [d for d in diff_configs(config_to_dict(saved), config_to_dict(new)) if d[0] not in RESUMABLE_KEYS]
+    if diffs:
+        listed = "; ".join(f"{k}: run has {a!r}, given {b!r}" for k, a, b in diffs)
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r} with a different config ({listed}); resume with the run's own config "
+            f"(omit --config, or pass the same file and overrides), or start a new run. Keys that may change on "
+            f"resume: {', '.join(RESUMABLE_KEYS)}"
+        )
+    return new
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically (temp file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Read a JSON object; ``{}`` if the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{str(path)!r} is not valid JSON ({exc}); it was edited or damaged") from None
+
+
+def _environment() -> dict[str, Any]:
+    git = git_info()
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "cpu_count": os.cpu_count(),
+        "device": "cpu",
+        "dtype": str(torch.get_default_dtype()).replace("torch.", ""),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+    }
+
+
+def write_env(run_dir: str | Path, *, resumed: bool = False) -> dict[str, Any]:
+    """Write ``env.json`` (first session) or append this session to its ``resumes`` list."""
+    path = Path(run_dir) / "env.json"
+    env = _environment()
+    if resumed and path.is_file():
+        first = read_json(path)
+        first.setdefault("resumes", []).append(env)
+        env = first
+    write_json(path, env)
+    return env
+
+
+@dataclass
+class LoadedRun:
+    """A trained learner rebuilt from its run directory.
+
+    Attributes:
+        cfg: the run's config.
+        learner: the learner with the checkpoint's weights (``nn.Module``; channels-last if configured).
+        run_dir: the run directory.
+        metrics: the run's ``metrics.json`` (``{}`` if absent).
+        checkpoint: path of the checkpoint loaded.
+        episode: training episodes done when the checkpoint was written.
+        image_shape: ``(C, H, W)`` the model was trained on.
+    """
+
+    cfg: ExperimentConfig
+    learner: Any
+    run_dir: Path
+    metrics: dict[str, Any]
+    checkpoint: Path
+    episode: int
+    image_shape: tuple[int, int, int]
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
+    """Rebuild the learner of a run from ``config.yaml`` and load ``checkpoints/<checkpoint>.pt``.
+
+    Args:
+        run_dir: a run directory written by ``run_episode.py train``.
+        checkpoint: ``"best"`` (falls back to ``last`` with a warning if there is no best checkpoint yet) or
+            ``"last"``.
+
+    Raises:
+        ValueError: ``checkpoint`` is neither ``"best"`` nor ``"last"``.
+        DataError: no config or no checkpoint in ``run_dir``.
+    """
+    from fewshot.training.build import build_learner
+
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir / "config.yaml")
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if checkpoint == "best" and not path.is_file():
+        path = run_dir / "checkpoints" / "last.pt"
+        if path.is_file():
+            warnings.warn(
+                f"run {str(run_dir)!r} has no best.pt (no validation finished yet); using last.pt", stacklevel=2
+            )
+    payload = load_checkpoint(path)
+    shape = tuple(int(v) for v in payload["image_shape"])
+    with torch.random.fork_rng(devices=[]):  # building initializes parameters: leave the caller's RNG alone
+        learner = build_learner(cfg, cfg.train.n_way, shape)
+    learner.load_state_dict(payload["model"])
+    return LoadedRun(
+        cfg=cfg,
+        learner=learner,
+        run_dir=run_dir,
+        metrics=read_json(run_dir / "metrics.json"),
+        checkpoint=path,
+        episode=int(payload["episode"]),
+        image_shape=shape,  # type: ignore[arg-type]
+    )

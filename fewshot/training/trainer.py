@@ -1,0 +1,395 @@
+"""The episodic meta-training loop: Adam + per-episode step schedule, validation, checkpoints, exact resume.
+
+Meta-step ``b`` trains on episodes ``b*meta_batch ... (b+1)*meta_batch - 1`` of
+``EpisodeSampler(train split, seed=cfg.seed)``; an episode is a pure function of ``(seed, index)``, and every
+other piece of state (model, optimizer, scheduler, episode counter, best-so-far, elapsed time, the torch /
+numpy / Python RNG states and the log accumulators) is in ``checkpoints/last.pt``. So a run resumed from
+``last.pt`` continues bit for bit: its final parameters equal those of an uninterrupted run.
+
+Stops: all ``train.episodes`` done (``finished``), the ``train.max_minutes`` budget spent (``stopped_budget``,
+checked between steps), or Ctrl-C (``interrupted``: the first Ctrl-C finishes the current step and saves
+``last.pt``; a second one aborts at once). Time inside the model step (forward, backward, optimizer) and time
+outside it (sampling, logging, checkpointing) are measured separately and stored in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from episodes.split import ClassSplit
+from fewshot.config.loader import config_to_dict, save_config
+from fewshot.config.schema import ExperimentConfig
+from fewshot.errors import DataError
+from fewshot.training.build import build_learner, build_split, build_train_sampler
+from fewshot.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    get_rng_state,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+from fewshot.training.episode_sets import val_episode_set
+from fewshot.training.interrupt import stop_on_sigint
+from fewshot.training.run_dir import prepare_run_dir, write_env, write_json
+from fewshot.training.state import StepInfo, TrainResult, TrainState
+from fewshot.training.train_log import TrainLog
+
+__all__ = ["StepInfo", "TrainResult", "train"]
+
+_clock = time.perf_counter  # the trainer's only clock (tests replace it to make budgets deterministic)
+
+
+def _whitening_rate_hook() -> Callable[[torch.nn.Module, float], Any] | None:
+    try:
+        from fewshot.norms.swbn import scale_whitening_rate
+    except ImportError:
+        return None
+    return scale_whitening_rate
+
+
+class _Trainer:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        run_dir: Path,
+        *,
+        resume: bool,
+        quiet: bool,
+        callback: Callable[[StepInfo], Any] | None,
+        train_split: ClassSplit | None,
+        val_split: ClassSplit | None,
+        runs_root: str | Path | None,
+    ) -> None:
+        self.cfg, self.run_dir, self.resume, self.quiet, self.callback = cfg, Path(run_dir), resume, quiet, callback
+        self._given_splits, self._runs_root = (train_split, val_split), runs_root
+        self.state = TrainState()
+        self._in_step = False
+        self._rate_hook = _whitening_rate_hook() if cfg.train.whitening_rate_follows_lr else None
+        self._rate_factor = 1.0
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        prepare_run_dir(self.run_dir, resume=self.resume)
+        train_split, val_split = self._given_splits
+        train_split = train_split or build_split(cfg, cfg.data.train_split)
+        if cfg.data.val_split is not None:
+            val_split = val_split or build_split(cfg, cfg.data.val_split)
+            shared = set(train_split.class_names) & set(val_split.class_names)
+            if shared:
+                warnings.warn(
+                    f"{len(shared)} of the {val_split.n_classes} validation classes (split {cfg.data.val_split!r}) "
+                    f"are also training classes (split {cfg.data.train_split!r}): validation accuracy will not "
+                    "measure generalization; use data.train_split=train or data.val_split=null",
+                    stacklevel=4,
+                )
+        else:
+            val_split = None
+        self.train_split = train_split
+        self.sampler = build_train_sampler(cfg, train_split)
+        self.val_set = val_episode_set(cfg, val_split, self._runs_root) if val_split is not None else None
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        random.seed(cfg.seed)
+        self.learner = build_learner(cfg, t.n_way, train_split.image_shape)
+        self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        mb, step, gamma = t.meta_batch, t.lr_step_episodes, t.lr_gamma
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, (lambda k: gamma ** ((k * mb) // step)) if step else (lambda k: 1.0)
+        )
+        if self.resume:
+            self._restore()
+        save_config(cfg, self.run_dir / "config.yaml")
+        write_env(self.run_dir, resumed=self.resume)
+        self.log = TrainLog(self.run_dir / "train_log.csv", self.state.episodes_done if self.resume else None)
+        self._sync_whitening_rate()
+
+    def _restore(self) -> None:
+        payload = load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
+        if payload.get("format") != CHECKPOINT_FORMAT:
+            raise DataError(
+                f"{self.run_dir / 'checkpoints' / 'last.pt'} has checkpoint format {payload.get('format')!r}, "
+                f"this fewshot writes {CHECKPOINT_FORMAT}; resume it with the fewshot version that wrote it"
+            )
+        if payload["train_fingerprint"] != self.train_split.fingerprint:
+            raise DataError(
+                f"cannot resume {str(self.run_dir)!r} exactly: the training split {self.cfg.data.train_split!r} "
+                "differs from the one the run started on (its fingerprint changed: other data or preprocessing "
+                "options); restore the original data or start a new run"
+            )
+        self.learner.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        known = {f.name for f in fields(TrainState)}
+        self.state = TrainState(**{k: v for k, v in payload["state"].items() if k in known})
+        set_rng_state(payload["rng"])
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _sync_whitening_rate(self) -> None:
+        """SWBN layers configured to follow the learning rate get α scaled by lr / base lr."""
+        factor = self._lr() / self.cfg.train.lr
+        if self._rate_hook is not None and factor != self._rate_factor:
+            self._rate_hook(self.learner, factor)
+        self._rate_factor = factor
+
+    def _checkpoint_payload(self, status: str) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "status": status,
+            "episode": self.state.episodes_done,
+            "model": self.learner.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "state": asdict(self.state),
+            "rng": get_rng_state(),
+            "image_shape": list(self.train_split.image_shape),
+            "train_fingerprint": self.train_split.fingerprint,
+            "config": config_to_dict(self.cfg),
+        }
+
+    def _save_last(self, status: str) -> None:
+        save_checkpoint(self._checkpoint_payload(status), self.run_dir / "checkpoints" / "last.pt")
+
+    def _save_best(self, val_acc: float | None) -> None:
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "episode": self.state.episodes_done,
+            "val_acc": val_acc,
+            "model": self.learner.state_dict(),
+            "image_shape": list(self.train_split.image_shape),
+            "config": config_to_dict(self.cfg),
+        }
+        save_checkpoint(payload, self.run_dir / "checkpoints" / "best.pt")
+        self.state.best_val_acc, self.state.best_episode = val_acc, self.state.episodes_done
+
+    def metrics(self, status: str, error: str | None = None) -> dict[str, Any]:
+        s = self.state
+        busy = s.step_seconds + s.overhead_seconds
+        out = {
+            "status": status,
+            "episodes_done": s.episodes_done,
+            "episodes_total": self.cfg.train.episodes,
+            "best_val_acc": s.best_val_acc,
+            "best_episode": s.best_episode,
+            "last_val_acc": s.last_val_acc,
+            "train_seconds": round(s.train_seconds, 3),
+            "step_seconds": round(s.step_seconds, 3),
+            "overhead_seconds": round(s.overhead_seconds, 3),
+            "val_seconds": round(s.val_seconds, 3),
+            "episodes_per_second": s.episodes_done / busy if busy > 0 else None,
+            "overhead_fraction": s.overhead_seconds / busy if busy > 0 else None,
+            "val_episode_set": str(self.val_set.path) if self.val_set is not None else None,
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if error is not None:
+            out["error"] = error
+        return out
+
+    def _write_metrics(self, status: str, error: str | None = None) -> dict[str, Any]:
+        m = self.metrics(status, error)
+        write_json(self.run_dir / "metrics.json", m)
+        return m
+
+    def _validate(self) -> float:
+        """Mean accuracy over the fixed validation episodes (``learner.predict`` changes no model state).
+
+        Every episode of the set has the same number of queries, so the mean of per-episode accuracies is
+        computed exactly as total correct / total queries (equal accuracies compare equal: ties are real ties).
+        """
+        policy, correct, total = self.cfg.eval.norm_policy, 0, 0
+        for ep in self.val_set.episodes:
+            logits = self.learner.predict(ep, policy=policy)
+            correct += int((logits.argmax(-1) == ep.query_y).sum())
+            total += int(ep.query_y.numel())
+        val_acc = correct / total
+        s = self.state
+        s.last_val_acc, s.last_val_episode = val_acc, s.episodes_done
+        if s.best_val_acc is None or val_acc > s.best_val_acc:  # ties keep the earliest
+            self._save_best(val_acc)
+        return val_acc
+
+    def _log_row(self, lr: float, val_acc: float | None) -> None:
+        s = self.state
+        n = s.log_count
+        self.log.write(
+            s.episodes_done, s.log_loss / n if n else None, s.log_acc / n if n else None, lr, s.train_seconds, val_acc
+        )
+        s.log_loss, s.log_acc, s.log_count = 0.0, 0.0, 0
+
+    # ----------------------------------------------------------------------------------------------- loop
+    def _elapsed(self) -> float:
+        return self._base_seconds + (_clock() - self._session_start)
+
+    def _step(self, start: int) -> tuple[dict[str, float], float, float, float]:
+        """Meta-step on episodes ``start .. start + meta_batch - 1``: (metrics, lr used, model start, model end)."""
+        t = self.cfg.train
+        self._in_step = True
+        batch = [self.sampler[i] for i in range(start, start + t.meta_batch)]
+        t1 = _clock()
+        lr = self._lr()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, m = self.learner.meta_loss(batch, policy=t.norm_policy)
+        if not math.isfinite(m["loss"]):
+            raise FloatingPointError(
+                f"training loss is {m['loss']} at episodes {start}..{start + t.meta_batch - 1}: training diverged; "
+                f"lower train.lr (now {lr:g}) or check norm {self.cfg.model.norm!r}; checkpoints/last.pt holds "
+                "the last saved state"
+            )
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self._sync_whitening_rate()
+        t2 = _clock()
+        self.state.episodes_done += t.meta_batch
+        self._in_step = False
+        return m, lr, t1, t2
+
+    def _after_step(self, start: int, lr: float) -> float:
+        """Validation, log row, periodic checkpoint and metrics as due after a step; returns validation seconds."""
+        t, s = self.cfg.train, self.state
+        val_seconds, val_acc = 0.0, None
+        if self.val_set is not None and start // t.val_every != s.episodes_done // t.val_every:
+            tv = _clock()
+            val_acc = self._validate()
+            val_seconds = _clock() - tv
+            s.val_seconds += val_seconds
+        s.train_seconds = self._elapsed()
+        if val_acc is not None or start // t.log_every != s.episodes_done // t.log_every:
+            self._log_row(lr, val_acc)
+        checkpoint = _clock() - self._last_checkpoint >= t.checkpoint_minutes * 60.0
+        if checkpoint:
+            self._save_last("running")
+            self._last_checkpoint = _clock()
+        if checkpoint or val_acc is not None:
+            self._write_metrics("running")
+        return val_seconds
+
+    def run(self) -> TrainResult:
+        t, s = self.cfg.train, self.state
+        budget = t.max_minutes * 60.0 if t.max_minutes is not None else None
+        bar = tqdm(
+            total=t.episodes, initial=min(s.episodes_done, t.episodes), unit="ep", desc=self.cfg.name,
+            smoothing=0.05, mininterval=0.5, disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True,
+        )  # fmt: skip
+        self._session_start, self._base_seconds = _clock(), s.train_seconds
+        self._last_checkpoint = self._session_start
+        ema_loss = ema_acc = None
+        lr = self._lr()
+        self._write_metrics("running")
+        try:
+            with stop_on_sigint("stopping after this step, saving checkpoints/last.pt (Ctrl-C again: abort)") as stop:
+                while True:
+                    t0 = _clock()
+                    s.train_seconds = self._elapsed()
+                    if s.episodes_done >= t.episodes:
+                        status = "finished"
+                        break
+                    if budget is not None and s.train_seconds >= budget:
+                        status = "stopped_budget"
+                        break
+                    if stop.is_set():
+                        raise KeyboardInterrupt
+                    start = s.episodes_done
+                    m, lr, t1, t2 = self._step(start)
+                    s.step_seconds += t2 - t1
+                    s.log_loss += m["loss"] * t.meta_batch
+                    s.log_acc += m["acc"] * t.meta_batch
+                    s.log_count += t.meta_batch
+                    if not bar.disable:
+                        ema_loss = m["loss"] if ema_loss is None else 0.95 * ema_loss + 0.05 * m["loss"]
+                        ema_acc = m["acc"] if ema_acc is None else 0.95 * ema_acc + 0.05 * m["acc"]
+                        bar.update(t.meta_batch)
+                        bar.set_postfix(loss=f"{ema_loss:.3f}", acc=f"{ema_acc:.3f}", val=s.last_val_acc, refresh=False)
+                    val_seconds = self._after_step(start, lr)
+                    s.overhead_seconds += (t1 - t0) + (_clock() - t2) - val_seconds
+                    if self.callback is not None:
+                        self.callback(StepInfo(s.episodes_done, m["loss"], m["acc"], lr, s.train_seconds))
+            return self._finish(status, lr)
+        except KeyboardInterrupt:
+            if not self._in_step:  # between steps the state is consistent: save it for --resume
+                s.train_seconds = self._elapsed()
+                self._save_last("interrupted")
+                self._write_metrics("interrupted")
+            raise
+        except BaseException as exc:
+            self._write_metrics("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            bar.close()
+            self.log.close()
+
+    def _finish(self, status: str, lr: float) -> TrainResult:
+        s = self.state
+        val_acc = None
+        if self.val_set is not None and s.last_val_episode != s.episodes_done:
+            tv = _clock()
+            val_acc = self._validate()
+            s.val_seconds += _clock() - tv
+        elif self.val_set is None:
+            self._save_best(None)  # without validation the final model is the selected one
+        if s.log_count or val_acc is not None:
+            self._log_row(lr, val_acc)
+        self._save_last(status)
+        metrics = self._write_metrics(status)
+        return TrainResult(self.run_dir, status, s.episodes_done, s.best_val_acc, s.best_episode, metrics)
+
+
+def train(
+    cfg: ExperimentConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    callback: Callable[[StepInfo], Any] | None = None,
+    train_split: ClassSplit | None = None,
+    val_split: ClassSplit | None = None,
+    runs_root: str | Path | None = None,
+) -> TrainResult:
+    """Meta-train the learner of ``cfg``, writing everything into ``run_dir``.
+
+    Args:
+        cfg: the validated experiment config (:func:`fewshot.config.load_config`).
+        run_dir: the run directory; must be absent or empty unless ``resume``.
+        resume: continue the run saved in ``run_dir`` (``checkpoints/last.pt``) bit for bit.
+        quiet: no progress bar (it is also off when stderr is not a terminal).
+        callback: called with a :class:`StepInfo` after every meta-step.
+        train_split: use this split instead of loading ``cfg.data.train_split`` (tests, notebooks).
+        val_split: likewise for ``cfg.data.val_split`` (ignored when it is ``null``).
+        runs_root: where ``_episode_sets/`` lives (default ``$FEWSHOT_RUNS`` or ``./runs``).
+
+    Returns:
+        The :class:`TrainResult` (status ``finished`` or ``stopped_budget``).
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C or a callback raised it; ``last.pt`` was saved (status ``interrupted``) unless
+            the interrupt came in the middle of a step.
+        ConfigError: ``run_dir`` is not empty and ``resume`` is off, or there is nothing to resume.
+    """
+    trainer = _Trainer(
+        cfg, Path(run_dir), resume=resume, quiet=quiet, callback=callback, train_split=train_split,
+        val_split=val_split, runs_root=runs_root,
+    )  # fmt: skip
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    try:
+        trainer.setup()
+        return trainer.run()
+    finally:
+        torch.set_num_threads(previous_threads)

@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Regenerate the README's result tables from the CSV files under results/.
+
+README.md holds marker pairs ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``; everything between a pair is
+replaced by a Markdown rendering of ``results/NAME.csv``. Lines of the CSV starting with ``#`` are comments (the exact
+command that produced the file) and are rendered as a "Produced by" line under the table. The README is never edited
+by hand between markers.
+
+Usage: python scripts/render_results.py [--check]   (--check: exit 1 if the README is out of date, write nothing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKER = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+
+
+def render(name: str) -> str:
+    path = ROOT / "results" / f"{name}.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"README refers to results/{name}.csv, which does not exist; run the command that makes it")
+    text = path.read_text()
+    comments = [line[1:].strip() for line in text.splitlines() if line.startswith("#")]
+    frame = pd.read_csv(io.StringIO(text), comment="#")
+    table = frame.to_markdown(index=False) if _has_tabulate() else _markdown(frame)
+    notes = "".join(f"\n{c}  " for c in comments)
+    return f"{table}\n{notes}\n" if notes else f"{table}\n"
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+        return "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
+
+    head = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date; write nothing")
+    args = parser.parse_args(argv)
+    readme = ROOT / "README.md"
+    old = readme.read_text()
+    new = MARKER.sub(lambda m: m.group(1) + render(m.group("name")) + m.group(4), old)
+    if args.check:
+        return 0 if new == old else 1
+    if new != old:
+        readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""End to end, in process: train -> eval (+ leak check) -> compare -> table -> list -> study, on a tiny
+synthetic image-folder dataset (16x16 grey images, a handful of classes, a few dozen episodes)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from fewshot.cli.main import main
+
+pytest.importorskip("fewshot.learners")
+
+
+@pytest.fixture
+def dataset(tmp_path, monkeypatch):
+    """train/ and test/ folders of 6 classes x 6 images: class c is a bright bar at row 2c plus noise."""
+    monkeypatch.setenv("FEWSHOT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        for c in range(6):
+            folder = tmp_path / "data" / "toy" / split / f"{split}{c}"
+            folder.mkdir(parents=True)
+            for i in range(6):
+                img = rng.integers(0, 60, size=(16, 16)).astype(np.uint8)
+                img[2 * c : 2 * c + 2, :] = 255
+                Image.fromarray(img, mode="L").save(folder / f"{i}.png")
+    return tmp_path
+
+
+def overrides(root, norm):
+    options = {"path": str(root / "data" / "toy"), "mode": "L", "image_size": 16}
+    sets = [
+        "data.dataset=imagefolder", "data.protocol=folder", f"data.options={json.dumps(options)}",
+        "data.train_split=train", "data.val_split=null", "data.test_split=test",
+        "model.backbone_kwargs={hidden: 8}", f"model.norm={norm}", "learner.name=protonet",
+        "train.n_way=3", "train.n_shot=1", "train.n_query=2", "train.episodes=12", "train.lr_step_episodes=null",
+        "train.max_minutes=null", "train.log_every=4", "train.threads=1",
+        "eval.n_way=3", "eval.n_shot=1", "eval.n_query=2", "eval.episodes=20",
+    ]  # fmt: skip
+    return [arg for s in sets for arg in ("--set", s)]
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_eval_compare_table_study(dataset, capsys):
+    root = dataset
+    runs = {}
+    for norm in ("batchnorm", "layernorm"):
+        runs[norm] = root / "runs" / norm
+        code, _, err = run_cli(capsys, "train", *overrides(root, norm), "--out", runs[norm], "--quiet")
+        assert code == 0, err
+
+    # eval with the leak check: running statistics are non-transductive
+    code, out, err = run_cli(capsys, "eval", "--run", runs["batchnorm"], "--check-leak", "--leak-episodes", 3, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    s = data["summary"]
+    assert (s["n"], s["way"], s["shot"], s["query"], s["policy"]) == (20, 3, 1, 2, "running")
+    assert not data["reused"] and data["leak"]["n_episodes"] == 3
+    assert data["leak"]["transductive"] is False and data["leak"]["max_abs_logit_diff"] == 0.0
+    rows = (root / data["eval_folder"] / "episodes.csv").read_text().strip().splitlines()
+    assert len(rows) == 21 and rows[0] == "position,index,acc,n_correct,n_query_total"
+
+    # the transductive policy leaks, and says so in plain words
+    code, out, err = run_cli(capsys, "eval", "--run", runs["batchnorm"], "--policy", "transductive", "--check-leak",
+                             "--leak-episodes", 3)  # fmt: skip
+    assert code == 0, err
+    assert "verdict: transductive: predictions depend on other queries" in out
+    assert "± " in out and "n=20 episodes" in out
+
+    # compare reuses the running-policy evaluation of the first run (no recomputation)
+    code, out, err = run_cli(capsys, "compare", "--runs", runs["batchnorm"], runs["layernorm"], "--json")
+    assert code == 0, err
+    cmp = json.loads(out)
+    assert [r["reused"] for r in cmp["runs"]] == [True, False]
+    pair = cmp["pairs"][0]
+    assert pair["n"] == 20 and pair["wins"] + pair["ties"] + pair["losses"] == 20
+    assert pair["mean_diff"] == pytest.approx(cmp["runs"][1]["mean"] - cmp["runs"][0]["mean"])
+    assert 0.0 < pair["p_perm"] <= 1.0 and 0.0 <= pair["p_t"] <= 1.0
+
+    # runs on other episodes are refused, naming the difference
+    other = root / "runs" / "other"
+    shutil.copytree(runs["layernorm"], other)
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["eval"]["n_query"] = 3
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    code, _, err = run_cli(capsys, "compare", "--runs", runs["batchnorm"], other)
+    assert code == 2 and "eval.n_query is 2" in err and "but 3" in err
+
+    # table: markdown file + plot; refuses to overwrite without --force
+    table, plot = root / "table.md", root / "acc.png"
+    code, _, err = run_cli(capsys, "table", "--runs", runs["batchnorm"], runs["layernorm"], "--format", "md",
+                           "--out", table, "--plot", plot)  # fmt: skip
+    assert code == 0, err
+    md = table.read_text().splitlines()
+    assert md[0].startswith("| learner | backbone | norm |") and len(md) == 2 + 3  # header, rule, 3 evaluations
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    code, _, err = run_cli(capsys, "table", "--runs", runs["batchnorm"], "--out", table)
+    assert code == 2 and "refusing to overwrite" in err
+
+    code, out, _ = run_cli(capsys, "list", "norms")
+    assert code == 0 and any(line.startswith("batchnorm ") for line in out.splitlines())
+
+    # the study on the same toy data: two norms, same episodes, table.md + compare.json; never reuses --out
+    study_cfg = root / "study.yaml"
+    study_cfg.write_text("name: toy_study\n")
+    study_out = root / "runs" / "study"
+    args = ["study", "--config", study_cfg, "--out", study_out, "--norms", "batchnorm", "layernorm", "--quiet",
+            *overrides(root, "batchnorm")]  # fmt: skip
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert (study_out / "table.md").is_file() and "Paired comparison" in out
+    result = json.loads((study_out / "compare.json").read_text())
+    assert [r["label"] for r in result["runs"]] == ["protonet/conv4/batchnorm", "protonet/conv4/layernorm"]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and "already exists" in err

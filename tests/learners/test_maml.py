@@ -1,0 +1,238 @@
+"""MAML / first-order MAML / ANIL (fewshot.learners.maml): meta-gradients, norm-state handling, policies, learning."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fewshot.norms as norms
+from fewshot import backbones, learners
+from fewshot.learners.maml import MAML
+from fewshot.norms.state import norm_layers
+
+
+def _maml(backbone, **kwargs) -> MAML:
+    kwargs.setdefault("head_init", "default")
+    return learners.create("maml", backbone, n_way=5, image_size=8, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- meta-gradient
+def _meta_loss_value(learner: MAML, episodes) -> float:
+    return learner.meta_loss(episodes, policy="batch")[0].item()
+
+
+@pytest.mark.parametrize("anil", [False, True], ids=["maml", "anil"])
+def test_second_order_meta_gradient_matches_finite_differences(tiny_backbone, episode_factory, anil):
+    torch.manual_seed(0)
+    learner = _maml(tiny_backbone(hidden=6), inner_lr=0.5, inner_steps=2, anil=anil).double()
+    episodes = [episode_factory(s, n_way=5, n_shot=2, n_query=2, dtype=torch.float64) for s in (1, 2)]
+    loss, _ = learner.meta_loss(episodes, policy="batch")
+    loss.backward()
+    params = dict(learner.named_parameters())
+    coords = [("backbone.conv1.weight", (1, 0, 1, 2)), ("backbone.conv2.weight", (3, 2, 0, 1)),
+              ("backbone.norm1.weight", (2,)), ("backbone.norm2.bias", (4,)), ("head.weight", (1, 3)),
+              ("head.bias", (0,))]  # fmt: skip
+    h = 1e-5
+    for name, idx in coords:
+        p = params[name]
+        with torch.no_grad():
+            p[idx] += h
+            plus = _meta_loss_value(learner, episodes)
+            p[idx] -= 2 * h
+            minus = _meta_loss_value(learner, episodes)
+            p[idx] += h
+        fd = (plus - minus) / (2 * h)
+        assert p.grad[idx].item() == pytest.approx(fd, rel=1e-5, abs=1e-9), name
+
+
+def test_first_order_differs_from_second_order_and_detaches_inner_gradient(tiny_backbone, episode_factory):
+    torch.manual_seed(0)
+    learner = _maml(tiny_backbone(hidden=6), inner_lr=0.5).double()
+    episodes = [episode_factory(s, n_shot=2, n_query=2, dtype=torch.float64) for s in (1, 2)]
+
+    def meta_grad(first_order: bool) -> torch.Tensor:
+        learner.first_order = first_order
+        learner.zero_grad()
+        learner.meta_loss(episodes, policy="batch")[0].backward()
+        return torch.cat([p.grad.flatten() for p in learner.parameters()])
+
+    second, first = meta_grad(False), meta_grad(True)
+    assert (second - first).norm() > 0.05 * second.norm()
+    # First order = the query-loss gradient at the adapted parameters, taken as a constant offset of θ.
+    ep = episodes[0]
+    adapted = copy.deepcopy(learner)
+    with norms.set_policy(adapted, "batch"):
+        support_loss = F.cross_entropy(adapted(ep.support_x), ep.support_y)
+        grads = torch.autograd.grad(support_loss, list(adapted.parameters()))
+        with torch.no_grad():
+            for p, g in zip(adapted.parameters(), grads, strict=True):
+                p -= 0.5 * g
+        manual = torch.autograd.grad(F.cross_entropy(adapted(ep.query_x), ep.query_y), list(adapted.parameters()))
+    learner.zero_grad()
+    learner.meta_loss([ep], policy="batch")[0].backward()
+    for p, g in zip(learner.parameters(), manual, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("norm", ["batchnorm", "swbn"])
+@pytest.mark.parametrize("policy", ["batch", "running", "support"])
+def test_second_order_meta_gradient_is_finite_through_norm(tiny_backbone, episode_factory, norm, policy):
+    torch.manual_seed(0)
+    learner = _maml(tiny_backbone(norm=norm), inner_steps=2)
+    loss, metrics = learner.meta_loss([episode_factory(0), episode_factory(1)], policy=policy)
+    loss.backward()
+    assert torch.isfinite(loss) and set(metrics) == {"loss", "acc"}
+    for name, p in learner.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert any(p.grad.abs().sum() > 0 for p in learner.backbone.parameters())
+
+
+@pytest.mark.parametrize("name", ["conv4", "conv4_maml", "resnet12"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_every_backbone_trains_first_and_second_order(episode_factory, name, first_order):
+    torch.manual_seed(0)
+    kwargs = {"widths": (4, 4, 4, 4)} if name == "resnet12" else {"hidden": 4}
+    backbone = backbones.create(name, in_channels=8, **kwargs)
+    learner = learners.create("maml", backbone, n_way=3, image_size=16, first_order=first_order)
+    ep = episode_factory(0, n_way=3, n_query=2)
+    ep = type(ep)(*(F.interpolate(t, size=16) if t.dim() == 4 else t for t in
+                    (ep.support_x, ep.support_y, ep.query_x, ep.query_y)), ep.class_ids, ep.support_ids,
+                  ep.query_ids, ep.index)  # fmt: skip
+    loss, _ = learner.meta_loss([ep], policy="batch")
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in learner.parameters())
+    assert learner.predict(ep, policy="running").shape == (6, 3)
+
+
+# ----------------------------------------------------------------------------------------------- norm state
+@pytest.mark.parametrize("norm", ["batchnorm", "swbn"])
+@pytest.mark.parametrize("policy", ["transductive", "support", "running"])
+def test_predict_changes_no_parameter_buffer_mode_or_policy(tiny_backbone, episode_factory, snapshot, norm, policy):
+    torch.manual_seed(0)
+    learner = _maml(tiny_backbone(norm=norm), eval_inner_steps=3)
+    learner.meta_loss([episode_factory(5)], policy="running")  # non-trivial running state
+    learner.train()
+    before = snapshot(learner)
+    logits = learner.predict(episode_factory(0), policy=policy)
+    assert logits.shape == (25, 5) and torch.isfinite(logits).all()
+    after = snapshot(learner)
+    assert before.keys() == after.keys()
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+    assert all(m.training for m in learner.modules())
+    assert all(layer.policy == "running" and layer.support_stats is None for layer in norm_layers(learner))
+
+
+@pytest.mark.parametrize("policy", ["batch", "running", "support"])
+def test_meta_loss_updates_norm_state_once_per_task_at_the_meta_parameters(tiny_backbone, episode_factory, policy):
+    torch.manual_seed(0)
+    learner = _maml(tiny_backbone(), inner_steps=3)
+    episodes = [episode_factory(s) for s in range(3)]
+    learner.meta_loss(episodes, policy=policy)
+    for layer in norm_layers(learner):
+        assert int(layer.num_batches_tracked) == 3
+    # BatchNorm's running mean after one task = 0.9 * 0 + 0.1 * (support batch mean at the meta-parameters).
+    fresh = _maml(tiny_backbone(), inner_steps=3)
+    fresh.load_state_dict(learner.state_dict())
+    for layer in norm_layers(fresh):
+        layer.reset_running_stats()
+    fresh.meta_loss(episodes[:1], policy="batch")
+    expected = fresh.backbone.conv1(episodes[0].support_x).mean(dim=(0, 2, 3)) * 0.1
+    torch.testing.assert_close(fresh.backbone.norm1.running_mean, expected)
+
+
+def test_no_state_leaks_between_tasks(tiny_backbone, episode_factory):
+    torch.manual_seed(0)
+    learner = _maml(tiny_backbone())
+    a, b = episode_factory(0), episode_factory(1)
+    for policy in ("transductive", "support", "running"):
+        alone = learner.predict(b, policy=policy)
+        learner.predict(a, policy=policy)
+        learner.meta_loss([a], policy="support")
+        learner.load_state_dict(learner.state_dict())
+        assert all(layer.support_stats is None for layer in norm_layers(learner))
+    for layer in norm_layers(learner):
+        layer.reset_running_stats()
+    again = learner.predict(b, policy="support")
+    torch.testing.assert_close(again, learner.predict(b, policy="support"), rtol=0, atol=0)
+    assert alone.shape == again.shape
+
+
+# ----------------------------------------------------------------------------------------------- policies
+@pytest.mark.parametrize("norm", ["batchnorm", "swbn"])
+@pytest.mark.parametrize("anil", [False, True], ids=["maml", "anil"])
+def test_support_and_running_policies_score_each_query_independently(tiny_backbone, episode_factory, norm, anil):
+    torch.manual_seed(0)
+    learner = _maml(tiny_backbone(norm=norm), anil=anil, eval_inner_steps=2)
+    learner.meta_loss([episode_factory(7)], policy="running")
+    ep = episode_factory(0)
+    for policy in ("support", "running"):
+        whole = learner.predict(ep, policy=policy)
+        one_by_one = torch.cat([learner.predict(_with_query(ep, i, i + 1), policy=policy) for i in range(25)])
+        assert torch.equal(whole, one_by_one), policy
+    whole = learner.predict(ep, policy="transductive")
+    first_half = learner.predict(_with_query(ep, 0, 12), policy="transductive")
+    assert (whole[:12] - first_half).abs().max() > 1e-4
+
+
+def _with_query(ep, start: int, stop: int):
+    return type(ep)(ep.support_x, ep.support_y, ep.query_x[start:stop], ep.query_y[start:stop], ep.class_ids,
+                    ep.support_ids, ep.query_ids[start:stop], ep.index)  # fmt: skip
+
+
+def test_predict_adapts_with_eval_steps_and_matches_a_manual_sgd_step(tiny_backbone, episode_factory):
+    torch.manual_seed(0)
+    ep = episode_factory(0)
+    learner = _maml(tiny_backbone(), eval_inner_steps=0)
+    learner.meta_loss([episode_factory(3)], policy="running")
+    learner.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(learner.predict(ep, policy="running"), learner(ep.query_x), rtol=0, atol=0)
+    learner.eval_inner_steps, learner.eval_inner_lr = 1, 0.3
+    manual = copy.deepcopy(learner)
+    grads = torch.autograd.grad(F.cross_entropy(manual(ep.support_x), ep.support_y), list(manual.parameters()))
+    with torch.no_grad():
+        for p, g in zip(manual.parameters(), grads, strict=True):
+            p -= 0.3 * g
+        torch.testing.assert_close(learner.predict(ep, policy="running"), manual(ep.query_x))
+
+
+def test_anil_and_adapt_norm_choose_the_adapted_parameters(tiny_backbone):
+    names = {n for n, _ in _maml(tiny_backbone()).named_parameters()}
+    assert set(_maml(tiny_backbone()).adapted_parameter_names()) == names
+    assert _maml(tiny_backbone(), anil=True).adapted_parameter_names() == ["head.weight", "head.bias"]
+    no_norm = set(_maml(tiny_backbone(), adapt_norm=False).adapted_parameter_names())
+    assert names - no_norm == {f"backbone.norm{i}.{p}" for i in (1, 2) for p in ("weight", "bias")}
+
+
+def test_meta_learning_beats_chance_on_new_classes(tiny_backbone, episode_factory, evaluate):
+    torch.manual_seed(0)
+    learner = _maml(tiny_backbone(), inner_lr=0.5, eval_inner_steps=1)
+    assert evaluate(learner, "transductive", world=1) < 0.4  # untrained: near chance (0.2)
+    opt = torch.optim.Adam(learner.parameters(), lr=0.01)
+    for step in range(100):
+        loss, _ = learner.meta_loss([episode_factory(2 * step), episode_factory(2 * step + 1)], policy="batch")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert evaluate(learner, "transductive", world=1) >= 0.8
+
+
+# ----------------------------------------------------------------------------------------------- errors
+def test_bad_options_and_episodes_raise(tiny_backbone, episode_factory):
+    with pytest.raises(ValueError, match="inner_lr must be a number > 0"):
+        _maml(tiny_backbone(), inner_lr=0)
+    with pytest.raises(ValueError, match="head_init must be one of"):
+        _maml(tiny_backbone(), head_init="xavier")
+    with pytest.raises(TypeError, match="unknown option.*'inner_step'.*inner_steps"):
+        _maml(tiny_backbone(), inner_step=3)
+    learner = _maml(tiny_backbone())
+    with pytest.raises(ValueError, match="3 classes but the learner was built for n_way=5"):
+        learner.meta_loss([episode_factory(0, n_way=3)])
+    with pytest.raises(ValueError, match="meta-training norm policy must be one of"):
+        learner.meta_loss([episode_factory(0)], policy="transductive")
+    with pytest.raises(ValueError, match="meta-test policy must be one of"):
+        learner.predict(episode_factory(0), policy="batch")

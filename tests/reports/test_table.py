@@ -1,0 +1,111 @@
+"""Tests of the results table (runs -> DataFrame -> md/csv/latex) and the accuracy-vs-shots plot."""
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from fewshot.errors import DataError
+from fewshot.evaluation.evaluate import EvalResult
+from fewshot.evaluation.outputs import write_eval
+from fewshot.reports.plot import plot_accuracy_vs_shots
+from fewshot.reports.table import COLUMNS, find_runs, format_table, runs_table, to_latex, to_markdown
+
+
+def make_run(root, name, *, norm, shot=1, correct=(14, 15), seconds=90.0, evaluated=True, policy="running"):
+    """A run directory with config.yaml, metrics.json and (optionally) one evaluation of 15-query episodes."""
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = {
+        "name": "t", "seed": 0,
+        "data": {"dataset": "omniglot", "protocol": "vinyals", "test_split": "test", "options": {}},
+        "model": {"backbone": "conv4", "norm": norm},
+        "learner": {"name": "protonet", "kwargs": {}},
+        "eval": {"norm_policy": policy},
+    }  # fmt: skip
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "metrics.json").write_text(json.dumps({"episodes_done": 1200, "train_seconds": seconds}))
+    if evaluated:
+        n_correct = np.array(correct)
+        result = EvalResult(
+            index=np.arange(len(correct)), acc=n_correct / 15, n_correct=n_correct,
+            n_query_total=np.full(len(correct), 15), n_way=1, n_shot=shot, n_query=15, policy=policy, seconds=1.0,
+        )  # fmt: skip
+        write_eval(run, result, {"episode_hash": f"{shot:064d}", "checkpoint": "best", "seed": 1234,
+                                 "dataset": "omniglot", "protocol": "vinyals"})  # fmt: skip
+    return run
+
+
+def test_runs_table_has_fixed_columns_and_percent_values(tmp_path):
+    a = make_run(tmp_path, "r1", norm="swbn", correct=(15, 12))  # 100%, 80%
+    b = make_run(tmp_path, "r2", norm="batchnorm", correct=(15, 15, 15))
+    frame = runs_table([a, b])
+    assert tuple(frame.columns) == COLUMNS
+    assert frame["norm"].tolist() == ["batchnorm", "swbn"]  # sorted
+    swbn = frame.iloc[1]
+    assert swbn["mean"] == pytest.approx(90.0)
+    assert swbn["ci95"] == pytest.approx(100 * 1.96 * np.std([1.0, 0.8], ddof=1) / np.sqrt(2))
+    assert (swbn["episodes"], swbn["seed"], swbn["way"], swbn["shot"], swbn["query"]) == (2, 1234, 1, 1, 15)
+    assert swbn["train_minutes"] == pytest.approx(1.5) and swbn["train_episodes"] == 1200
+    assert swbn["run"] == "r1" and swbn["policy"] == "running"
+
+
+def test_unevaluated_run_keeps_a_row_with_empty_accuracy(tmp_path):
+    run = make_run(tmp_path, "r1", norm="swbn", evaluated=False)
+    frame = runs_table([run])
+    assert len(frame) == 1 and np.isnan(frame.loc[0, "mean"]) and frame.loc[0, "policy"] == "running"
+    md = to_markdown(frame)
+    assert "| – |" in md  # visibly empty, not dropped
+    csv = pd.read_csv(io.StringIO(format_table(frame, "csv")))
+    assert csv["mean"].isna().all() and csv.loc[0, "norm"] == "swbn"
+
+
+def test_markdown_layout(tmp_path):
+    frame = runs_table([make_run(tmp_path, "r1", norm="swbn", correct=(15, 12))])
+    md = to_markdown(frame[["norm", "shot", "mean", "ci95"]])
+    ci = 100 * 1.96 * np.std([1.0, 0.8], ddof=1) / np.sqrt(2)
+    assert md == f"| norm | shot | mean | ci95 |\n|---|---:|---:|---:|\n| swbn | 1 | 90.00 | {ci:.2f} |\n"
+
+
+def test_latex_is_escaped_booktabs(tmp_path):
+    frame = runs_table([make_run(tmp_path, "r_1", norm="group_whiten")])
+    tex = to_latex(frame)
+    assert tex.startswith("\\begin{tabular}{") and "\\toprule" in tex and tex.rstrip().endswith("\\end{tabular}")
+    assert "group\\_whiten" in tex and "r\\_1" in tex and "train\\_episodes" in tex
+
+
+def test_csv_round_trips(tmp_path):
+    frame = runs_table([make_run(tmp_path, "r1", norm="swbn", correct=(15, 12))])
+    back = pd.read_csv(io.StringIO(format_table(frame, "csv")))
+    assert list(back.columns) == list(COLUMNS)
+    assert back.loc[0, "mean"] == pytest.approx(90.0) and back.loc[0, "episodes"] == 2
+
+
+def test_unknown_format_and_non_run_directory(tmp_path):
+    with pytest.raises(ValueError, match="unknown table format 'html'"):
+        format_table(runs_table([make_run(tmp_path, "r1", norm="swbn")]), "html")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="is not a run directory"):
+        find_runs([tmp_path / "empty"])
+    with pytest.raises(DataError, match="no config.yaml"):
+        runs_table([tmp_path / "empty"])
+
+
+def test_find_runs_expands_a_study_folder(tmp_path):
+    a = make_run(tmp_path / "study", "batchnorm", norm="batchnorm")
+    b = make_run(tmp_path / "study", "swbn", norm="swbn")
+    assert find_runs([tmp_path / "study", a]) == [a, b]
+
+
+def test_plot_writes_png_and_refuses_to_overwrite(tmp_path):
+    runs = [make_run(tmp_path, f"r{k}{norm}", norm=norm, shot=k) for k in (1, 5) for norm in ("batchnorm", "swbn")]
+    frame = runs_table(runs)
+    path = plot_accuracy_vs_shots(frame, tmp_path / "plot.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        plot_accuracy_vs_shots(frame, tmp_path / "plot.png")
+    with pytest.raises(ValueError, match="no evaluated runs"):
+        plot_accuracy_vs_shots(runs_table([make_run(tmp_path, "x", norm="swbn", evaluated=False)]), tmp_path / "p.png")

@@ -1,0 +1,57 @@
+"""Shared, content-addressed fixed episode files under <runs root>/_episode_sets/."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from episodes.fixed import make_fixed_episodes
+from fewshot.training.episode_sets import eval_episode_set, get_episode_set, runs_root, val_episode_set
+
+
+def test_a_set_is_made_once_and_then_reused(tmp_path, splits):
+    split = splits[0]
+    first = get_episode_set(split, 3, 1, 2, seed=5, count=4, root=tmp_path)
+    assert first.path.parent == tmp_path / "_episode_sets"
+    assert first.path.name.startswith("omniglot-vinyals-train-3w1s2q-seed5-n4-")
+    stamp = first.path.stat().st_mtime_ns
+    again = get_episode_set(split, 3, 1, 2, seed=5, count=4, root=tmp_path)
+    assert again.path == first.path and again.path.stat().st_mtime_ns == stamp  # not rewritten
+    assert again.content_hash == first.content_hash
+    reference = make_fixed_episodes(split, 3, 1, 2, seed=5, count=4).bind(split)
+    for a, b in zip(again.episodes, reference):
+        assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x)
+        assert a.class_ids == b.class_ids
+    assert [p.name for p in (tmp_path / "_episode_sets").iterdir()] == [first.path.name]  # no temp files
+
+
+def test_every_key_field_addresses_another_file(tmp_path, splits):
+    split = splits[0]
+    base = get_episode_set(split, 3, 1, 2, seed=5, count=4, root=tmp_path).path
+    others = [
+        get_episode_set(split, 3, 1, 2, seed=6, count=4, root=tmp_path).path,
+        get_episode_set(split, 3, 1, 2, seed=5, count=5, root=tmp_path).path,
+        get_episode_set(split, 4, 1, 2, seed=5, count=4, root=tmp_path).path,
+        get_episode_set(split, 3, 1, 2, seed=5, count=4, within_alphabet=True, root=tmp_path).path,
+        get_episode_set(dataclasses.replace(split, fingerprint="other data"), 3, 1, 2, seed=5, count=4,
+                        root=tmp_path).path,  # fmt: skip
+    ]
+    assert len({base, *others}) == 6
+
+
+def test_validation_and_test_sets_follow_the_config(tmp_path, splits, tiny_config):
+    cfg = tiny_config("train.val_episodes=3", "eval.episodes=5", "eval.seed=9")
+    val = val_episode_set(cfg, splits[1], tmp_path)
+    test = eval_episode_set(cfg, splits[1], tmp_path)
+    assert (val.fixed.count, test.fixed.count) == (3, 5)
+    assert val.key["seed"] == test.key["seed"] == 9
+    assert (val.fixed.n_way, val.fixed.n_shot, val.fixed.n_query) == (3, 1, 2)
+
+
+def test_runs_root_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEWSHOT_RUNS", str(tmp_path))
+    assert runs_root() == tmp_path
+    monkeypatch.delenv("FEWSHOT_RUNS")
+    assert str(runs_root()) == "runs"
+    assert runs_root(tmp_path / "x") == tmp_path / "x"
