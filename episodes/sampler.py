@@ -4,7 +4,8 @@ Every episode gets its own random generator, ``numpy.random.Generator(numpy.rand
 (Philox 4x64, a counter-based generator: distinct keys give independent streams; Salmon, Moraes, Dror and
 Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC 2011). Nothing else is random, so episode ``i`` is the
 same on every run, with any number of DataLoader workers and in any order of access, and can be regenerated
-on its own. Constructing the generator costs about 10 µs, the same as hashing ``SeedSequence([seed, i])``.
+on its own. Constructing the generator costs about 12 µs, the same as ``PCG64(SeedSequence([seed, i]))``
+(``benchmarks/bench_episodes.py``); Philox is kept because its key *is* ``(seed, i)``, with no hashing step.
 
 The draws of one episode, in this order, all from ``Generator.random`` (uniform doubles, the generator method
 least likely to change between numpy versions):

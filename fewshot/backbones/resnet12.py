@@ -102,11 +102,18 @@ class ResidualBlock(nn.Module):
 
 
 def _combine(norm: nn.Module, branch: Any, shortcut: Any) -> Any:
-    """The posterior of a residual sum: the layer's ``combine(branch, shortcut)`` if it has one, else ``branch``."""
+    """The posterior of a residual sum ``branch + shortcut``.
+
+    The layer's ``combine(branch, shortcut)`` when it has one; otherwise posteriors that are tuples of tensors
+    (Kalman normalization's ``Moments(mean, var)``) are added field by field, i.e. the two summands are taken
+    as independent, as in the official Batch Kalman Normalization code (norms-spec §7.2).
+    """
     if branch is None or shortcut is None:
         return branch
     combine = getattr(norm, "combine", None)
-    return combine(branch, shortcut) if callable(combine) else branch
+    if callable(combine):
+        return combine(branch, shortcut)
+    return type(branch)(*(b + s for b, s in zip(branch, shortcut, strict=True)))
 
 
 @BACKBONES.register("resnet12")

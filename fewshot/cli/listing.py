@@ -1,6 +1,7 @@
 """``run_episode.py list norms|backbones|learners|datasets``: registered names with a one-line description.
 
-The description is the first line of each registered class's docstring, so it cannot drift from the code.
+The description is the summary (first paragraph) of each registered class's docstring, so it cannot drift from
+the code.
 """
 
 from __future__ import annotations
@@ -54,10 +55,14 @@ def registry_for(kind: str) -> Registry:
     return KINDS[kind]()
 
 
-def describe(obj: object) -> str:
-    """First line of ``obj``'s docstring (``"(no description)"`` when it has none)."""
+def describe(obj: object, width: int = 150) -> str:
+    """The summary of ``obj``'s docstring on one line: its first paragraph, without RST double backticks, cut
+    to ``width`` characters (``"(no description)"`` when there is no docstring)."""
     doc = inspect.getdoc(obj)
-    return doc.strip().splitlines()[0].strip() if doc and doc.strip() else "(no description)"
+    if not doc or not doc.strip():
+        return "(no description)"
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split()).replace("``", "")
+    return paragraph if len(paragraph) <= width else paragraph[: width - 1].rstrip() + "…"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,20 +2,21 @@
 
 ::
 
-    python run_episode.py train [--config FILE] [--set KEY=VALUE ...] [--out DIR] [--resume]
+    python run_episode.py train [--config FILE] [--set KEY=VALUE ...] [--out DIR] [--resume [RUN]]
                                 [--max-minutes M] [--seed S] [--data-root DIR] [--quiet] [--dry-run]
 
 The config is ``configs/defaults.yaml`` merged with ``--config`` and the ``--set`` overrides (dotted keys,
 YAML values; ``norm=``, ``backbone=`` and ``learner=`` are shorthands). The run writes
 ``runs/<name>/<UTC time>-<git sha>/`` (or ``--out``): config.yaml, env.json, train_log.csv, metrics.json and
-checkpoints/{last,best}.pt. ``--resume`` continues a stopped run exactly where its ``last.pt`` left off
-(``--out DIR``, or the latest run of the config's experiment); only the budget-like keys (train.episodes,
-train.max_minutes, ...) may change on resume. Ctrl-C once: finish the step, save, exit 130.
+checkpoints/{last,best}.pt. ``--resume RUN`` continues a stopped run exactly where its ``last.pt`` left off
+(``RUN``, else ``--out``, else the latest run of the ``--config`` experiment); only the budget-like keys
+(train.episodes, train.max_minutes, ...) may change on resume. Ctrl-C once: finish the step, save, exit 130.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 __all__ = ["register", "run"]
 
@@ -24,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="meta-train a learner from a YAML config (checkpoints, budget, exact resume)",
-        description=__doc__.split("::")[0].strip().splitlines()[0],
+        description="Meta-train a learner. Config = configs/defaults.yaml, then --config FILE, then the --set "
+        "overrides; the run directory gets config.yaml, env.json, train_log.csv, metrics.json and "
+        "checkpoints/{last,best}.pt. Ctrl-C once stops after the current step and saves (resume with --resume).",
     )
     add = parser.add_argument
     add("--config", default=None, metavar="FILE", help="experiment YAML (differences from configs/defaults.yaml)")
@@ -33,7 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override a config key, e.g. --set train.lr=5e-4 --set norm=swbn (repeatable, applied in order)",
     )  # fmt: skip
     add("--out", default=None, metavar="DIR", help="run directory (default runs/<name>/<UTC time>-<git sha>)")
-    add("--resume", action="store_true", help="continue the run in --out (or the latest run of this experiment)")
+    add(
+        "--resume", nargs="?", const="", default=None, metavar="RUN",
+        help="continue the run in RUN (or --out, or the latest run of the --config experiment) exactly",
+    )  # fmt: skip
     add(
         "--max-minutes", type=float, default=None, metavar="M",
         help="total training-time budget in minutes, earlier sessions included (= --set train.max_minutes=M)",
@@ -65,19 +71,23 @@ def run(args: argparse.Namespace) -> int:
     from fewshot.training.trainer import train
 
     overrides = _overrides(args)
-    if args.resume:
-        if args.out is None and args.config is None:
-            raise ConfigError("--resume needs the run: give --out DIR (or --config FILE to resume its latest run)")
-        run_dir = args.out or find_latest_run(load_config(args.config, overrides).name)
+    resume = args.resume is not None
+    if resume:
+        if args.resume and args.out and Path(args.resume).resolve() != Path(args.out).resolve():
+            raise ConfigError(f"--resume {args.resume} and --out {args.out} name different runs; give one of them")
+        run_dir = args.resume or args.out
+        if not run_dir and args.config is None:
+            raise ConfigError("--resume needs the run: --resume RUN (or --config FILE to resume its latest run)")
+        run_dir = run_dir or find_latest_run(load_config(args.config, overrides).name)
         cfg = resume_config(run_dir, args.config, overrides)
     else:
         cfg = load_config(args.config, overrides)
         run_dir = args.out or default_run_dir(cfg)
     if args.dry_run:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
-        print(f"# run directory: {run_dir}{' (resume)' if args.resume else ''}")
+        print(f"# run directory: {run_dir}{' (resume)' if resume else ''}")
         return 0
-    result = train(cfg, run_dir, resume=args.resume, quiet=args.quiet)
+    result = train(cfg, run_dir, resume=resume, quiet=args.quiet)
     m = result.metrics
     if result.best_val_acc is not None:
         best = f"best val acc {result.best_val_acc:.4f} at episode {result.best_episode}"

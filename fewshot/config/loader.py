@@ -59,9 +59,8 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            f"{what} {str(path)!r} does not exist; check the path (experiment configs live in {configs_dir()})"
-        ) from None
+        hint = f"experiment configs live in {configs_dir()}" if what == "config file" else "is it a run directory?"
+        raise ConfigError(f"{what} {str(path)!r} does not exist; check the path ({hint})") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {str(path)!r}: {exc}") from None
     try:

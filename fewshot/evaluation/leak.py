@@ -34,41 +34,57 @@ class LeakReport:
         policy: the normalization policy checked.
         n_episodes: episodes checked (the first ``n_episodes`` of the set).
         n_queries: query examples checked in total.
-        max_abs_logit_diff: largest ``|logit_whole − logit_single|`` over every query and class.
+        max_abs_logit_diff: largest ``|logit_whole − logit_single|`` over every query and class (``None`` when a
+            single query could not be scored at all).
         tolerance: the largest difference attributed to float rounding.
         acc_whole: mean per-episode accuracy with the query set scored whole.
-        acc_single: mean per-episode accuracy with queries scored one at a time.
-        acc_diff: ``acc_whole − acc_single``.
+        acc_single: mean per-episode accuracy with queries scored one at a time (``None`` if impossible).
+        acc_diff: ``acc_whole − acc_single`` (``None`` if impossible).
         changed_predictions: queries whose predicted class differs between the two ways of scoring.
+        single_query_error: why a query alone could not be scored (e.g. a norm layer needs batch statistics of
+            at least two samples), else ``None``. A learner that cannot score a query alone is transductive.
     """
 
     policy: str
     n_episodes: int
     n_queries: int
-    max_abs_logit_diff: float
+    max_abs_logit_diff: float | None
     tolerance: float
     acc_whole: float
-    acc_single: float
-    acc_diff: float
+    acc_single: float | None
+    acc_diff: float | None
     changed_predictions: int
+    single_query_error: str | None = None
 
     @property
     def transductive(self) -> bool:
-        """Whether predictions depend on the other queries (differences beyond float rounding)."""
-        return self.max_abs_logit_diff > self.tolerance
+        """Whether predictions depend on the other queries (differences beyond float rounding, or no prediction
+        at all for a query alone)."""
+        return self.max_abs_logit_diff is None or self.max_abs_logit_diff > self.tolerance
 
     @property
     def verdict(self) -> str:
         """One sentence in plain words."""
+        label = "label results with this policy as transductive"
+        if self.max_abs_logit_diff is None:
+            return (
+                f"transductive: predictions depend on other queries (policy {self.policy!r}: a query cannot even be "
+                f"scored on its own: {self.single_query_error}); {label}"
+            )
         if self.transductive:
             return (
-                f"transductive: predictions depend on other queries (policy {self.policy!r}; scoring one query at "
-                f"a time changes {self.changed_predictions} of {self.n_queries} predictions and accuracy by "
-                f"{100 * self.acc_diff:+.2f} points); label results with this policy as transductive"
+                f"transductive: predictions depend on other queries (policy {self.policy!r}: scoring one query at a "
+                f"time changes {self.changed_predictions} of {self.n_queries} predictions; accuracy whole minus one "
+                f"at a time = {100 * (self.acc_diff or 0.0):+.2f} points); {label}"
             )
+        same = (
+            "the logits are identical bit for bit"
+            if self.max_abs_logit_diff == 0.0
+            else f"the logits differ by at most {self.max_abs_logit_diff:.2g}, float rounding"
+        )
         return (
             f"non-transductive: each prediction depends only on the support set and its own query (policy "
-            f"{self.policy!r}; max |Δlogit| {self.max_abs_logit_diff:.2g} is float rounding)"
+            f"{self.policy!r}: {same})"
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -118,12 +134,23 @@ def check_leak(
     before = state_snapshot(learner)
     max_diff, max_logit = 0.0, 0.0
     acc_whole, acc_single, changed, n_queries = 0.0, 0.0, 0, 0
+    error: str | None = None
     with torch.no_grad():
         for pos in range(count):
             episode = episodes[pos]
             whole = learner.predict(episode, policy=policy)
             n_q = episode.query_y.shape[0]
-            single = torch.cat([learner.predict(single_query_episode(episode, i), policy=policy) for i in range(n_q)])
+            try:
+                single = torch.cat(
+                    [learner.predict(single_query_episode(episode, i), policy=policy) for i in range(n_q)]
+                )
+            except ValueError as exc:
+                if policy != "transductive":  # non-transductive policies must score a query alone: a real error
+                    raise
+                error, count = str(exc).split(";")[0], pos + 1
+                acc_whole += float((whole.argmax(1) == episode.query_y).double().mean())
+                n_queries += n_q
+                break
             if single.shape != whole.shape:
                 raise ValueError(
                     f"learner.predict returned {tuple(single.shape)} logits one query at a time but "
@@ -137,7 +164,13 @@ def check_leak(
             changed += int((pred_whole != pred_single).sum())
             n_queries += n_q
     assert_state_unchanged(learner, before, f"the leak check with policy {policy!r}")
-    acc_whole, acc_single = acc_whole / count, acc_single / count
+    acc_whole = acc_whole / count
+    if error is not None:
+        return LeakReport(
+            policy=policy, n_episodes=count, n_queries=n_queries, max_abs_logit_diff=None, tolerance=0.0,
+            acc_whole=acc_whole, acc_single=None, acc_diff=None, changed_predictions=0, single_query_error=error,
+        )  # fmt: skip
+    acc_single = acc_single / count
     tolerance = _REL_TOL * max(1.0, max_logit)
     return LeakReport(
         policy=policy,

@@ -35,6 +35,7 @@ __all__ = [
     "predict_norm_policy",
     "check_train_policy",
     "rowwise",
+    "MIN_QUERY_ROWS",
 ]
 
 #: Norm statistics policies accepted by ``meta_loss`` (they are the norm layers' own policies).
@@ -111,14 +112,19 @@ def check_episode(episode: Episode, n_way: int | None = None) -> None:
         raise ValueError(f"episode {episode.index}: query_y must lie in 0..{way - 1}, got {qy.unique().tolist()}")
 
 
+#: Smallest batch the non-transductive query path runs (see :func:`rowwise`).
+MIN_QUERY_ROWS = 16
+
+
 def rowwise(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """``fn(x)`` for a row-independent ``fn``, computed so that each output row is bitwise batch-invariant.
 
-    PyTorch computes a batch of exactly one image with other kernels than larger batches (small single-image
-    convolutions go to the native kernel instead of oneDNN, a one-row matrix product to a matrix-vector kernel),
-    which changes the last bits. With two rows or more, each row's result does not depend on the batch size or
-    the other rows (checked for Conv-4, ResNet-12 and whitening products, 1 and 2 threads, plain and
-    channels-last). So a single row is duplicated and the first result row kept.
+    PyTorch picks kernels by batch size: a convolution gets oneDNN only when the batch has at least 16 images or
+    other conditions hold (otherwise a 1×1 convolution on one thread, or a small single-image convolution, runs on
+    the native kernel), and a one-row matrix product runs as a matrix-vector product. Different kernels change
+    the last bits. From 16 rows up, each row's result depends on that row alone (checked for Conv-4, ResNet-12,
+    grouped 1×1 whitening products and linear heads, on 1 and 2 threads, plain and channels-last). So a batch of
+    fewer than ``MIN_QUERY_ROWS`` rows is padded by repeating its rows, and the extra outputs are dropped.
 
     Args:
         fn: maps ``(M, ...)`` to ``(M, ...)`` row by row (no batch statistics).
@@ -127,9 +133,11 @@ def rowwise(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     Returns:
         ``fn(x)``, shape ``(M, ...)``.
     """
-    if x.shape[0] == 1:
-        return fn(torch.cat([x, x]))[:1]
-    return fn(x)
+    n = x.shape[0]
+    if n >= MIN_QUERY_ROWS or n == 0:
+        return fn(x)
+    padded = torch.cat([x] * -(-MIN_QUERY_ROWS // n))[:MIN_QUERY_ROWS]
+    return fn(padded)[:n]
 
 
 class Learner(nn.Module):

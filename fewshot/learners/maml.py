@@ -128,9 +128,7 @@ class MAML(Learner):
         self.n_way = _positive_int("n_way", n_way, 2)
         self.inner_lr = _positive_float("inner_lr", inner_lr)
         self.inner_steps = _positive_int("inner_steps", inner_steps, 1)
-        self.eval_inner_lr = (
-            self.inner_lr if eval_inner_lr is None else _positive_float("eval_inner_lr", eval_inner_lr)
-        )
+        self.eval_inner_lr = self.inner_lr if eval_inner_lr is None else _positive_float("eval_inner_lr", eval_inner_lr)
         self.eval_inner_steps = (
             10 if eval_inner_steps is None else _positive_int("eval_inner_steps", eval_inner_steps, 0)
         )
@@ -200,8 +198,14 @@ class MAML(Learner):
         with norms.task_phase(self, "query"):
             return run(forward, xq)
 
-    def _inner_loop(self, loss_fn: Callable[[Params], Tensor], adapt: Params, steps: int, lr: float,
-                    second_order: bool) -> Params:
+    def _inner_loop(
+        self, loss_fn: Callable[[Params], Tensor], adapt: Params, steps: int, lr: float, second_order: bool
+    ) -> Params:
+        """``steps`` SGD steps ``θ ← θ − lr·∇loss_fn(θ)`` on the dict ``adapt``; returns the adapted dict.
+
+        Second order: ``torch.func.grad`` at the live parameters, so the outer backward differentiates through
+        the inner gradient. First order: the gradient is taken at detached parameters and detached itself.
+        """
         grad_fn = torch.func.grad(loss_fn)
         for _ in range(steps):
             if second_order:
@@ -227,8 +231,9 @@ class MAML(Learner):
         """Adapt on the support set, return query logits ``(n_query_total, n_way)``."""
         xs, ys, xq = self.prepare(episode.support_x), episode.support_y, self.prepare(episode.query_x)
         if self.anil:
-            return self._anil_logits(xs, ys, xq, adapt, fixed, buffers, norm_policy, steps, lr, second_order,
-                                     rowwise_query)
+            return self._anil_logits(
+                xs, ys, xq, adapt, fixed, buffers, norm_policy, steps, lr, second_order, rowwise_query
+            )
 
         def net(params: Params, x: Tensor) -> Tensor:
             return functional_call(self, (params, fixed, buffers), (x,), strict=True)
@@ -240,8 +245,20 @@ class MAML(Learner):
         adapted = self._inner_loop(support_loss, adapt, steps, lr, second_order)
         return self._score_query(lambda x: net(adapted, x), xs, xq, norm_policy, rowwise_query)
 
-    def _anil_logits(self, xs: Tensor, ys: Tensor, xq: Tensor, adapt: Params, fixed: Params, buffers: Params,
-                     norm_policy: str, steps: int, lr: float, second_order: bool, rowwise_query: bool) -> Tensor:
+    def _anil_logits(
+        self,
+        xs: Tensor,
+        ys: Tensor,
+        xq: Tensor,
+        adapt: Params,
+        fixed: Params,
+        buffers: Params,
+        norm_policy: str,
+        steps: int,
+        lr: float,
+        second_order: bool,
+        rowwise_query: bool,
+    ) -> Tensor:
         """ANIL: backbone features once per task at the meta-parameters, inner loop on the head only."""
         strip = len("backbone.")
         backbone_state = (

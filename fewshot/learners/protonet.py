@@ -43,7 +43,9 @@ class ProtoNet(Learner):
     whole episode); with ``"support"``, the support forward runs in task phase ``"support"`` and the query forward
     in task phase ``"query"`` (support statistics applied to the query). ``predict``: ``"transductive"`` is that
     same single forward with batch statistics; ``"support"`` as in training; ``"running"`` runs support and query
-    separately in eval mode (running statistics: each query's logits depend on that query alone, bitwise).
+    separately in eval mode with running statistics. Under ``"support"`` and ``"running"`` each query's logits
+    depend on that query alone, bitwise: scoring the query set whole or one image at a time gives equal logits
+    (see :func:`fewshot.learners.base.rowwise`).
 
     Args:
         backbone: feature extractor, ``(N, C, H, W)`` → ``(N, D)``.
@@ -193,4 +195,3 @@ class ProtoNet(Learner):
             parts.append(f"temperature={self.temperature:.4g}, learn_temperature={self.log_temperature is not None}")
         parts.append(f"channels_last={self.channels_last}")
         return ", ".join(parts)
-

@@ -51,6 +51,7 @@ class GroupWhitening(NormLayer):
         input ``(N, C)`` or ``(N, C, H, W)``; output the same (NCHW-contiguous).
 
     Example:
+        >>> import torch
         >>> layer = GroupWhitening(32, groups=8)
         >>> layer(torch.randn(1, 32, 4, 4)).shape
         torch.Size([1, 32, 4, 4])

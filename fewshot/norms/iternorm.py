@@ -42,6 +42,7 @@ class IterNorm(BatchWhitening):
         ``running_wm (G, g, g)``.
 
     Example:
+        >>> import torch
         >>> layer = IterNorm(32, group_size=16, T=5)
         >>> layer(torch.randn(8, 32, 4, 4)).shape
         torch.Size([8, 32, 4, 4])

@@ -126,7 +126,7 @@ class KalmanNorm(NormLayer):
 
     Wang, Peng, Luo, Wang, Lin, "Batch Kalman Normalization: Towards Training Deep Neural Networks with
     Micro-Batches", arXiv 1802.03133 (NeurIPS 2018 as "Kalman Normalization"). Follows the official code's
-    per-channel form (docs/norms-spec §7): the observed batch moments are pooled with moments predicted from
+    per-channel form (norms-spec §7): the observed batch moments are pooled with moments predicted from
     the previous norm layer (:func:`kalman_fuse`), and ``y = γ (x − μ̂)/sqrt(σ̂² + eps) + β``.
 
     State passing (``passes_state = True``): ``forward_with_state(x, prior) -> (y, posterior)``, where the

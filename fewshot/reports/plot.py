@@ -56,15 +56,18 @@ def plot_accuracy_vs_shots(frame: pd.DataFrame, path: str | Path, *, overwrite: 
         )
         data = data.drop_duplicates(key, keep="last")
     varying = [c for c in _SERIES[1:] if data[c].nunique(dropna=False) > 1]
+    series_keys = ["norm", *varying]
+    labels = sorted({" / ".join(str(v) for v in key) for key, _ in data.groupby(series_keys, dropna=False)})
+    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # one colour per series in every panel
     panels = list(data.groupby(_PANEL, sort=True, dropna=False))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
     for ax, ((dataset, protocol, way), panel) in zip(axes[0], panels, strict=True):
-        for series, points in panel.groupby(["norm", *varying], sort=True, dropna=False):
-            series = series if isinstance(series, tuple) else (series,)
+        for series, points in panel.groupby(series_keys, sort=True, dropna=False):
+            label = " / ".join(str(v) for v in series)
             points = points.sort_values("shot")
             ax.errorbar(
                 points["shot"].astype(float), points["mean"], yerr=points["ci95"].fillna(0.0),
-                marker="o", capsize=3, label=" / ".join(str(s) for s in series),
+                marker="o", capsize=3, label=label, color=colors[label],
             )  # fmt: skip
         shots = sorted(int(s) for s in panel["shot"].unique())
         ax.set_xticks(shots)

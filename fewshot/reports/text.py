@@ -21,7 +21,10 @@ def _pct(x: float | None) -> str:
 
 
 def _p(p: float) -> str:
-    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+    """``p = 0.012``; ``p < 1e-300`` when the value underflowed (an enormous t statistic)."""
+    if p == 0.0:
+        return "p < 1e-300"
+    return f"p = {p:.2g}" if p < 0.001 else f"p = {p:.3f}"
 
 
 def format_accuracy(summary: dict[str, Any]) -> str:
@@ -36,7 +39,7 @@ def format_accuracy(summary: dict[str, Any]) -> str:
 def format_eval(label: str, evaluation: Any) -> str:
     """The lines ``eval`` prints for one :class:`~fewshot.evaluation.run_eval.RunEvaluation`."""
     s = evaluation.summary
-    how = "reused (same episodes, policy and checkpoint)" if evaluation.reused else "written"
+    how = "reused: same episodes, policy and checkpoint" if evaluation.reused else "written"
     lines = [
         f"run:       {evaluation.run_dir}  ({label}, checkpoint {s.get('checkpoint_file', s.get('checkpoint'))})",
         f"accuracy:  {format_accuracy(s)}",
@@ -51,12 +54,17 @@ def format_eval(label: str, evaluation: Any) -> str:
 
 def format_leak(report: LeakReport) -> str:
     """The leak-check lines: what was measured, on how many episodes, and the verdict."""
-    return (
-        f"leak check (first {report.n_episodes} episodes, {report.n_queries} queries scored whole and one at a "
+    head = (
+        f"leak check (first {report.n_episodes} episode{'s' if report.n_episodes != 1 else ''}, {report.n_queries} "
+        f"queries scored whole and one at a "
         f"time, policy {report.policy}):\n"
-        f"  max |logit difference| = {report.max_abs_logit_diff:.3g} (float-rounding tolerance "
+    )
+    if report.max_abs_logit_diff is None:
+        return f"{head}  verdict: {report.verdict}"
+    return (
+        f"{head}  max |logit difference| = {report.max_abs_logit_diff:.3g} (float-rounding tolerance "
         f"{report.tolerance:.2g}); accuracy whole {_pct(report.acc_whole)}% vs one at a time "
-        f"{_pct(report.acc_single)}% (difference {100 * report.acc_diff:+.2f} points); "
+        f"{_pct(report.acc_single)}% (difference {100 * (report.acc_diff or 0.0):+.2f} points); "
         f"{report.changed_predictions} predictions changed\n"
         f"  verdict: {report.verdict}"
     )
@@ -64,11 +72,16 @@ def format_leak(report: LeakReport) -> str:
 
 def format_pair(reference: str, other: str, p: PairedComparison) -> str:
     """One paired comparison: difference ± CI in points, both p-values, wins/ties/losses."""
-    perm = "exact" if p.perm_exact else f"{p.perm_resamples} random sign flips"
+    if p.perm_exact:
+        perm = f"{_p(p.p_perm)} (exact)"
+    elif p.p_perm * (1 + p.perm_resamples) < 1.5:  # no random sign pattern was as extreme as the data
+        perm = f"p ≤ {p.p_perm:.2g} (the smallest possible with {p.perm_resamples} random sign flips)"
+    else:
+        perm = f"{_p(p.p_perm)} ({p.perm_resamples} random sign flips)"
     return (
         f"{other} − {reference}: {100 * p.mean_diff:+.2f} ± {_pct(p.ci95_diff)} points (mean per-episode "
-        f"difference ± 95% CI, n={p.n}); paired t-test p = {_p(p.p_t)} (t = {p.t:.3f}, df = {p.df}); sign-flip "
-        f"permutation p = {_p(p.p_perm)} ({perm}); wins/ties/losses over episodes {p.wins}/{p.ties}/{p.losses}"
+        f"difference ± 95% CI, n={p.n}); paired t-test {_p(p.p_t)} (t = {p.t:.3f}, df = {p.df}); sign-flip "
+        f"permutation {perm}; wins/ties/losses over episodes {p.wins}/{p.ties}/{p.losses}"
     )
 
 

@@ -95,8 +95,11 @@ def default_run_dir(cfg: ExperimentConfig, root: str | Path | None = None) -> Pa
     return path
 
 
-def prepare_run_dir(path: str | Path, *, resume: bool) -> Path:
-    """Create the run directory for a new run, or check it for a resumed one.
+def prepare_run_dir(path: str | Path, *, resume: bool, create: bool = True) -> Path:
+    """Check the run directory (new run: absent or empty; resume: holds a run) and create it for a new run.
+
+    ``create=False`` only checks: the trainer checks before loading data and building the model, and creates
+    the directory afterwards, so a run that fails to start leaves nothing behind.
 
     Raises:
         ConfigError: a new run in an existing non-empty directory (nothing a user saved is overwritten), or
@@ -116,7 +119,8 @@ def prepare_run_dir(path: str | Path, *, resume: bool) -> Path:
             f"refusing to start a new run in {str(path)!r}: it exists and is not empty; pass --resume to continue "
             "the run saved there, or choose another --out"
         )
-    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if create:
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -126,7 +130,7 @@ def find_latest_run(name: str, root: str | Path | None = None) -> Path:
     runs = sorted(p for p in parent.glob("*") if (p / "checkpoints" / "last.pt").is_file()) if parent.is_dir() else []
     if not runs:
         raise ConfigError(
-            f"--resume found no run of experiment {name!r} under {str(parent)!r}; give its directory with --out DIR"
+            f"--resume found no run of experiment {name!r} under {str(parent)!r}; give its directory: --resume RUN_DIR"
         )
     return runs[-1]
 

@@ -71,4 +71,5 @@ class TrainLog:
         self._file.flush()
 
     def close(self) -> None:
+        """Close the file (rows already written are flushed)."""
         self._file.close()

@@ -84,7 +84,7 @@ class _Trainer:
     # ------------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
-        prepare_run_dir(self.run_dir, resume=self.resume)
+        prepare_run_dir(self.run_dir, resume=self.resume, create=False)  # fail fast, before loading data
         train_split, val_split = self._given_splits
         train_split = train_split or build_split(cfg, cfg.data.train_split)
         if cfg.data.val_split is not None:
@@ -113,6 +113,7 @@ class _Trainer:
         )
         if self.resume:
             self._restore()
+        prepare_run_dir(self.run_dir, resume=self.resume)
         save_config(cfg, self.run_dir / "config.yaml")
         write_env(self.run_dir, resumed=self.resume)
         self.log = TrainLog(self.run_dir / "train_log.csv", self.state.episodes_done if self.resume else None)

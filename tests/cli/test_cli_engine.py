@@ -76,6 +76,14 @@ def test_train_eval_compare_table_study(dataset, capsys):
     assert "verdict: transductive: predictions depend on other queries" in out
     assert "± " in out and "n=20 episodes" in out
 
+    # any N-way K-shot at test time: another episode set, another eval folder
+    code, out, err = run_cli(capsys, "eval", "--run", runs["batchnorm"], "--n-way", 2, "--n-shot", 3, "--n-query", 1,
+                             "--episodes", 5, "--json")  # fmt: skip
+    assert code == 0, err
+    small = json.loads(out)
+    assert (small["summary"]["way"], small["summary"]["shot"], small["summary"]["n"]) == (2, 3, 5)
+    assert small["eval_folder"] != data["eval_folder"] and small["summary"]["episode_hash"] != s["episode_hash"]
+
     # compare reuses the running-policy evaluation of the first run (no recomputation)
     code, out, err = run_cli(capsys, "compare", "--runs", runs["batchnorm"], runs["layernorm"], "--json")
     assert code == 0, err
@@ -101,7 +109,7 @@ def test_train_eval_compare_table_study(dataset, capsys):
                            "--out", table, "--plot", plot)  # fmt: skip
     assert code == 0, err
     md = table.read_text().splitlines()
-    assert md[0].startswith("| learner | backbone | norm |") and len(md) == 2 + 3  # header, rule, 3 evaluations
+    assert md[0].startswith("| learner | backbone | norm |") and len(md) == 2 + 4  # header, rule, 4 evaluations
     assert plot.read_bytes()[:4] == b"\x89PNG"
     code, _, err = run_cli(capsys, "table", "--runs", runs["batchnorm"], "--out", table)
     assert code == 2 and "refusing to overwrite" in err

@@ -24,6 +24,7 @@ SPLIT_TEXT = "".join(f"Latin/character{i:02d}/rot000\n" for i in range(1, 6))
 class _Handler(http.server.BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
     honour_range = True
+    cut_after: int | None = None  # send only this many body bytes, then hang up (a dropped connection)
     log: list[tuple[str, str | None, int]] = []  # (path, Range header, bytes sent)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -50,7 +51,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body) - start))
         self.log.append((self.path, rng, len(body) - start))
         self.end_headers()
-        self.wfile.write(body[start:])
+        self.wfile.write(body[start:] if self.cut_after is None else body[start : start + self.cut_after])
 
     def log_message(self, *args) -> None:  # keep test output clean
         pass
@@ -59,7 +60,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[type[_Handler]]:
     """A threaded HTTP server on 127.0.0.1; configure it through the yielded handler class."""
-    handler = type("Handler", (_Handler,), {"files": {}, "log": [], "honour_range": True})
+    handler = type("Handler", (_Handler,), {"files": {}, "log": [], "honour_range": True, "cut_after": None})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     handler.base = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
@@ -102,6 +103,18 @@ def test_resume_with_range(server, tmp_path: Path) -> None:
     download(_remote(server), tmp_path)
     assert (tmp_path / "data.zip").read_bytes() == PAYLOAD
     assert server.log == [("/data.zip", "bytes=40000-", len(PAYLOAD) - 40000)]  # only the rest was sent
+
+
+def test_dropped_connection_keeps_the_part_and_the_next_run_resumes(server, tmp_path: Path) -> None:
+    remote = _remote(server)
+    server.cut_after = 30000
+    with pytest.raises(DataError, match=r"(stopped after|interrupted after) 30000 .*run the command again to resume"):
+        download(remote, tmp_path)
+    assert (tmp_path / "data.zip.part").read_bytes() == PAYLOAD[:30000] and not (tmp_path / "data.zip").exists()
+    server.cut_after = None
+    download(remote, tmp_path)
+    assert (tmp_path / "data.zip").read_bytes() == PAYLOAD
+    assert server.log[-1] == ("/data.zip", "bytes=30000-", len(PAYLOAD) - 30000)
 
 
 def test_server_without_range_restarts(server, tmp_path: Path) -> None:

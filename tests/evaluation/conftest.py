@@ -38,8 +38,9 @@ class CentroidLearner(nn.Module):
     so a query's logits depend on the other queries.
     """
 
-    def __init__(self, mutate: bool = False) -> None:
+    def __init__(self, mutate: bool = False, min_batch: int = 1) -> None:
         super().__init__()
+        self.min_batch = min_batch  # like a batch-statistics norm layer refusing a batch of one sample
         self.register_buffer("offset", torch.zeros(1))
         self.scale = nn.Parameter(torch.ones(1))
         self.mutate = mutate
@@ -49,6 +50,8 @@ class CentroidLearner(nn.Module):
             self.offset += 1.0  # a broken learner: scoring changes a buffer
         s = episode.support_x.flatten(1)
         q = episode.query_x.flatten(1)
+        if q.shape[0] < self.min_batch:
+            raise ValueError(f"got a batch of {q.shape[0]} sample; batch statistics need {self.min_batch}")
         if policy == "transductive":
             s, q = s - s.mean(0), q - q.mean(0)
         elif policy == "support":

@@ -1,13 +1,17 @@
 """Tests of fewshot.evaluation.evaluate and the run-directory outputs of an evaluation."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from fewshot.errors import ConfigError
+from fewshot.evaluation.compare import check_comparable
 from fewshot.evaluation.evaluate import evaluate_episodes
 from fewshot.evaluation.outputs import find_reusable, read_episode_accuracies, read_summary, write_eval
+from fewshot.evaluation.run_eval import resolve_request
 
 
 class FixedLogits(torch.nn.Module):
@@ -78,3 +82,30 @@ def test_write_and_reuse_eval_outputs(tmp_path, episodes, centroid_learner):
     assert find_reusable(tmp_path, "ab" * 32, "running", "best", "c" * 64) == folder
     assert find_reusable(tmp_path, "ab" * 32, "running", "best", "d" * 64) is None  # checkpoint changed
     assert find_reusable(tmp_path, "ab" * 32, "support", "best", "c" * 64) is None  # other policy
+
+
+def _cfg(**eval_overrides):
+    ev = {"n_way": 5, "n_shot": 1, "n_query": 15, "episodes": 600, "seed": 1234, "within_alphabet": False,
+          "norm_policy": "running", **eval_overrides}  # fmt: skip
+    data = SimpleNamespace(dataset="omniglot", protocol="vinyals", test_split="test", options={"image_size": 28})
+    return SimpleNamespace(eval=SimpleNamespace(**ev), data=data)
+
+
+def test_resolve_request_applies_overrides_and_rejects_bad_values():
+    r = resolve_request(_cfg(), n_way=20, n_shot=5, episodes=100, policy="support")
+    assert (r.n_way, r.n_shot, r.n_query, r.episodes, r.seed, r.policy) == (20, 5, 15, 100, 1234, "support")
+    assert resolve_request(_cfg()).policy == "running"
+    with pytest.raises(ConfigError, match="unknown test-time normalization policy 'batch'"):
+        resolve_request(_cfg(), policy="batch")
+    with pytest.raises(ConfigError, match="n_query must be a positive integer, got 0"):
+        resolve_request(_cfg(), n_query=0)
+
+
+def test_runs_on_other_episodes_are_not_comparable():
+    check_comparable([_cfg(), _cfg(norm_policy="transductive")], ["a", "b"])  # policies may differ
+    other = _cfg()
+    other.data.options = {"image_size": 84}
+    with pytest.raises(ConfigError, match=r"data.options is \{'image_size': 28\} in 'a' but \{'image_size': 84\}"):
+        check_comparable([_cfg(), other], ["a", "b"])
+    with pytest.raises(ConfigError, match="eval.n_shot is 1 in 'a' but 5 in 'c'"):
+        check_comparable([_cfg(), _cfg(), _cfg(n_shot=5)], ["a", "b", "c"])

@@ -34,6 +34,15 @@ def test_transductive_policy_is_detected(episodes, centroid_learner):
     assert report.acc_whole > report.acc_single
 
 
+def test_a_learner_that_cannot_score_one_query_is_transductive(episodes, centroid_learner):
+    report = check_leak(centroid_learner(min_batch=2), episodes, policy="transductive")
+    assert report.transductive and report.max_abs_logit_diff is None and report.acc_single is None
+    assert report.n_episodes == 1 and report.single_query_error == "got a batch of 1 sample"
+    assert "cannot even be scored on its own: got a batch of 1 sample" in report.verdict
+    with pytest.raises(ValueError, match="batch statistics need 2"):  # a non-transductive policy must manage
+        check_leak(centroid_learner(min_batch=2), episodes, policy="running")
+
+
 def test_leak_check_rejects_state_changes_and_bad_arguments(episodes, centroid_learner):
     with pytest.raises(RuntimeError, match="the leak check .* changed the model state"):
         check_leak(centroid_learner(mutate=True), episodes)
@@ -41,8 +50,17 @@ def test_leak_check_rejects_state_changes_and_bad_arguments(episodes, centroid_l
         check_leak(centroid_learner(), episodes, n_episodes=0)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions run fastest on one thread (and do not fight other processes for the cores)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("norm", ["batchnorm", "swbn"])
-def test_protonet_leak_check_and_untouched_buffers(norm, episode_factory):
+def test_protonet_leak_check_and_untouched_buffers(norm, episode_factory, one_thread):
     norms = pytest.importorskip("fewshot.norms")
     learners = pytest.importorskip("fewshot.learners")
     backbones = pytest.importorskip("fewshot.backbones")

@@ -30,16 +30,17 @@ def make_episode(
     n_query: int = 5,
     world: int = 0,
     n_classes: int = 50,
+    size: int = SIZE,
     dtype: torch.dtype = torch.float32,
 ) -> Episode:
-    """A class-major ``n_way``-way episode from synthetic world ``world`` (episode ``seed``)."""
+    """A class-major ``n_way``-way episode of ``size``×``size`` images from synthetic world ``world``."""
     levels = torch.randn(n_classes, SIGNAL, generator=torch.Generator().manual_seed(1000 + world))
     g = torch.Generator().manual_seed(seed)
     classes = torch.randperm(n_classes, generator=g)[:n_way]
 
     def draw(k: int) -> tuple[Tensor, Tensor]:
         n = n_way * k
-        x = torch.empty(n, CHANNELS, SIZE, SIZE)
+        x = torch.empty(n, CHANNELS, size, size)
         x[:, :SIGNAL] = levels[classes].repeat_interleave(k, 0)[:, :, None, None]
         x[:, SIGNAL:] = 3.0 * torch.randn(n, NUISANCE, 1, 1, generator=g)
         x += 0.5 * torch.randn(x.shape, generator=g)
@@ -76,7 +77,7 @@ class TinyBackbone(nn.Module):
 
 @pytest.fixture
 def episode_factory() -> Callable[..., Episode]:
-    """``make_episode(seed, *, n_way=5, n_shot=1, n_query=5, world=0, dtype=float32) -> Episode``."""
+    """``make_episode(seed, *, n_way=5, n_shot=1, n_query=5, world=0, size=8, dtype=float32) -> Episode``."""
     return make_episode
 
 
@@ -110,3 +111,18 @@ def state_snapshot(module: nn.Module) -> dict[str, Tensor]:
 def snapshot() -> Callable[[nn.Module], dict[str, Tensor]]:
     """``snapshot(module) -> {name: clone}`` of all parameters and buffers."""
     return state_snapshot
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Learner tests use tiny tensors: one intra-op thread is faster (and robust on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def num_threads():
+    """``num_threads(n)``: use ``n`` intra-op threads for the rest of the test."""
+    return torch.set_num_threads

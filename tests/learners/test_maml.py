@@ -16,7 +16,8 @@ from fewshot.norms.state import norm_layers
 
 def _maml(backbone, **kwargs) -> MAML:
     kwargs.setdefault("head_init", "default")
-    return learners.create("maml", backbone, n_way=5, image_size=8, **kwargs)
+    kwargs.setdefault("image_size", 8)
+    return learners.create("maml", backbone, n_way=5, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------- meta-gradient
@@ -60,7 +61,7 @@ def test_first_order_differs_from_second_order_and_detaches_inner_gradient(tiny_
         return torch.cat([p.grad.flatten() for p in learner.parameters()])
 
     second, first = meta_grad(False), meta_grad(True)
-    assert (second - first).norm() > 0.05 * second.norm()
+    assert (second - first).norm() > 0.2 * second.norm()  # measured: 0.8-1.0 of the norm over seeds
     # First order = the query-loss gradient at the adapted parameters, taken as a constant offset of θ.
     ep = episodes[0]
     adapted = copy.deepcopy(learner)
@@ -77,12 +78,12 @@ def test_first_order_differs_from_second_order_and_detaches_inner_gradient(tiny_
         torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("norm", ["batchnorm", "swbn"])
+@pytest.mark.parametrize("norm", norms.names())
 @pytest.mark.parametrize("policy", ["batch", "running", "support"])
-def test_second_order_meta_gradient_is_finite_through_norm(tiny_backbone, episode_factory, norm, policy):
+def test_second_order_meta_gradient_is_finite_through_every_norm(episode_factory, norm, policy):
     torch.manual_seed(0)
-    learner = _maml(tiny_backbone(norm=norm), inner_steps=2)
-    loss, metrics = learner.meta_loss([episode_factory(0), episode_factory(1)], policy=policy)
+    learner = _maml(backbones.create("conv4", in_channels=8, hidden=8, norm=norm), image_size=16, inner_steps=2)
+    loss, metrics = learner.meta_loss([episode_factory(0, size=16), episode_factory(1, size=16)], policy=policy)
     loss.backward()
     assert torch.isfinite(loss) and set(metrics) == {"loss", "acc"}
     for name, p in learner.named_parameters():
@@ -97,10 +98,7 @@ def test_every_backbone_trains_first_and_second_order(episode_factory, name, fir
     kwargs = {"widths": (4, 4, 4, 4)} if name == "resnet12" else {"hidden": 4}
     backbone = backbones.create(name, in_channels=8, **kwargs)
     learner = learners.create("maml", backbone, n_way=3, image_size=16, first_order=first_order)
-    ep = episode_factory(0, n_way=3, n_query=2)
-    ep = type(ep)(*(F.interpolate(t, size=16) if t.dim() == 4 else t for t in
-                    (ep.support_x, ep.support_y, ep.query_x, ep.query_y)), ep.class_ids, ep.support_ids,
-                  ep.query_ids, ep.index)  # fmt: skip
+    ep = episode_factory(0, n_way=3, n_query=2, size=16)
     loss, _ = learner.meta_loss([ep], policy="batch")
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in learner.parameters())
@@ -108,22 +106,25 @@ def test_every_backbone_trains_first_and_second_order(episode_factory, name, fir
 
 
 # ----------------------------------------------------------------------------------------------- norm state
-@pytest.mark.parametrize("norm", ["batchnorm", "swbn"])
+@pytest.mark.parametrize("norm", norms.names())
 @pytest.mark.parametrize("policy", ["transductive", "support", "running"])
-def test_predict_changes_no_parameter_buffer_mode_or_policy(tiny_backbone, episode_factory, snapshot, norm, policy):
+def test_predict_changes_no_parameter_buffer_mode_or_policy(episode_factory, snapshot, norm, policy):
     torch.manual_seed(0)
-    learner = _maml(tiny_backbone(norm=norm), eval_inner_steps=3)
-    learner.meta_loss([episode_factory(5)], policy="running")  # non-trivial running state
+    backbone = backbones.create("conv4", in_channels=8, hidden=8, norm=norm)
+    learner = _maml(backbone, image_size=16, eval_inner_steps=3)
+    learner.meta_loss([episode_factory(5, size=16)], policy="running")  # non-trivial running state
     learner.train()
     before = snapshot(learner)
-    logits = learner.predict(episode_factory(0), policy=policy)
+    logits = learner.predict(episode_factory(0, size=16), policy=policy)
     assert logits.shape == (25, 5) and torch.isfinite(logits).all()
     after = snapshot(learner)
     assert before.keys() == after.keys()
     for key in before:
         assert torch.equal(before[key], after[key]), key
     assert all(m.training for m in learner.modules())
-    assert all(layer.policy == "running" and layer.support_stats is None for layer in norm_layers(learner))
+    fixed = {layer: layer.fixed_policy for layer in norm_layers(learner)}
+    assert all(layer.policy == (fixed[layer] or "running") for layer in fixed)
+    assert all(layer.support_stats is None for layer in fixed)
 
 
 @pytest.mark.parametrize("policy", ["batch", "running", "support"])
@@ -147,35 +148,37 @@ def test_meta_loss_updates_norm_state_once_per_task_at_the_meta_parameters(tiny_
 def test_no_state_leaks_between_tasks(tiny_backbone, episode_factory):
     torch.manual_seed(0)
     learner = _maml(tiny_backbone())
+    learner.meta_loss([episode_factory(9)], policy="running")
     a, b = episode_factory(0), episode_factory(1)
     for policy in ("transductive", "support", "running"):
         alone = learner.predict(b, policy=policy)
         learner.predict(a, policy=policy)
-        learner.meta_loss([a], policy="support")
-        learner.load_state_dict(learner.state_dict())
-        assert all(layer.support_stats is None for layer in norm_layers(learner))
-    for layer in norm_layers(learner):
-        layer.reset_running_stats()
-    again = learner.predict(b, policy="support")
-    torch.testing.assert_close(again, learner.predict(b, policy="support"), rtol=0, atol=0)
-    assert alone.shape == again.shape
+        assert torch.equal(learner.predict(b, policy=policy), alone), policy
+    learner.meta_loss([a], policy="support")
+    assert all(layer.support_stats is None for layer in norm_layers(learner))
+    # Nothing cached is left behind: a query forward with no support forward in its task raises.
+    with norms.set_policy(learner, "support"), norms.task_phase(learner, "query"):
+        with pytest.raises(RuntimeError, match="no cached support statistics"):
+            learner(b.query_x)
 
 
 # ----------------------------------------------------------------------------------------------- policies
 @pytest.mark.parametrize("norm", ["batchnorm", "swbn"])
 @pytest.mark.parametrize("anil", [False, True], ids=["maml", "anil"])
 def test_support_and_running_policies_score_each_query_independently(tiny_backbone, episode_factory, norm, anil):
+    # Single-threaded here; test_protonet checks the kernels' batch invariance with 2 threads at full size.
     torch.manual_seed(0)
-    learner = _maml(tiny_backbone(norm=norm), anil=anil, eval_inner_steps=2)
+    learner = _maml(tiny_backbone(norm=norm), anil=anil)
     learner.meta_loss([episode_factory(7)], policy="running")
-    ep = episode_factory(0)
+    ep = episode_factory(0, n_query=4)  # 20 query rows: scored whole, and one at a time (padded, see rowwise)
     for policy in ("support", "running"):
         whole = learner.predict(ep, policy=policy)
-        one_by_one = torch.cat([learner.predict(_with_query(ep, i, i + 1), policy=policy) for i in range(25)])
-        assert torch.equal(whole, one_by_one), policy
+        rows = [0, 6, 13, 19]
+        one_by_one = torch.cat([learner.predict(_with_query(ep, i, i + 1), policy=policy) for i in rows])
+        assert torch.equal(whole[rows], one_by_one), policy
     whole = learner.predict(ep, policy="transductive")
-    first_half = learner.predict(_with_query(ep, 0, 12), policy="transductive")
-    assert (whole[:12] - first_half).abs().max() > 1e-4
+    first_half = learner.predict(_with_query(ep, 0, 10), policy="transductive")
+    assert (whole[:10] - first_half).abs().max() > 1e-4
 
 
 def _with_query(ep, start: int, stop: int):
@@ -213,7 +216,7 @@ def test_meta_learning_beats_chance_on_new_classes(tiny_backbone, episode_factor
     learner = _maml(tiny_backbone(), inner_lr=0.5, eval_inner_steps=1)
     assert evaluate(learner, "transductive", world=1) < 0.4  # untrained: near chance (0.2)
     opt = torch.optim.Adam(learner.parameters(), lr=0.01)
-    for step in range(100):
+    for step in range(150):  # 0.92-0.94 on seeds 0-5
         loss, _ = learner.meta_loss([episode_factory(2 * step), episode_factory(2 * step + 1)], policy="batch")
         opt.zero_grad()
         loss.backward()

@@ -1,4 +1,4 @@
-"""Tests of Stochastic Whitening Batch Normalization (``swbn``): the invariants of docs/norms-spec §2.11."""
+"""Tests of Stochastic Whitening Batch Normalization (``swbn``): the invariants of norms-spec §2.11."""
 
 from __future__ import annotations
 
@@ -83,7 +83,8 @@ class TestBatchNormLimit:
             assert y.is_contiguous(memory_format=fmt)
 
     def test_no_running_state_is_batch_statistics_bn(self, make_x):
-        swbn = create("swbn", 8, alpha=0.1, track_running_stats=False, dtype=F64)
+        with pytest.warns(UserWarning, match="keeps no whitening matrix, so it is batch-statistics BN"):
+            swbn = create("swbn", 8, alpha=0.1, track_running_stats=False, dtype=F64)
         assert swbn.whitening_matrix is None
         x = make_x(5, 8, 2, 2, dtype=F64)
         tbn = create("batchnorm_transductive", 8, dtype=F64)
@@ -115,7 +116,7 @@ class TestWhiteningMatrixUpdate:
         torch.testing.assert_close(yc.T @ yc / 400, torch.eye(16, dtype=F64), rtol=0, atol=1e-6)
 
     def test_stochastic_batches_whiten_the_population_kl_better_than_fro(self, single_thread):
-        # docs/norms-spec §2.11.4: fresh batches of m = 80 from one population, α = 0.01. KL settles near a
+        # norms-spec §2.11.4: fresh batches of m = 80 from one population, α = 0.01. KL settles near a
         # population whiteness error of 0.064 (tolerance 0.1), Fro near 0.30. 800 steps suffice here (the
         # smallest direction needs ~160 steps to grow, then the relaxation time is 1/(2α) = 50 steps).
         d, m = 16, 80

@@ -39,7 +39,8 @@ class TestResolveGroupSize:
         assert WM.resolve_group_size(6, 16, 16, layer="L") == 6
 
     def test_explicit_value_that_does_not_divide_raises_listing_divisors(self):
-        with pytest.raises(ValueError, match=r"L: group_size=7 does not divide num_features=24.*\[1, 2, 3, 4, 6, 8, 12, 24\]"):
+        match = r"L: group_size=7 does not divide num_features=24.*\[1, 2, 3, 4, 6, 8, 12, 24\]"
+        with pytest.raises(ValueError, match=match):
             WM.resolve_group_size(24, 7, 16, layer="L")
 
     @pytest.mark.parametrize("bad", [0, -2, 2.0, True])
@@ -98,6 +99,23 @@ class TestChannelMoments:
         torch.testing.assert_close(var, x.var(dims, unbiased=False), rtol=0, atol=1e-12)
         assert torch.autograd.gradcheck(WM.channel_moments, (x,))
         assert torch.autograd.gradgradcheck(WM.channel_moments, (x,))
+
+    @pytest.mark.parametrize("layout", ["nchw", "channels_last", "2d"])
+    def test_with_covariance_gives_the_same_moments_and_the_centred_covariance(self, layout):
+        x = torch.randn(6, 8, 3, 3, dtype=F64) * 2 + 3
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif layout == "2d":
+            x = x[:, :, 0, 0].contiguous()
+        x.requires_grad_()
+        mean, var, cov = WM.channel_moments_and_covariance(x, 4)
+        ref_mean, ref_var = WM.channel_moments(x)
+        torch.testing.assert_close(mean, ref_mean, rtol=0, atol=1e-13)
+        torch.testing.assert_close(var, ref_var, rtol=0, atol=1e-12)
+        centred = x.detach() - ref_mean.detach().reshape(1, -1, *([1] * (x.dim() - 2)))
+        torch.testing.assert_close(cov, _reference_blocks(centred, 4), rtol=0, atol=1e-12)
+        assert not cov.requires_grad
+        assert torch.autograd.gradcheck(lambda a: WM.channel_moments_and_covariance(a, 4)[:2], (x,))
 
     def test_vmap_of_second_order_grad_equals_loop(self):
         xs = torch.randn(3, 5, 2, 3, 3, dtype=F64)

@@ -61,13 +61,19 @@ SWBN = ("norm=swbn", "model.norm_kwargs={alpha: 0.05, group_size: 4}")
 
 
 #: Learner/norm variants of the tiny run, by name.
-CASES = {"protonet-batchnorm": (), "maml-batchnorm": MAML, "protonet-swbn": SWBN}
+CASES = {"protonet-batchnorm": (), "maml-batchnorm": MAML, "protonet-swbn": SWBN, "maml-swbn": MAML + SWBN}
 
 
 @pytest.fixture
 def case_overrides() -> dict[str, tuple[str, ...]]:
     """Overrides of the tiny run for each variant name (``protonet-batchnorm``, ``maml-batchnorm``, ...)."""
     return dict(CASES)
+
+
+@pytest.fixture
+def split_factory() -> Callable[..., ClassSplit]:
+    """:func:`make_split`."""
+    return make_split
 
 
 @pytest.fixture

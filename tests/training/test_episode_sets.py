@@ -20,7 +20,8 @@ def test_a_set_is_made_once_and_then_reused(tmp_path, splits):
     assert again.path == first.path and again.path.stat().st_mtime_ns == stamp  # not rewritten
     assert again.content_hash == first.content_hash
     reference = make_fixed_episodes(split, 3, 1, 2, seed=5, count=4).bind(split)
-    for a, b in zip(again.episodes, reference):
+    assert len(again.episodes) == len(reference) == 4
+    for a, b in zip(again.episodes, reference, strict=True):
         assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x)
         assert a.class_ids == b.class_ids
     assert [p.name for p in (tmp_path / "_episode_sets").iterdir()] == [first.path.name]  # no temp files

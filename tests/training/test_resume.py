@@ -43,7 +43,7 @@ def _log_rows(run: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("case", ["protonet-batchnorm", "maml-batchnorm", "protonet-swbn"])
+@pytest.mark.parametrize("case", ["protonet-batchnorm", "maml-batchnorm", "protonet-swbn", "maml-swbn"])
 def test_interrupted_and_resumed_run_equals_uninterrupted_run(case, tmp_path, splits, tiny_config):
     cfg = tiny_config(case=case)
     train_split, val_split = splits
@@ -118,3 +118,15 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path, splits, tiny_config):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"cannot resume .*no config\.yaml and no checkpoints/last\.pt"):
         train(tiny_config(), tmp_path / "empty", resume=True, train_split=splits[0], val_split=splits[1])
+
+
+def test_resume_without_a_directory_takes_the_latest_run_of_the_experiment(tmp_path):
+    from fewshot.training.run_dir import find_latest_run
+
+    for stamp in ("20250101T000000Z-abc1234", "20250102T000000Z-abc1234", "20250103T000000Z-abc1234"):
+        (tmp_path / "exp" / stamp / "checkpoints").mkdir(parents=True)
+    for stamp in ("20250101T000000Z-abc1234", "20250102T000000Z-abc1234"):  # the newest has no checkpoint yet
+        (tmp_path / "exp" / stamp / "checkpoints" / "last.pt").write_bytes(b"")
+    assert find_latest_run("exp", tmp_path).name == "20250102T000000Z-abc1234"
+    with pytest.raises(ConfigError, match=r"--resume found no run of experiment 'other'"):
+        find_latest_run("other", tmp_path)

@@ -152,8 +152,15 @@ def test_train_command_on_real_omniglot(tmp_path, monkeypatch, capsys):
     assert "finished: 2/2 episodes" in capsys.readouterr().out
     assert main(["train", *flags, "--out", out]) == 2
     assert "refusing to start a new run" in capsys.readouterr().err
-    assert main(["train", "--out", out, "--resume", "--set", "train.episodes=4", "--quiet"]) == 0
+    assert main(["train", "--resume", out, "--set", "train.episodes=4", "--quiet"]) == 0
     assert read_json(tmp_path / "run" / "metrics.json")["episodes_done"] == 4
     assert config_to_dict(read_config(tmp_path / "run" / "config.yaml"))["train"]["episodes"] == 4
     assert main(["train", "--out", out, "--resume", "--set", "train.lr=0.5"]) == 2
     assert "train.lr: run has 0.001, given 0.5" in capsys.readouterr().err
+
+
+def test_a_run_that_fails_to_start_leaves_no_directory(tmp_path, splits, split_factory, tiny_config):
+    with pytest.raises(ConfigError, match=r"n_way = 3 exceeds the 2 classes"):
+        train(tiny_config(), tmp_path / "run", train_split=split_factory("train", n_classes=2),
+              val_split=splits[1], runs_root=tmp_path)  # fmt: skip
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,117 @@
+"""``run_episode.py bench WHAT``: speed measurements. ``bench norms`` times the normalization layers.
+
+Each ``bench`` subcommand is one entry of :data:`SUBCOMMANDS`: a function adding its parser to the ``bench``
+sub-parsers and setting ``func``. To add ``bench episodes`` or ``bench train``, write ``_add_episodes(sub)``
+and list it there. The measurement code lives in ``benchmarks/`` (importable, e.g.
+``benchmarks/bench_norms.py``); this module only parses arguments, prints and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from types import ModuleType
+
+from fewshot.errors import ConfigError
+
+__all__ = ["SUBCOMMANDS", "load_benchmark", "register", "run_norms"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import ``benchmarks.<name>`` from the repository checkout (``benchmarks/`` is not an installed package)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("benchmarks", f"benchmarks.{name}"):
+            raise
+        raise ConfigError(
+            f"benchmark module benchmarks/{name}.py not found under {REPO}; run from a fewshot checkout"
+        ) from exc
+
+
+def _comma_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def run_norms(args: argparse.Namespace) -> int:
+    """``bench norms``: measure, print the table (or JSON), optionally write the CSV."""
+    bench = load_benchmark("bench_norms")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if args.write and out.exists() and not args.force:  # fail before minutes of measuring
+        raise ConfigError(f"{out} already exists; pass --force to replace it, or --out to write elsewhere")
+    try:
+        rows = bench.run(
+            datasets=_comma_list(args.datasets),
+            sections=_comma_list(args.sections),
+            repeats=args.repeats,
+            warmup=args.warmup,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    env = bench.environment()
+    if args.json:
+        clean = [
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()} for r in rows
+        ]
+        print(json.dumps({"environment": env, "rows": clean, "claims": bench.claims(rows)}, indent=2))
+    else:
+        print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
+        print(bench.format_table(rows))
+        for line in bench.claims(rows):
+            print(line)
+    if args.write:
+        path = bench.write_csv(rows, out, env, force=args.force)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _add_norms(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "norms",
+        help="forward+backward time of every norm layer and of a Conv-4 ProtoNet step, as ratios to batchnorm",
+        description=(
+            "Times every registered normalization layer (and torch's BatchNorm2d) on the Conv-4 activation shapes "
+            "of an Omniglot 60-way and a miniImageNet 5-way training episode, and one whole Conv-4 ProtoNet step, "
+            "interleaved round-robin; prints medians and ratios to batchnorm measured in the same run."
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--write", action="store_true", help="also write the CSV (see --out)")
+    parser.add_argument("--out", default="results/bench_norms.csv", help="CSV path for --write")
+    parser.add_argument("--force", action="store_true", help="let --write replace an existing CSV")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="extra untimed rounds (layers are run once when built; steps get +1)"
+    )
+    parser.add_argument("--datasets", default="omniglot,miniimagenet", help="comma list: omniglot,miniimagenet")
+    parser.add_argument("--sections", default="layer,step", help="comma list: layer (each layer), step (Conv-4)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.set_defaults(func=run_norms)
+
+
+SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {"norms": _add_norms}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench`` and its subcommands to the ``run_episode.py`` parser."""
+    parser = subparsers.add_parser("bench", help="speed benchmarks (bench norms, ...)")
+    sub = parser.add_subparsers(dest="bench_command", metavar="WHAT")
+    sub.required = True
+    for add in SUBCOMMANDS.values():
+        add(sub)
