@@ -2,7 +2,9 @@
 """Regenerate the README's result tables from the CSV files under results/.
 
 README.md holds marker pairs ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``; everything between a pair is
-replaced by a Markdown rendering of ``results/NAME.csv``. Lines of the CSV starting with ``#`` are comments (the exact
+replaced by a Markdown rendering of ``results/NAME.csv``. The opening marker may select rows and columns:
+``<!-- results:NAME where <pandas query> columns a,b,c -->`` (both parts optional, in that order), e.g.
+``<!-- results:bench_norms where section == "step" columns dataset,layer,ms,ratio_to_batchnorm -->``. Lines of the CSV starting with ``#`` are comments (the exact
 command that produced the file) and are rendered as a "Produced by" line under the table. The README is never edited
 by hand between markers.
 
@@ -20,16 +22,27 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
-MARKER = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+MARKER = re.compile(
+    r"(<!-- results:(?P<name>[\w.-]+)(?: where (?P<where>.+?))?(?: columns (?P<columns>[\w,]+))? -->\n)"
+    r"(?P<body>.*?)(<!-- /results:(?P=name) -->)",
+    re.S,
+)
 
 
-def render(name: str) -> str:
+def render(name: str, where: str | None = None, columns: str | None = None) -> str:
     path = ROOT / "results" / f"{name}.csv"
     if not path.exists():
         raise FileNotFoundError(f"README refers to results/{name}.csv, which does not exist; run the command that makes it")
     text = path.read_text()
     comments = [line[1:].strip() for line in text.splitlines() if line.startswith("#")]
     frame = pd.read_csv(io.StringIO(text), comment="#")
+    if where:
+        frame = frame.query(where)
+    if columns:
+        missing = [c for c in columns.split(",") if c not in frame.columns]
+        if missing:
+            raise KeyError(f"results/{name}.csv has no column(s) {missing}; it has {list(frame.columns)}")
+        frame = frame[columns.split(",")]
     table = frame.to_markdown(index=False) if _has_tabulate() else _markdown(frame)
     notes = "".join(f"\n{c}  " for c in comments)
     return f"{table}\n{notes}\n" if notes else f"{table}\n"
@@ -61,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     readme = ROOT / "README.md"
     old = readme.read_text()
-    new = MARKER.sub(lambda m: m.group(1) + render(m.group("name")) + m.group(4), old)
+    new = MARKER.sub(
+        lambda m: m.group(1) + render(m.group("name"), m.group("where"), m.group("columns")) + m.group(6), old
+    )
     if args.check:
         return 0 if new == old else 1
     if new != old:

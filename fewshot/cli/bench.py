@@ -1,8 +1,8 @@
-"""``run_episode.py bench WHAT``: speed measurements. ``bench norms`` times the normalization layers.
+"""``run_episode.py bench WHAT``: speed measurements. ``bench norms`` times the normalization layers,
+``bench train`` the meta-training loop (episodes/s and the share of time outside the model step).
 
 Each ``bench`` subcommand is one entry of :data:`SUBCOMMANDS`: a function adding its parser to the ``bench``
-sub-parsers and setting ``func``. To add ``bench episodes`` or ``bench train``, write ``_add_episodes(sub)``
-and list it there. The measurement code lives in ``benchmarks/`` (importable, e.g.
+sub-parsers and setting ``func``. To add another, write ``_add_<name>(sub)`` and list it there. The measurement code lives in ``benchmarks/`` (importable, e.g.
 ``benchmarks/bench_norms.py``); this module only parses arguments, prints and writes.
 """
 
@@ -20,7 +20,7 @@ from types import ModuleType
 
 from fewshot.errors import ConfigError
 
-__all__ = ["SUBCOMMANDS", "load_benchmark", "register", "run_norms"]
+__all__ = ["SUBCOMMANDS", "load_benchmark", "register", "run_norms", "run_train"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,7 +105,56 @@ def _add_norms(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_norms)
 
 
-SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {"norms": _add_norms}
+def run_train(args: argparse.Namespace) -> int:
+    """``bench train``: run the trainer on each setting, print the table (or JSON), optionally write the CSV."""
+    bench = load_benchmark("bench_train")
+    out = Path(args.out)
+    if args.write and out.exists() and not args.force:  # fail before minutes of measuring
+        raise ConfigError(f"{out} already exists; pass --force to replace it, or --out to write elsewhere")
+    try:
+        rows = bench.run(
+            protonet_episodes=args.protonet_episodes,
+            maml_episodes=args.maml_episodes,
+            warmup_steps=args.warmup_steps,
+            data_root=args.data_root,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    env = bench.environment()
+    if args.json:
+        print(json.dumps({"environment": env, "rows": [asdict(r) for r in rows]}, indent=2))
+    else:
+        print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
+        print(bench.format_table(rows))
+    if args.write:
+        command = "python run_episode.py " + " ".join(sys.argv[1:])
+        path = bench.write_csv(rows, out, env, command, force=args.force)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="meta-training episodes/s of ProtoNet and MAML and the share of time outside the model step",
+        description=(
+            "Runs the real trainer (real Omniglot, sampler, log and checkpoints) for a fixed number of episodes of "
+            "ProtoNet (BN and SWBN, 60-way 1-shot) and second-order MAML (5-way 1-shot, meta-batch 32), one after "
+            "the other, and prints episodes/s and the fraction of loop time spent outside the model step."
+        ),
+    )
+    parser.add_argument("--protonet-episodes", type=int, default=600, help="timed ProtoNet episodes per setting")
+    parser.add_argument("--maml-episodes", type=int, default=640, help="timed MAML episodes (multiple of 32)")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed meta-steps first, in a separate run")
+    parser.add_argument("--data-root", default=None, help="data root (default: the usual lookup)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--write", action="store_true", help="also write the CSV (see --out)")
+    parser.add_argument("--out", default="results/bench_train.csv", help="CSV path for --write")
+    parser.add_argument("--force", action="store_true", help="let --write replace an existing CSV")
+    parser.set_defaults(func=run_train)
+
+
+SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {"norms": _add_norms, "train": _add_train}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

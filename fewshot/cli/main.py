@@ -50,8 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, return its exit code."""
+    from fewshot.provenance import record_command
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    record_command(["run_episode.py", *(sys.argv[1:] if argv is None else argv)])
     try:
         return int(args.func(args) or 0)
     except FewshotError as exc:

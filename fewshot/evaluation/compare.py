@@ -40,11 +40,16 @@ def run_label(cfg: Any) -> str:
     return f"{cfg.learner.name}/{cfg.model.backbone}/{cfg.model.norm}"
 
 
-def check_comparable(configs: Sequence[Any], names: Sequence[str]) -> None:
-    """Raise ConfigError naming the first :data:`SHARED_FIELDS` key on which a run differs from the first."""
+def check_comparable(configs: Sequence[Any], names: Sequence[str], ignore: Sequence[str] = ()) -> None:
+    """Raise ConfigError naming the first :data:`SHARED_FIELDS` key on which a run differs from the first.
+
+    ``ignore`` lists keys set for all runs alike by the caller (e.g. ``eval.n_way`` when comparing at 20-way).
+    """
     ref = configs[0]
     for cfg, name in zip(configs[1:], names[1:], strict=True):
         for key in SHARED_FIELDS:
+            if key in ignore:
+                continue
             a, b = _field(ref, key), _field(cfg, key)
             if a != b:
                 raise ConfigError(
@@ -115,11 +120,17 @@ def compare_runs(
     n_resamples: int = 20_000,
     seed: int = 0,
     runs_root: str | Path | None = None,
+    n_way: int | None = None,
+    n_shot: int | None = None,
+    n_query: int | None = None,
+    episodes: int | None = None,
 ) -> Comparison:
     """Evaluate (or reuse) every run on the shared episode file and compare each with the first.
 
     Args:
         run_dirs: two or more run directories; the first is the reference.
+        n_way, n_shot, n_query, episodes: evaluate every run at these settings instead of its ``eval`` ones
+            (e.g. 20-way 5-shot for models trained at 60-way 1-shot); the runs then need not agree on them.
         reuse: reuse matching evaluations instead of recomputing.
         progress: show progress bars while evaluating.
         n_resamples: Monte Carlo sign patterns of the permutation test (when not exact).
@@ -136,8 +147,11 @@ def compare_runs(
     if len(set(resolved)) != len(resolved):
         raise ConfigError("compare got the same run directory twice; pass distinct runs")
     configs = [load_run_config(d) for d in dirs]
-    check_comparable(configs, [str(d) for d in dirs])
-    evaluations = tuple(evaluate_run(d, reuse=reuse, progress=progress, runs_root=runs_root) for d in dirs)
+    request = {"n_way": n_way, "n_shot": n_shot, "n_query": n_query, "episodes": episodes}
+    check_comparable(configs, [str(d) for d in dirs], ignore=[f"eval.{k}" for k, v in request.items() if v is not None])
+    evaluations = tuple(
+        evaluate_run(d, reuse=reuse, progress=progress, runs_root=runs_root, **request) for d in dirs
+    )
     hashes = {e.summary["episode_hash"] for e in evaluations}
     if len(hashes) != 1:
         raise DataError(

@@ -32,6 +32,7 @@ import pandas as pd
 from episodes.cache import atomic_write_bytes
 from fewshot.errors import DataError
 from fewshot.evaluation.evaluate import EvalResult
+from fewshot.provenance import command_line
 
 __all__ = [
     "EVAL_DIR",
@@ -112,6 +113,7 @@ def write_eval(run_dir: str | Path, result: EvalResult, info: dict[str, Any]) ->
         "eval_seconds": round(result.seconds, 3),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "ci_formula": CI_FORMULA,
+        "command": command_line(),
     }
     atomic_write_text(folder / "episodes.csv", frame.to_csv(index=False))
     atomic_write_text(folder / "summary.json", json.dumps(data, indent=2, sort_keys=True) + "\n")

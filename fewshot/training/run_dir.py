@@ -39,6 +39,7 @@ from fewshot.config.loader import (
 )
 from fewshot.config.schema import ExperimentConfig
 from fewshot.errors import ConfigError, DataError
+from fewshot.provenance import command_line
 from fewshot.training.checkpoint import load_checkpoint
 from fewshot.training.episode_sets import runs_root
 
@@ -205,6 +206,7 @@ def _environment() -> dict[str, Any]:
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "command": command_line(),
     }
 
 

@@ -103,6 +103,20 @@ def test_train_eval_compare_table_study(dataset, capsys):
     code, _, err = run_cli(capsys, "compare", "--runs", runs["batchnorm"], other)
     assert code == 2 and "eval.n_query is 2" in err and "but 3" in err
 
+    # ... unless the settings they differ on are given for all: then both are scored on the same 2-way 3-shot file
+    out_csv = root / "compare.csv"
+    code, _, err = run_cli(capsys, "compare", "--runs", runs["batchnorm"], other, "--n-way", 2, "--n-shot", 3,
+                           "--n-query", 1, "--episodes", 5, "--out", out_csv)  # fmt: skip
+    assert code == 0, err
+    lines = out_csv.read_text().splitlines()
+    assert lines[0].startswith("# command: python ") and "--n-way 2" in lines[0]
+    header = lines[1].split(",")
+    row = dict(zip(header, lines[2].split(","), strict=True))
+    assert (row["way"], row["shot"], row["episodes"]) == ("2", "3", "5") and len(lines) == 3
+    assert float(row["diff"]) == pytest.approx(float(row["other_mean"]) - float(row["reference_mean"]), abs=1e-3)
+    code, _, err = run_cli(capsys, "compare", "--runs", runs["batchnorm"], other, "--out", out_csv)
+    assert code == 2 and "refusing to overwrite" in err
+
     # table: markdown file + plot; refuses to overwrite without --force
     table, plot = root / "table.md", root / "acc.png"
     code, _, err = run_cli(capsys, "table", "--runs", runs["batchnorm"], runs["layernorm"], "--format", "md",

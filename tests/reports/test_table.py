@@ -109,3 +109,35 @@ def test_plot_writes_png_and_refuses_to_overwrite(tmp_path):
         plot_accuracy_vs_shots(frame, tmp_path / "plot.png")
     with pytest.raises(ValueError, match="no evaluated runs"):
         plot_accuracy_vs_shots(runs_table([make_run(tmp_path, "x", norm="swbn", evaluated=False)]), tmp_path / "p.png")
+
+
+def test_published_column_matches_learner_dataset_way_and_shot(tmp_path):
+    from fewshot.reports.published import add_published
+
+    one = make_run(tmp_path, "r1", norm="swbn", shot=1)
+    five = make_run(tmp_path, "r5", norm="batchnorm", shot=5)
+    frame = runs_table([one, five])
+    frame.loc[:, "way"] = pd.array([5, 5], dtype="Int64")  # make_run evaluates 1-way; the papers report 5-way
+    out = add_published(frame)
+    by_shot = dict(zip(out["shot"].tolist(), out["published_bn"].tolist()))
+    assert by_shot == {1: 98.8, 5: 99.7}
+    assert set(out["published_source"]) == {"Snell et al. 2017, Tables 1-2"}
+    assert "published_bn" not in frame.columns  # a copy; the input frame is unchanged
+    unpublished = add_published(runs_table([one]))  # 1-way: no paper reports it
+    assert unpublished["published_bn"].isna().all() and unpublished["published_source"].isna().all()
+
+
+def test_table_cli_writes_csv_with_command_line_and_published(tmp_path, monkeypatch):
+    from fewshot.cli.main import main
+
+    make_run(tmp_path / "runs", "r1", norm="batchnorm")
+    out = tmp_path / "acc.csv"
+    monkeypatch.setattr("sys.argv", ["run_episode.py", "table", "--runs", str(tmp_path / "runs")])
+    assert main(["table", "--runs", str(tmp_path / "runs"), "--format", "csv", "--published", "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("# command: python run_episode.py table")
+    frame = pd.read_csv(out, comment="#")
+    assert list(frame.columns)[-2:] == ["published_bn", "published_source"]
+    before = out.read_text()
+    assert main(["table", "--runs", str(tmp_path / "runs"), "--format", "csv", "--out", str(out)]) == 2
+    assert out.read_text() == before  # refused: not overwritten without --force

@@ -1,0 +1,180 @@
+"""Meta-training throughput of the real trainer: episodes per second and the share of time outside the step.
+
+Runs ``fewshot.training.train`` itself (real sampler, real logging and checkpoints, real Omniglot from the data
+root) for a fixed number of episodes of each setting below, one after the other in one process, each into a
+throw-away run directory, and reads the trainer's own accounting from ``metrics.json``:
+
+* ``step_seconds``: time inside the model step (``meta_loss`` + backward + optimizer step);
+* ``overhead_seconds``: everything else of the loop (drawing and collating episodes, the training log,
+  periodic checkpoints and ``metrics.json``); validation is off;
+* ``episodes_per_second = episodes / (step + overhead)`` and ``overhead_fraction = overhead / (step + overhead)``.
+
+Settings (the experiment files the accuracy runs use, unchanged but for the episode count):
+
+* ``protonet``: ``configs/protonet/omniglot_vinyals_1shot.yaml`` (Conv-4 + batchnorm, 60-way 1-shot 5-query,
+  channels_last), and the same with ``norm=swbn``;
+* ``maml``: ``configs/maml/omniglot_vinyals_5w1s.yaml`` (conv4_maml + batchnorm, 5-way 1-shot, 1 query per
+  class, meta-batch 32, second order, 1 inner step).
+
+The first ``warmup`` episodes of each setting are run in a separate run first (allocator and kernel warm-up)
+and not counted. Like ``run_episode.py``, call it through ``python run_episode.py bench train`` so that the
+glibc malloc tunables are set.
+
+Usage::
+
+    python run_episode.py bench train [--protonet-episodes 600] [--maml-episodes 640] [--write]
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["SETTINGS", "Row", "Setting", "environment", "format_table", "run", "to_csv", "write_csv"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One measured configuration: a label, an experiment file and ``--set`` overrides."""
+
+    label: str
+    learner: str
+    config: str
+    overrides: tuple[str, ...] = ()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("protonet conv4 batchnorm 60w1s5q", "protonet", "configs/protonet/omniglot_vinyals_1shot.yaml"),
+    Setting("protonet conv4 swbn 60w1s5q", "protonet", "configs/protonet/omniglot_vinyals_1shot.yaml", ("norm=swbn",)),
+    Setting("maml conv4_maml batchnorm 5w1s1q mb32 2nd-order", "maml", "configs/maml/omniglot_vinyals_5w1s.yaml"),
+)
+
+
+@dataclass
+class Row:
+    """The trainer's accounting for one setting."""
+
+    setting: str
+    learner: str
+    episodes: int
+    meta_batch: int
+    step_seconds: float
+    overhead_seconds: float
+    episodes_per_second: float
+    steps_per_second: float
+    overhead_fraction: float
+
+
+def _measure(setting: Setting, episodes: int, warmup: int, data_root: str | None) -> Row:
+    from fewshot.config import load_config
+    from fewshot.training.run_dir import read_json
+    from fewshot.training.trainer import train
+
+    base = [
+        *setting.overrides,
+        "train.max_minutes=null",
+        "data.val_split=null",
+        "train.checkpoint_minutes=5.0",
+    ]
+    if data_root is not None:
+        base.append(f"data.data_root={data_root!r}")
+    with tempfile.TemporaryDirectory(prefix="fewshot-bench-train-") as tmp:
+        if warmup:
+            cfg = load_config(REPO / setting.config, [*base, f"train.episodes={warmup}"])
+            train(cfg, Path(tmp) / "warmup", quiet=True, runs_root=tmp)
+        cfg = load_config(REPO / setting.config, [*base, f"train.episodes={episodes}"])
+        train(cfg, Path(tmp) / "run", quiet=True, runs_root=tmp)
+        m = read_json(Path(tmp) / "run" / "metrics.json")
+    busy = m["step_seconds"] + m["overhead_seconds"]
+    return Row(
+        setting=setting.label,
+        learner=setting.learner,
+        episodes=int(m["episodes_done"]),
+        meta_batch=cfg.train.meta_batch,
+        step_seconds=float(m["step_seconds"]),
+        overhead_seconds=float(m["overhead_seconds"]),
+        episodes_per_second=float(m["episodes_done"]) / busy,
+        steps_per_second=float(m["episodes_done"]) / cfg.train.meta_batch / busy,
+        overhead_fraction=float(m["overhead_seconds"]) / busy,
+    )
+
+
+def run(
+    *, protonet_episodes: int = 600, maml_episodes: int = 640, warmup_steps: int = 2, data_root: str | None = None
+) -> list[Row]:
+    """Measure every setting of :data:`SETTINGS`; episode counts are rounded up to whole meta-batches."""
+    if protonet_episodes < 1 or maml_episodes < 1 or warmup_steps < 0:
+        raise ValueError(
+            f"episode counts must be >= 1 and warmup >= 0, got protonet {protonet_episodes}, maml {maml_episodes}, "
+            f"warmup {warmup_steps}"
+        )
+    from fewshot.config import load_config
+
+    rows = []
+    for setting in SETTINGS:
+        meta_batch = load_config(REPO / setting.config, list(setting.overrides)).train.meta_batch
+        wanted = protonet_episodes if setting.learner == "protonet" else maml_episodes
+        episodes = -(-wanted // meta_batch) * meta_batch
+        rows.append(_measure(setting, episodes, warmup_steps * meta_batch, data_root))
+    return rows
+
+
+def environment() -> dict[str, str]:
+    """What the numbers depend on: torch version, threads, date, load, malloc tunables."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return {
+        "torch": torch.__version__,
+        "threads": str(os.cpu_count()),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "load_average": f"{load:.2f}",
+        "glibc_tunables": "set" if os.environ.get("GLIBC_TUNABLES") else "unset",
+    }
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """Human-readable table, one line per setting."""
+    lines = [f"{'setting':50} {'episodes':>8} {'ep/s':>8} {'steps/s':>8} {'step s':>8} {'other s':>8} {'other %':>8}"]
+    for r in rows:
+        lines.append(
+            f"{r.setting:50} {r.episodes:8d} {r.episodes_per_second:8.2f} {r.steps_per_second:8.3f} "
+            f"{r.step_seconds:8.1f} {r.overhead_seconds:8.2f} {100 * r.overhead_fraction:8.2f}"
+        )
+    return "\n".join(lines)
+
+
+def to_csv(rows: Sequence[Row], env: dict[str, str], command: str) -> str:
+    """CSV text: comment lines with the command and the environment, then one row per setting."""
+    buf = io.StringIO()
+    buf.write(f"# command: {command}\n")
+    buf.write("# " + ", ".join(f"{k} {v}" for k, v in env.items()) + "\n")
+    fields = list(asdict(rows[0]).keys()) if rows else [f for f in Row.__dataclass_fields__]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        d = asdict(r)
+        for k in ("episodes_per_second", "steps_per_second"):
+            d[k] = f"{d[k]:.3f}"
+        d["overhead_fraction"] = f"{d['overhead_fraction']:.4f}"
+        writer.writerow(d)
+    return buf.getvalue()
+
+
+def write_csv(rows: Sequence[Row], path: Path, env: dict[str, str], command: str, force: bool = False) -> Path:
+    """Write :func:`to_csv` to ``path`` atomically; never replaces an existing file unless ``force``."""
+    from episodes.cache import atomic_write_bytes
+
+    path = Path(path)
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} already exists; pass --force to replace it, or --out to write elsewhere")
+    atomic_write_bytes(path, to_csv(rows, env, command).encode())
+    return path
