@@ -25,20 +25,18 @@ machines, longer when other jobs share them.
 
 from __future__ import annotations
 
-import csv
-import datetime
-import io
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchmarks._results import rows_to_csv, write_result
 
 __all__ = [
     "DATASETS",
@@ -214,36 +212,18 @@ def bench_layers(setting: Setting, configs: Sequence[Config], repeats: int, warm
         timed = _time_interleaved(fns, repeats, warmup)
         for c in configs:
             ms, cpu_ms = timed.get(c.label, (float("nan"), float("nan")))
-            rows.append(
-                Row(
-                    "layer",
-                    setting.name,
-                    c.label,
-                    c.layer,
-                    c.group_size(),
-                    "x".join(map(str, shape)),
-                    ms,
-                    cpu_ms,
-                    error=errors.get(c.label, ""),
-                )
-            )
+            rows.append(_layer_row(setting, c, "x".join(map(str, shape)), ms, cpu_ms, errors))
             totals[c.label][0] += ms
             totals[c.label][1] += cpu_ms
         del x, grad_out, fns
-    for c in configs:
-        rows.append(
-            Row(
-                "layer",
-                setting.name,
-                c.label,
-                c.layer,
-                c.group_size(),
-                "conv4",
-                *totals[c.label],
-                error=errors.get(c.label, ""),
-            )
-        )
+    rows += [_layer_row(setting, c, "conv4", *totals[c.label], errors) for c in configs]
     return rows
+
+
+def _layer_row(setting: Any, c: Config, shape: str, ms: float, cpu_ms: float, errors: dict[str, str]) -> Row:
+    """One ``layer`` row: a configuration's time on one activation shape (or ``"conv4"``: summed over the four)."""
+    error = errors.get(c.label, "")
+    return Row("layer", setting.name, c.label, c.layer, c.group_size(), shape, ms, cpu_ms, error=error)
 
 
 def _torch_bn_conv4(in_channels: int) -> nn.Module:
@@ -340,18 +320,6 @@ def run(
     return rows
 
 
-def environment() -> dict[str, str]:
-    """What the numbers depend on: torch version, threads, date, load, malloc tunables."""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return {
-        "torch": torch.__version__,
-        "threads": str(torch.get_num_threads()),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "load_average": f"{load:.2f}",
-        "glibc_tunables": "set" if os.environ.get("GLIBC_TUNABLES") else "unset",
-    }
-
-
 def format_table(rows: Sequence[Row]) -> str:
     """Human-readable table: layer rows summed over the four shapes, then the whole steps."""
     lines = [
@@ -396,28 +364,14 @@ def claims(rows: Sequence[Row]) -> list[str]:
     return out
 
 
-def to_csv(rows: Sequence[Row], env: dict[str, str]) -> str:
+def to_csv(rows: Sequence[Row], env: dict[str, str], command: str = WRITE_COMMAND) -> str:
     """CSV text whose first line is the command and the second the environment (both ``#`` comments)."""
-    buf = io.StringIO()
-    buf.write(f"# command: {WRITE_COMMAND}\n")
-    buf.write("# " + ", ".join(f"{k} {v}" for k, v in env.items()) + "\n")
-    writer = csv.DictWriter(buf, fieldnames=list(asdict(rows[0])) if rows else [f for f in Row.__dataclass_fields__])
-    writer.writeheader()
-    for r in rows:
-        d = asdict(r)
-        for k in ("ms", "cpu_ms", "ratio_to_batchnorm", "ratio_to_torch_bn"):
-            d[k] = f"{d[k]:.4g}"
-        writer.writerow(d)
-    return buf.getvalue()
+    formats = dict.fromkeys(("ms", "cpu_ms", "ratio_to_batchnorm", "ratio_to_torch_bn"), ".4g")
+    return rows_to_csv(rows, Row, env, command, formats)
 
 
-def write_csv(rows: Sequence[Row], path: Path, env: dict[str, str], force: bool = False) -> Path:
-    """Write :func:`to_csv` to ``path`` atomically (temp file + ``os.replace``); never overwrites unless ``force``."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} already exists; pass --force to replace it, or --out to write elsewhere")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(to_csv(rows, env))
-    os.replace(tmp, path)
-    return path
+def write_csv(
+    rows: Sequence[Row], path: Path, env: dict[str, str], force: bool = False, command: str = WRITE_COMMAND
+) -> Path:
+    """Write :func:`to_csv` to ``path`` atomically; never overwrites unless ``force``."""
+    return write_result(path, to_csv(rows, env, command), force=force)

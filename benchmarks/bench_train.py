@@ -27,16 +27,12 @@ Usage::
 
 from __future__ import annotations
 
-import csv
-import datetime
-import io
-import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from benchmarks._results import environment, rows_to_csv, write_result
 
 __all__ = ["SETTINGS", "Row", "Setting", "environment", "format_table", "run", "to_csv", "write_csv"]
 
@@ -129,18 +125,6 @@ def run(
     return rows
 
 
-def environment() -> dict[str, str]:
-    """What the numbers depend on: torch version, threads, date, load, malloc tunables."""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return {
-        "torch": torch.__version__,
-        "threads": str(os.cpu_count()),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "load_average": f"{load:.2f}",
-        "glibc_tunables": "set" if os.environ.get("GLIBC_TUNABLES") else "unset",
-    }
-
-
 def format_table(rows: Sequence[Row]) -> str:
     """Human-readable table, one line per setting."""
     lines = [f"{'setting':50} {'episodes':>8} {'ep/s':>8} {'steps/s':>8} {'step s':>8} {'other s':>8} {'other %':>8}"]
@@ -154,27 +138,10 @@ def format_table(rows: Sequence[Row]) -> str:
 
 def to_csv(rows: Sequence[Row], env: dict[str, str], command: str) -> str:
     """CSV text: comment lines with the command and the environment, then one row per setting."""
-    buf = io.StringIO()
-    buf.write(f"# command: {command}\n")
-    buf.write("# " + ", ".join(f"{k} {v}" for k, v in env.items()) + "\n")
-    fields = list(asdict(rows[0]).keys()) if rows else [f for f in Row.__dataclass_fields__]
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        d = asdict(r)
-        for k in ("episodes_per_second", "steps_per_second"):
-            d[k] = f"{d[k]:.3f}"
-        d["overhead_fraction"] = f"{d['overhead_fraction']:.4f}"
-        writer.writerow(d)
-    return buf.getvalue()
+    formats = {"episodes_per_second": ".3f", "steps_per_second": ".3f", "overhead_fraction": ".4f"}
+    return rows_to_csv(rows, Row, env, command, formats)
 
 
 def write_csv(rows: Sequence[Row], path: Path, env: dict[str, str], command: str, force: bool = False) -> Path:
     """Write :func:`to_csv` to ``path`` atomically; never replaces an existing file unless ``force``."""
-    from episodes.cache import atomic_write_bytes
-
-    path = Path(path)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} already exists; pass --force to replace it, or --out to write elsewhere")
-    atomic_write_bytes(path, to_csv(rows, env, command).encode())
-    return path
+    return write_result(path, to_csv(rows, env, command), force=force)

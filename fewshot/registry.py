@@ -71,9 +71,7 @@ class Registry:
             names = self.names()
             close = difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; {hint}registered: {', '.join(names)}"
-            )
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; {hint}registered: {', '.join(names)}")
         return self._lookup[k]
 
     def get(self, name: str) -> Any:

@@ -4,9 +4,9 @@
 README.md holds marker pairs ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``; everything between a pair is
 replaced by a Markdown rendering of ``results/NAME.csv``. The opening marker may select rows and columns:
 ``<!-- results:NAME where <pandas query> columns a,b,c -->`` (both parts optional, in that order), e.g.
-``<!-- results:bench_norms where section == "step" columns dataset,layer,ms,ratio_to_batchnorm -->``. Lines of the CSV starting with ``#`` are comments (the exact
-command that produced the file) and are rendered as a "Produced by" line under the table. The README is never edited
-by hand between markers.
+``<!-- results:bench_norms where section == "step" columns dataset,layer,ms,ratio_to_batchnorm -->``.
+Lines of the CSV starting with ``#`` are comments (the exact command that produced the file) and are rendered
+under the table. The README is never edited by hand between markers.
 
 Usage: python scripts/render_results.py [--check]   (--check: exit 1 if the README is out of date, write nothing)
 """
@@ -32,7 +32,9 @@ MARKER = re.compile(
 def render(name: str, where: str | None = None, columns: str | None = None) -> str:
     path = ROOT / "results" / f"{name}.csv"
     if not path.exists():
-        raise FileNotFoundError(f"README refers to results/{name}.csv, which does not exist; run the command that makes it")
+        raise FileNotFoundError(
+            f"README refers to results/{name}.csv, which does not exist; run the command that makes it"
+        )
     text = path.read_text()
     comments = [line[1:].strip() for line in text.splitlines() if line.startswith("#")]
     frame = pd.read_csv(io.StringIO(text), comment="#")

@@ -2,8 +2,9 @@
 ``bench train`` the meta-training loop (episodes/s and the share of time outside the model step).
 
 Each ``bench`` subcommand is one entry of :data:`SUBCOMMANDS`: a function adding its parser to the ``bench``
-sub-parsers and setting ``func``. To add another, write ``_add_<name>(sub)`` and list it there. The measurement code lives in ``benchmarks/`` (importable, e.g.
-``benchmarks/bench_norms.py``); this module only parses arguments, prints and writes.
+sub-parsers and setting ``func``. To add another, write ``_add_<name>(sub)`` and list it there.
+The measurement code lives in ``benchmarks/`` (importable, e.g. ``benchmarks/bench_norms.py``); this module
+only parses arguments, prints and writes.
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ def run_norms(args: argparse.Namespace) -> int:
         for line in bench.claims(rows):
             print(line)
     if args.write:
-        path = bench.write_csv(rows, out, env, force=args.force)
+        from fewshot.provenance import command_line
+
+        path = bench.write_csv(rows, out, env, force=args.force, command=command_line())
         print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -127,8 +130,9 @@ def run_train(args: argparse.Namespace) -> int:
         print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
         print(bench.format_table(rows))
     if args.write:
-        command = "python run_episode.py " + " ".join(sys.argv[1:])
-        path = bench.write_csv(rows, out, env, command, force=args.force)
+        from fewshot.provenance import command_line
+
+        path = bench.write_csv(rows, out, env, command_line(), force=args.force)
         print(f"wrote {path}", file=sys.stderr)
     return 0
 

@@ -67,13 +67,11 @@ def comparison_rows(comparison) -> list[dict]:  # noqa: ANN001 - fewshot.evaluat
 
 def run(args: argparse.Namespace) -> int:
     import sys
-
-    from fewshot.evaluation.compare import compare_runs
-    from fewshot.reports.text import format_comparison
-
     from pathlib import Path
 
     from fewshot.errors import ConfigError
+    from fewshot.evaluation.compare import compare_runs
+    from fewshot.reports.text import format_comparison
 
     if args.out is not None and Path(args.out).exists() and not args.force:
         raise ConfigError(f"refusing to overwrite {args.out!r} (--out); pass --force or choose another file")
@@ -92,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         from fewshot.provenance import command_line
 
         frame = pd.DataFrame(comparison_rows(comparison))
-        atomic_write_text(Path(args.out), f"# command: {command_line()}\n" + frame.to_csv(index=False, float_format="%.6g"))
+        text = frame.to_csv(index=False, float_format="%.6g")
+        atomic_write_text(Path(args.out), f"# command: {command_line()}\n{text}")
         print(f"wrote {args.out}", file=sys.stderr)
     return 0

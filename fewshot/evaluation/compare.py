@@ -149,9 +149,7 @@ def compare_runs(
     configs = [load_run_config(d) for d in dirs]
     request = {"n_way": n_way, "n_shot": n_shot, "n_query": n_query, "episodes": episodes}
     check_comparable(configs, [str(d) for d in dirs], ignore=[f"eval.{k}" for k, v in request.items() if v is not None])
-    evaluations = tuple(
-        evaluate_run(d, reuse=reuse, progress=progress, runs_root=runs_root, **request) for d in dirs
-    )
+    evaluations = tuple(evaluate_run(d, reuse=reuse, progress=progress, runs_root=runs_root, **request) for d in dirs)
     hashes = {e.summary["episode_hash"] for e in evaluations}
     if len(hashes) != 1:
         raise DataError(

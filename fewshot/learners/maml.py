@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,20 @@ __all__ = ["MAML"]
 
 Params = dict[str, Tensor]
 _HEAD_INITS = ("normal", "default")
+
+
+@dataclass(frozen=True)
+class _Adaptation:
+    """How one task is adapted and scored: norm policy, inner steps and learning rate, order, query scoring.
+
+    ``rowwise_query`` scores query rows independently of each other (meta-test, non-transductive policies).
+    """
+
+    norm_policy: str
+    steps: int
+    lr: float
+    second_order: bool
+    rowwise_query: bool
 
 
 def _positive_int(name: str, value: object, minimum: int) -> int:
@@ -215,51 +230,27 @@ class MAML(Learner):
             adapt = {k: adapt[k] - lr * grads[k] for k in adapt}
         return adapt
 
-    def _task_logits(
-        self,
-        episode: Episode,
-        adapt: Params,
-        fixed: Params,
-        buffers: Params,
-        *,
-        norm_policy: str,
-        steps: int,
-        lr: float,
-        second_order: bool,
-        rowwise_query: bool,
-    ) -> Tensor:
+    def _task_logits(self, episode: Episode, adapt: Params, fixed: Params, buffers: Params, how: _Adaptation) -> Tensor:
         """Adapt on the support set, return query logits ``(n_query_total, n_way)``."""
         xs, ys, xq = self.prepare(episode.support_x), episode.support_y, self.prepare(episode.query_x)
         if self.anil:
-            return self._anil_logits(
-                xs, ys, xq, adapt, fixed, buffers, norm_policy, steps, lr, second_order, rowwise_query
-            )
+            return self._anil_logits(xs, ys, xq, adapt, fixed, buffers, how)
 
         def net(params: Params, x: Tensor) -> Tensor:
             return functional_call(self, (params, fixed, buffers), (x,), strict=True)
 
         def support_loss(params: Params) -> Tensor:
-            with self._phase(norm_policy, "support"):
+            with self._phase(how.norm_policy, "support"):
                 return F.cross_entropy(net(params, xs), ys)
 
-        adapted = self._inner_loop(support_loss, adapt, steps, lr, second_order)
-        return self._score_query(lambda x: net(adapted, x), xs, xq, norm_policy, rowwise_query)
+        adapted = self._inner_loop(support_loss, adapt, how.steps, how.lr, how.second_order)
+        return self._score_query(lambda x: net(adapted, x), xs, xq, how.norm_policy, how.rowwise_query)
 
     def _anil_logits(
-        self,
-        xs: Tensor,
-        ys: Tensor,
-        xq: Tensor,
-        adapt: Params,
-        fixed: Params,
-        buffers: Params,
-        norm_policy: str,
-        steps: int,
-        lr: float,
-        second_order: bool,
-        rowwise_query: bool,
+        self, xs: Tensor, ys: Tensor, xq: Tensor, adapt: Params, fixed: Params, buffers: Params, how: _Adaptation
     ) -> Tensor:
         """ANIL: backbone features once per task at the meta-parameters, inner loop on the head only."""
+        norm_policy, rowwise_query = how.norm_policy, how.rowwise_query
         strip = len("backbone.")
         backbone_state = (
             {k[strip:]: v for k, v in fixed.items() if k.startswith("backbone.")},
@@ -280,7 +271,7 @@ class MAML(Learner):
         with self._phase(norm_policy, "query"):  # under the support policy, uses the statistics cached just above
             query_f = run(features, xq)
         adapted = self._inner_loop(
-            lambda p: F.cross_entropy(head_logits(p, support_f), ys), adapt, steps, lr, second_order
+            lambda p: F.cross_entropy(head_logits(p, support_f), ys), adapt, how.steps, how.lr, how.second_order
         )
         return run(lambda f: head_logits(adapted, f), query_f)
 
@@ -309,8 +300,8 @@ class MAML(Learner):
             for ep in episodes:
                 with norms.frozen_stats(self):
                     logits = self._task_logits(
-                        ep, adapt, fixed, buffers, norm_policy=policy, steps=self.inner_steps, lr=self.inner_lr,
-                        second_order=not self.first_order, rowwise_query=False,
+                        ep, adapt, fixed, buffers, _Adaptation(policy, self.inner_steps, self.inner_lr,
+                                                               second_order=not self.first_order, rowwise_query=False),
                     )  # fmt: skip
                 losses.append(F.cross_entropy(logits, ep.query_y))
                 correct += int((logits.argmax(-1) == ep.query_y).sum())
@@ -339,8 +330,9 @@ class MAML(Learner):
         with torch.no_grad(), self.mode(training=False, norm_policy=norm_policy, frozen=True):
             adapt, fixed = self._split_parameters()
             return self._task_logits(
-                episode, adapt, fixed, dict(self.named_buffers()), norm_policy=norm_policy,
-                steps=self.eval_inner_steps, lr=self.eval_inner_lr, second_order=False, rowwise_query=True,
+                episode, adapt, fixed, dict(self.named_buffers()),
+                _Adaptation(norm_policy, self.eval_inner_steps, self.eval_inner_lr, second_order=False,
+                            rowwise_query=True),
             )  # fmt: skip
 
     def extra_repr(self) -> str:

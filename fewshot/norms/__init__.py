@@ -10,10 +10,13 @@ Entry points: ``create(name, num_features, **kwargs)``, ``names()``, ``convert(m
 ``whiteness(x)`` and ``collect_whiteness(model, x)``.
 """
 
-import importlib as _importlib
-
 from fewshot.norms import batchnorm as batchnorm
+from fewshot.norms import dbn as dbn
+from fewshot.norms import groupwhiten as groupwhiten
+from fewshot.norms import iternorm as iternorm
+from fewshot.norms import kalmannorm as kalmannorm
 from fewshot.norms import per_sample as per_sample
+from fewshot.norms import swbn as swbn
 from fewshot.norms import tasknorm as tasknorm
 from fewshot.norms.base import PHASES as PHASES
 from fewshot.norms.base import POLICIES as POLICIES
@@ -27,15 +30,6 @@ from fewshot.norms.registry import names as names
 from fewshot.norms.state import frozen_stats as frozen_stats
 from fewshot.norms.state import set_policy as set_policy
 from fewshot.norms.state import task_phase as task_phase
-
-# Whitening layers (written separately). Until every module exists, a missing one is skipped; an error raised
-# while importing an existing module (or a missing dependency of it) still propagates.
-for _module in ("dbn", "iternorm", "swbn", "groupwhiten", "kalmannorm"):
-    try:
-        _importlib.import_module(f"fewshot.norms.{_module}")
-    except ModuleNotFoundError as _err:
-        if _err.name != f"fewshot.norms.{_module}":
-            raise
 
 __all__ = [
     "NORM_LAYERS",

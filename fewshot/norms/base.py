@@ -151,9 +151,7 @@ class NormLayer(nn.Module):
         if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
             raise ValueError(f"{name}: eps must be a finite number >= 0, got {eps!r}")
         if momentum is not None and not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
-            raise ValueError(
-                f"{name}: momentum must be in [0, 1] or None (cumulative average), got {momentum!r}"
-            )
+            raise ValueError(f"{name}: momentum must be in [0, 1] or None (cumulative average), got {momentum!r}")
         accepted = self.layer_options()
         unknown = sorted(set(options) - set(accepted))
         if unknown:
@@ -386,8 +384,7 @@ class NormLayer(nn.Module):
         """
         if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d, NormLayer)):
             raise TypeError(
-                f"load_batchnorm_state expects nn.BatchNorm1d, nn.BatchNorm2d or a NormLayer, got "
-                f"{type(bn).__name__}"
+                f"load_batchnorm_state expects nn.BatchNorm1d, nn.BatchNorm2d or a NormLayer, got {type(bn).__name__}"
             )
         if bn.num_features != self.num_features:
             raise ValueError(

@@ -43,7 +43,7 @@ def add_published(frame: pd.DataFrame) -> pd.DataFrame:
     and shot (the reference every normalization layer is read against), empty where no paper reports one.
     """
     out = frame.copy()
-    keys = zip(out["learner"], out["dataset"], out["protocol"], out["way"], out["shot"])
+    keys = zip(out["learner"], out["dataset"], out["protocol"], out["way"], out["shot"], strict=True)
     found = [PUBLISHED.get((ln, ds, pr, _int(w), _int(s))) for ln, ds, pr, w, s in keys]
     out["published_bn"] = pd.array([None if f is None else f[0] for f in found], dtype="Float64")
     out["published_source"] = [None if f is None else f[1] for f in found]

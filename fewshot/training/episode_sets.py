@@ -117,9 +117,8 @@ def get_episode_set(
     key = episode_set_key(split, n_way, n_shot, n_query, seed=seed, count=count, within_alphabet=within_alphabet)
     key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     where = "-within" if within_alphabet else ""
-    name = (
-        f"{split.dataset}-{split.protocol}-{split.split}-{n_way}w{n_shot}s{n_query}q{where}-seed{seed}-n{count}-{key_hash}.json"
-    )
+    shape = f"{n_way}w{n_shot}s{n_query}q{where}"
+    name = f"{split.dataset}-{split.protocol}-{split.split}-{shape}-seed{seed}-n{count}-{key_hash}.json"
     path = runs_root(root) / "_episode_sets" / name
     if path.is_file():
         fixed = FixedEpisodes.load(path)

@@ -65,9 +65,7 @@ class TrainLog:
         self, episode: int, loss: float | None, acc: float | None, lr: float, elapsed_s: float, val_acc: float | None
     ) -> None:
         """Append one row and flush it."""
-        self._writer.writerow(
-            [episode, _fmt(loss, 8), _fmt(acc, 8), _fmt(lr, 8), f"{elapsed_s:.2f}", _fmt(val_acc, 8)]
-        )
+        self._writer.writerow([episode, _fmt(loss, 8), _fmt(acc, 8), _fmt(lr, 8), f"{elapsed_s:.2f}", _fmt(val_acc, 8)])
         self._file.flush()
 
     def close(self) -> None:

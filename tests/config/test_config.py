@@ -64,10 +64,16 @@ def test_override_values_are_yaml_and_shorthands_expand():
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        ("train.lrr=0.1", r"unknown config key 'train\.lrr' in override .*did you mean 'train\.lr'\? valid keys "
-                          r"under 'train': n_way, n_shot, .*log_every"),
-        ("trian.n_way=5", r"unknown config key 'trian' .*did you mean 'train'\? valid keys at the top level: name, "
-                          r"seed, data, model, learner, train, eval"),
+        (
+            "train.lrr=0.1",
+            r"unknown config key 'train\.lrr' in override .*did you mean 'train\.lr'\? valid keys "
+            r"under 'train': n_way, n_shot, .*log_every",
+        ),
+        (
+            "trian.n_way=5",
+            r"unknown config key 'trian' .*did you mean 'train'\? valid keys at the top level: name, "
+            r"seed, data, model, learner, train, eval",
+        ),
         ("train.n_way=five", r"config key 'train\.n_way' must be an int, got str 'five'"),
         ("train.n_way=2.5", r"config key 'train\.n_way' must be an int, got float 2\.5"),
         ("train.n_shot=true", r"config key 'train\.n_shot' must be an int, got bool True"),
@@ -92,25 +98,37 @@ def test_bad_keys_and_types_name_the_key_value_and_expected_type(override, match
         (["train.n_way=1"], r"train\.n_way = 1: expected n_way >= 2"),
         (["eval.n_shot=0"], r"eval\.n_shot = 0: expected n_shot >= 1"),
         (["train.n_query=0", "train.lr=-1"], r"2 invalid config values: train\.n_query = 0: .*; train\.lr = -1\.0"),
-        (["train.norm_policy=transductive"], r"train\.norm_policy = 'transductive': expected one of running, "
-                                             r"batch, support \('transductive' is called 'batch' in training\)"),
+        (
+            ["train.norm_policy=transductive"],
+            r"train\.norm_policy = 'transductive': expected one of running, "
+            r"batch, support \('transductive' is called 'batch' in training\)",
+        ),
         (["eval.norm_policy=batch"], r"eval\.norm_policy = 'batch': .*'batch' is called 'transductive'"),
         (["train.lr_gamma=1.5"], r"train\.lr_gamma = 1\.5: expected a factor in \(0, 1\]"),
         (["train.max_minutes=0"], r"train\.max_minutes = 0\.0: expected a positive number or null"),
-        (["train.meta_batch=32", "train.episodes=100"], r"train\.episodes = 100: expected a multiple of "
-                                                         r"train\.meta_batch = 32 \(96 or 128\)"),
+        (
+            ["train.meta_batch=32", "train.episodes=100"],
+            r"train\.episodes = 100: expected a multiple of "
+            r"train\.meta_batch = 32 \(96 or 128\)",
+        ),
         (["norm=swbm"], r"config key 'model\.norm': unknown normalization layer 'swbm'; did you mean 'swbn'\?"),
         (["backbone=conv5"], r"config key 'model\.backbone': unknown backbone 'conv5'; did you mean"),
         (["learner=protonett"], r"config key 'learner\.name': unknown learner 'protonett'; did you mean 'protonet'"),
         (["data.dataset=omniglott"], r"config key 'data\.dataset': unknown dataset 'omniglott'"),
         (["data.protocol=ravi"], r"'data\.protocol': dataset 'omniglot' has no protocol 'ravi'; protocols: vinyals"),
         (["data.test_split=tset"], r"'data\.test_split': protocol 'vinyals' of dataset 'omniglot' has no split 'tset'"),
-        (["model.backbone_kwargs={hiden: 8}"], r"'model\.backbone_kwargs\.hiden': backbone 'conv4' takes no argument "
-                                               r"'hiden'; did you mean 'hidden'\?"),
+        (
+            ["model.backbone_kwargs={hiden: 8}"],
+            r"'model\.backbone_kwargs\.hiden': backbone 'conv4' takes no argument "
+            r"'hiden'; did you mean 'hidden'\?",
+        ),
         (["model.backbone_kwargs={norm: swbn}"], r"'model\.backbone_kwargs\.norm' is set by the framework"),
         (["model.norm_kwargs={alpah: 0.1}"], r"'model\.norm_kwargs': BatchNorm got unknown option\(s\) 'alpah'"),
-        (["learner=maml", "learner.kwargs={inner_lrr: 0.1}"], r"'learner\.kwargs\.inner_lrr': learner 'maml' takes "
-                                                              r"no argument 'inner_lrr'; did you mean 'inner_lr'\?"),
+        (
+            ["learner=maml", "learner.kwargs={inner_lrr: 0.1}"],
+            r"'learner\.kwargs\.inner_lrr': learner 'maml' takes "
+            r"no argument 'inner_lrr'; did you mean 'inner_lr'\?",
+        ),
         (["learner.kwargs={n_way: 5}"], r"'learner\.kwargs\.n_way' is set by the framework"),
     ],
 )

@@ -14,8 +14,9 @@ from torch import nn
 from fewshot.norms import NormLayer, create
 
 
-def _make_x(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0, scale: float = 2.0,
-            shift: float = 0.5) -> torch.Tensor:
+def _make_x(
+    *shape: int, dtype: torch.dtype = torch.float32, seed: int = 0, scale: float = 2.0, shift: float = 0.5
+) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(dtype)
 
@@ -58,7 +59,11 @@ def tiny_net() -> Callable[..., nn.Sequential]:
     def make(norm: nn.Module, channels: int, n_way: int = 3) -> nn.Sequential:
         torch.manual_seed(0)
         return nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1), norm, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(1, channels, 3, padding=1),
+            norm,
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
             nn.Linear(channels, n_way),
         )
 

@@ -18,9 +18,14 @@ def bn_model(make_x, randomize_affine):
     """A trained-looking float64 BN model in eval mode: BatchNorm2d (affine and not) and BatchNorm1d."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4, affine=False, eps=1e-3), nn.Flatten(),
-        nn.Linear(4 * 3 * 3, 6), nn.BatchNorm1d(6, momentum=None),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.BatchNorm2d(4, affine=False, eps=1e-3),
+        nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 6),
+        nn.BatchNorm1d(6, momentum=None),
     ).to(DT)
     randomize_affine(model[1], seed=2)
     randomize_affine(model[7], seed=3)
@@ -105,8 +110,15 @@ class _MyBatchNorm(nn.BatchNorm2d):
 
 @pytest.mark.parametrize(
     "layer",
-    [nn.BatchNorm3d(4), nn.SyncBatchNorm(4), nn.LazyBatchNorm2d(), nn.InstanceNorm2d(4), nn.GroupNorm(2, 4),
-     nn.LayerNorm(4), _MyBatchNorm(4)],
+    [
+        nn.BatchNorm3d(4),
+        nn.SyncBatchNorm(4),
+        nn.LazyBatchNorm2d(),
+        nn.InstanceNorm2d(4),
+        nn.GroupNorm(2, 4),
+        nn.LayerNorm(4),
+        _MyBatchNorm(4),
+    ],
     ids=lambda m: type(m).__name__,
 )
 def test_unhandled_norm_types_raise_naming_path_and_type(layer):

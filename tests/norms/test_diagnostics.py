@@ -64,12 +64,18 @@ def test_whiteness_rejects_bad_shapes():
 
 def _model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 1), create("batchnorm", 4), nn.ReLU(), nn.Conv2d(4, 4, 1),
-                         nn.Sequential(create("groupnorm", 4, groups=2)))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 1),
+        create("batchnorm", 4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 1),
+        nn.Sequential(create("groupnorm", 4, groups=2)),
+    )
 
 
-def test_collect_whiteness_measures_every_norm_layer_output_without_changing_state(make_x, snapshot,
-                                                                                    assert_buffers_equal):
+def test_collect_whiteness_measures_every_norm_layer_output_without_changing_state(
+    make_x, snapshot, assert_buffers_equal
+):
     model, x = _model(), make_x(6, 1, 3, 3)
     before = snapshot(model)
     result = collect_whiteness(model, x)

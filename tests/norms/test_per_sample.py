@@ -48,8 +48,17 @@ def test_groupnorm_equals_f_group_norm(groups, shape, make_x, make_layer):
 
 @pytest.mark.parametrize(
     "num_features,requested,used",
-    [(64, 32, 32), (48, 32, 24), (8, 32, 8), (25, 32, 25), (50, 32, 25), (7, 32, 7), (30, 4, 3), (1, 32, 1),
-     (64, 1, 1)],
+    [
+        (64, 32, 32),
+        (48, 32, 24),
+        (8, 32, 8),
+        (25, 32, 25),
+        (50, 32, 25),
+        (7, 32, 7),
+        (30, 4, 3),
+        (1, 32, 1),
+        (64, 1, 1),
+    ],
 )
 def test_group_count_is_the_largest_divisor_not_above_the_request(num_features, requested, used):
     assert resolve_groups(num_features, requested) == used

@@ -11,8 +11,14 @@ from fewshot.norms.state import PolicyChange
 
 
 def _model():
-    return nn.Sequential(nn.Conv2d(2, 4, 1), create("batchnorm", 4), nn.ReLU(), create("tasknorm", 4),
-                         nn.Conv2d(4, 4, 1), create("groupnorm", 4, groups=2))
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 1),
+        create("batchnorm", 4),
+        nn.ReLU(),
+        create("tasknorm", 4),
+        nn.Conv2d(4, 4, 1),
+        create("groupnorm", 4, groups=2),
+    )
 
 
 # ------------------------------------------------------------------ frozen_stats

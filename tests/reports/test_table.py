@@ -119,7 +119,7 @@ def test_published_column_matches_learner_dataset_way_and_shot(tmp_path):
     frame = runs_table([one, five])
     frame.loc[:, "way"] = pd.array([5, 5], dtype="Int64")  # make_run evaluates 1-way; the papers report 5-way
     out = add_published(frame)
-    by_shot = dict(zip(out["shot"].tolist(), out["published_bn"].tolist()))
+    by_shot = dict(zip(out["shot"].tolist(), out["published_bn"].tolist(), strict=True))
     assert by_shot == {1: 98.8, 5: 99.7}
     assert set(out["published_source"]) == {"Snell et al. 2017, Tables 1-2"}
     assert "published_bn" not in frame.columns  # a copy; the input frame is unchanged

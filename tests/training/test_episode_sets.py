@@ -35,8 +35,9 @@ def test_every_key_field_addresses_another_file(tmp_path, splits):
         get_episode_set(split, 3, 1, 2, seed=5, count=5, root=tmp_path).path,
         get_episode_set(split, 4, 1, 2, seed=5, count=4, root=tmp_path).path,
         get_episode_set(split, 3, 1, 2, seed=5, count=4, within_alphabet=True, root=tmp_path).path,
-        get_episode_set(dataclasses.replace(split, fingerprint="other data"), 3, 1, 2, seed=5, count=4,
-                        root=tmp_path).path,  # fmt: skip
+        get_episode_set(
+            dataclasses.replace(split, fingerprint="other data"), 3, 1, 2, seed=5, count=4, root=tmp_path
+        ).path,  # fmt: skip
     ]
     assert len({base, *others}) == 6
 

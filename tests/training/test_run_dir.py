@@ -1,5 +1,3 @@
-
-
 def test_command_line_is_shell_quoted_and_names_the_script():
     from fewshot.provenance import command_line
 
