@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor
 
 from fewshot.norms import whitening_math as WM
@@ -73,4 +74,19 @@ class GroupWhitening(NormLayer):
         return GroupWhiteningStats(centred, WM.newton_schulz_inv_sqrt(WM.add_ridge(sigma, self.eps), self.T))
 
     def _normalize(self, x: Tensor, stats: GroupWhiteningStats) -> Tensor:
-        return (stats.matrix @ stats.centred).reshape(x.shape)
+        y = (stats.matrix @ stats.centred).reshape(x.shape)
+        return _like_memory_format(y, x)
+
+
+def _like_memory_format(y: Tensor, x: Tensor) -> Tensor:
+    """``y`` in ``x``'s memory format when ``x`` is channels_last (4-D); otherwise ``y`` itself.
+
+    Under ``vmap`` memory formats cannot be queried (and do not matter): ``y`` is returned unchanged.
+    """
+    if x.dim() != 4:
+        return y
+    try:
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    except RuntimeError:  # a vmap-batched tensor
+        return y
+    return y.contiguous(memory_format=torch.channels_last) if channels_last else y

@@ -34,9 +34,10 @@ def resolve_groups(num_features: int, groups: int) -> int:
 
 def _group_standardize(x: Tensor, moments: Moments, eps: float) -> Tensor:
     """Standardize ``x`` (N, C[, H, W]) with per-sample group moments ``(N, G)``."""
-    xg = x.reshape(x.shape[0], moments.mean.shape[1], -1)
-    out = FN.standardize(xg, moments.mean[:, :, None], moments.var[:, :, None], eps)
-    return out.reshape(x.shape)
+    per_group = x.shape[1] // moments.mean.shape[1]  # channels per group
+    mean = FN.per_sample_channel(moments.mean.repeat_interleave(per_group, dim=1), x)
+    var = FN.per_sample_channel(moments.var.repeat_interleave(per_group, dim=1), x)
+    return FN.standardize(x, mean, var, eps)  # broadcast (N, C, 1, 1): keeps x's memory format (channels_last)
 
 
 class _PerSampleNorm(NormLayer):

@@ -246,6 +246,20 @@ def test_frozen_stats_train_forward_leaves_every_buffer_unchanged(name, make_x, 
     assert layer.update_stats is True
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_channels_last_input_keeps_its_format_and_values(name, mode, make_x, make_layer):
+    """Conv-4 runs channels_last (faster on CPU); a layer that returned NCHW would force a copy at every conv."""
+    layer = make_layer(name, C)
+    twin = copy.deepcopy(layer)
+    x = make_x(6, C, 5, 5)
+    (layer.train() if mode == "train" else layer.eval())
+    (twin.train() if mode == "train" else twin.eval())
+    y = layer(x)
+    y_cl = twin(x.contiguous(memory_format=torch.channels_last))
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_cl, y, rtol=1e-5, atol=1e-5)
+
+
 def test_state_dict_round_trip_gives_identical_eval_outputs(name, make_x, make_layer):
     layer = make_layer(name, C)
     for seed in range(3):
