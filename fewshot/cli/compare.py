@@ -3,7 +3,7 @@
 ::
 
     python run_episode.py compare --runs REFERENCE OTHER [OTHER ...] [--n-way N --n-shot K] [--json]
-                                  [--out FILE.csv [--force]]
+                                  [--out FILE.csv [--force | --append]]
 
 Every run is evaluated on the one shared test-episode file (existing evaluations with the same episodes,
 policy and checkpoint are reused). Each run after the first is compared with the first: mean per-episode
@@ -11,7 +11,8 @@ accuracy difference with its 95% CI, paired t-test p-value, sign-flip permutatio
 wins/ties/losses over episodes. Runs that do not share dataset, protocol, test split, data options and eval
 settings are refused with the first difference named. ``--n-way/--n-shot/--n-query/--episodes`` evaluate all
 runs at other settings than their configs'. ``--out`` also writes one CSV row per pair (accuracies in percent),
-starting with a ``# command:`` line, for ``results/``.
+starting with a ``# command:`` line, for ``results/``; ``--append`` adds the rows of this comparison (e.g. at
+another way/shot) to an existing file with the same columns, and its command as one more ``# command:`` line.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--episodes", type=int, default=None, metavar="N", help="test episodes (default: eval.episodes)")
     add("--json", action="store_true", help="print the comparison as JSON (accuracies as fractions)")
     add("--out", default=None, metavar="FILE.csv", help="also write the pairs as CSV (accuracies in percent)")
-    add("--force", action="store_true", help="let --out replace an existing file")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--force", action="store_true", help="let --out replace an existing file")
+    mode.add_argument("--append", action="store_true", help="add the rows to an existing --out file (same columns)")
     parser.set_defaults(func=run)
 
 
@@ -73,8 +76,14 @@ def run(args: argparse.Namespace) -> int:
     from fewshot.evaluation.compare import compare_runs
     from fewshot.reports.text import format_comparison
 
-    if args.out is not None and Path(args.out).exists() and not args.force:
-        raise ConfigError(f"refusing to overwrite {args.out!r} (--out); pass --force or choose another file")
+    if args.append and args.out is None:
+        raise ConfigError("--append needs --out FILE.csv (the file to add rows to)")
+    previous = _previous_csv(Path(args.out)) if args.append and Path(args.out).exists() else None
+    if args.out is not None and Path(args.out).exists() and not (args.force or args.append):
+        raise ConfigError(
+            f"refusing to overwrite {args.out!r} (--out); pass --force to replace it, --append to add rows to it, "
+            "or choose another file"
+        )
     comparison = compare_runs(
         args.runs, reuse=not args.no_reuse, progress=sys.stderr.isatty() and not args.json, runs_root=args.runs_root,
         n_way=args.n_way, n_shot=args.n_shot, n_query=args.n_query, episodes=args.episodes,
@@ -91,6 +100,30 @@ def run(args: argparse.Namespace) -> int:
 
         frame = pd.DataFrame(comparison_rows(comparison))
         text = frame.to_csv(index=False, float_format="%.6g")
-        atomic_write_text(Path(args.out), f"# command: {command_line()}\n{text}")
-        print(f"wrote {args.out}", file=sys.stderr)
+        head = f"# command: {command_line()}\n"
+        if previous is not None:
+            comments, header, rows = previous
+            new_header, _, new_rows = text.partition("\n")
+            if header != new_header:
+                raise ConfigError(
+                    f"cannot --append to {args.out!r}: its columns are {header!r}, this comparison writes "
+                    f"{new_header!r}; write to another file (--out) or replace it (--force)"
+                )
+            head, text = comments + head, f"{header}\n{rows}{new_rows}"
+        atomic_write_text(Path(args.out), head + text)
+        print(f"{'appended to' if previous is not None else 'wrote'} {args.out}", file=sys.stderr)
     return 0
+
+
+def _previous_csv(path) -> tuple[str, str, str]:  # noqa: ANN001 - pathlib.Path
+    """An existing ``--out`` file split into its ``#`` comment lines, its header line and its rows (newline-ended)."""
+    lines = path.read_text().splitlines(keepends=True)
+    n_comments = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    if n_comments == len(lines):
+        from fewshot.errors import ConfigError
+
+        raise ConfigError(f"cannot --append to {str(path)!r}: it has no CSV header; choose another file or --force")
+    rows = "".join(lines[n_comments + 1 :])
+    if rows and not rows.endswith("\n"):
+        rows += "\n"
+    return "".join(lines[:n_comments]), lines[n_comments].rstrip("\n"), rows

@@ -115,7 +115,17 @@ def test_train_eval_compare_table_study(dataset, capsys):
     assert (row["way"], row["shot"], row["episodes"]) == ("2", "3", "5") and len(lines) == 3
     assert float(row["diff"]) == pytest.approx(float(row["other_mean"]) - float(row["reference_mean"]), abs=1e-3)
     code, _, err = run_cli(capsys, "compare", "--runs", runs["batchnorm"], other, "--out", out_csv)
-    assert code == 2 and "refusing to overwrite" in err
+    assert code == 2 and "refusing to overwrite" in err and "--append" in err
+    # --append adds this comparison's rows (another shot) and its command; the first rows stay as they were
+    code, _, err = run_cli(capsys, "compare", "--runs", runs["batchnorm"], other, "--n-way", 2, "--n-shot", 1,
+                           "--n-query", 1, "--episodes", 5, "--out", out_csv, "--append")  # fmt: skip
+    assert code == 0, err
+    appended = out_csv.read_text().splitlines()
+    assert appended[0] == lines[0] and appended[1].startswith("# command: ") and "--append" in appended[1]
+    assert appended[2:4] == lines[1:3] and len(appended) == 5
+    assert dict(zip(header, appended[4].split(","), strict=True))["shot"] == "1"
+    code, _, err = run_cli(capsys, "compare", "--runs", runs["batchnorm"], other, "--append")
+    assert code == 2 and "--append needs --out" in err
 
     # table: markdown file + plot; refuses to overwrite without --force
     table, plot = root / "table.md", root / "acc.png"
@@ -123,7 +133,7 @@ def test_train_eval_compare_table_study(dataset, capsys):
                            "--out", table, "--plot", plot)  # fmt: skip
     assert code == 0, err
     md = table.read_text().splitlines()
-    assert md[0].startswith("| learner | backbone | norm |") and len(md) == 2 + 4  # header, rule, 4 evaluations
+    assert md[0].startswith("| learner | backbone | norm |") and len(md) == 2 + 5  # header, rule, 5 evaluations
     assert plot.read_bytes()[:4] == b"\x89PNG"
     code, _, err = run_cli(capsys, "table", "--runs", runs["batchnorm"], "--out", table)
     assert code == 2 and "refusing to overwrite" in err
