@@ -18,9 +18,11 @@ machine shared with other jobs the CPU figure is the steadier of the two. The lo
 
 Usage::
 
-    python benchmarks/bench_episodes.py [--seconds 1.0] [--data-root DIR] [--write]
+    python benchmarks/bench_episodes.py [--seconds 1.0] [--data-root DIR] [--write [--out FILE] [--force]]
 
-``--write`` also writes ``results/bench_episodes.csv``; its first line is a comment with the exact command.
+``--write`` also writes ``results/bench_episodes.csv`` (or ``--out``): ``# command:`` with the exact command, a
+``#`` line with the environment (torch, numpy, threads, date, load average), then one row per figure. An existing
+file is replaced only with ``--force``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from episodes.cache import atomic_write_bytes  # noqa: E402
+from benchmarks._results import environment, write_result  # noqa: E402
 from episodes.data_root import CACHE_ENV  # noqa: E402
 from episodes.datasets import load_split  # noqa: E402
 from episodes.sampler import EpisodeSampler  # noqa: E402
@@ -188,36 +190,39 @@ def table(rows: list[dict]) -> str:
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
-def write_csv(rows: list[dict], command: str) -> None:
+def to_csv(rows: list[dict], command: str, env: dict[str, str]) -> str:
+    """CSV text: the command and the environment as ``#`` lines, then kind, config, wall, cpu, unit, data."""
     buf = io.StringIO()
     buf.write(f"# command: {command}\n")
+    buf.write("# " + ", ".join(f"{k} {v}" for k, v in env.items()) + "\n")
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["kind", "config", "wall", "cpu", "unit", "data", "torch", "numpy", "threads", "load_average"])
-    load = f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
+    writer.writerow(["kind", "config", "wall", "cpu", "unit", "data"])
     for r in rows:
-        writer.writerow(
-            [r["kind"], r["config"], f"{r['wall']:.6g}", f"{r['cpu']:.6g}", r["unit"], r["data"], torch.__version__,
-             np.__version__, torch.get_num_threads(), load]
-        )  # fmt: skip
-    atomic_write_bytes(RESULT, buf.getvalue().encode())
+        writer.writerow([r["kind"], r["config"], f"{r['wall']:.6g}", f"{r['cpu']:.6g}", r["unit"], r["data"]])
+    return buf.getvalue()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="timing budget per setting (default 1.0)")
     parser.add_argument("--data-root", default=None, help="data root holding omniglot/ (default: resolved)")
-    parser.add_argument("--write", action="store_true", help=f"also write {RESULT.relative_to(REPO)}")
+    parser.add_argument("--write", action="store_true", help="also write the CSV (see --out)")
+    parser.add_argument("--out", default=str(RESULT.relative_to(REPO)), help="CSV path for --write")
+    parser.add_argument("--force", action="store_true", help="let --write replace an existing CSV")
     args = parser.parse_args(argv)
     if args.seconds <= 0:
         parser.error(f"--seconds must be positive, got {args.seconds}")
+    out = Path(args.out) if Path(args.out).is_absolute() else REPO / args.out
+    if args.write and out.exists() and not args.force:
+        parser.error(f"{args.out} already exists; pass --force to replace it, or --out to write elsewhere")
     rows = run(args.seconds, args.data_root)
     load = f", load average {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
     print(f"data: {rows[-3]['data']}; torch {torch.__version__}, numpy {np.__version__}, 1 thread{load}")
     print(table(rows))
     if args.write:
         command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
-        write_csv(rows, command)
-        print(f"wrote {RESULT}")
+        env = dict(environment(), numpy=np.__version__, threads=str(torch.get_num_threads()))
+        print(f"wrote {write_result(out, to_csv(rows, command, env), force=args.force)}")
     return 0
 
 
