@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks._results import rows_to_csv, write_result
+from benchmarks._results import environment, rows_to_csv, write_result
 
 __all__ = [
     "DATASETS",
@@ -45,6 +45,7 @@ __all__ = [
     "bench_layers",
     "bench_steps",
     "conv4_shapes",
+    "environment",
     "format_table",
     "layer_configs",
     "run",
