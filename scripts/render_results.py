@@ -3,8 +3,9 @@
 
 README.md holds marker pairs ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``; everything between a pair is
 replaced by a Markdown rendering of ``results/NAME.csv``. The opening marker may select rows and columns:
-``<!-- results:NAME where <pandas query> columns a,b,c -->`` (both parts optional, in that order), e.g.
-``<!-- results:bench_norms where section == "step" columns dataset,layer,ms,ratio_to_batchnorm -->``.
+``<!-- results:NAME where <pandas query> columns a,b,c digits 2 -->`` (all parts optional, in that order; ``digits``
+prints floats with that many decimals, else 4 significant digits), e.g.
+``<!-- results:bench_norms where section == "step" columns dataset,layer,ms,ratio_to_batchnorm digits 2 -->``.
 Lines of the CSV starting with ``#`` are comments (the exact command that produced the file) and are rendered
 under the table. The README is never edited by hand between markers.
 
@@ -23,13 +24,14 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = re.compile(
-    r"(<!-- results:(?P<name>[\w.-]+)(?: where (?P<where>.+?))?(?: columns (?P<columns>[\w,]+))? -->\n)"
-    r"(?P<body>.*?)(<!-- /results:(?P=name) -->)",
+    r"(<!-- results:(?P<name>[\w.-]+)(?: where (?P<where>.+?))?(?: columns (?P<columns>[\w,]+))?"
+    r"(?: digits (?P<digits>\d+))? -->\n)"
+    r"(?P<body>.*?)(?P<end><!-- /results:(?P=name) -->)",
     re.S,
 )
 
 
-def render(name: str, where: str | None = None, columns: str | None = None) -> str:
+def render(name: str, where: str | None = None, columns: str | None = None, digits: int | None = None) -> str:
     path = ROOT / "results" / f"{name}.csv"
     if not path.exists():
         raise FileNotFoundError(
@@ -45,29 +47,32 @@ def render(name: str, where: str | None = None, columns: str | None = None) -> s
         if missing:
             raise KeyError(f"results/{name}.csv has no column(s) {missing}; it has {list(frame.columns)}")
         frame = frame[columns.split(",")]
-    table = frame.to_markdown(index=False) if _has_tabulate() else _markdown(frame)
+    table = _markdown(frame, digits)
     notes = "".join(f"\n{c}  " for c in comments)
     return f"{table}\n{notes}\n" if notes else f"{table}\n"
 
 
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _markdown(frame: pd.DataFrame, digits: int | None = None) -> str:
+    """A Markdown table (no optional dependency, so the README does not depend on what is installed)."""
 
-
-def _markdown(frame: pd.DataFrame) -> str:
     def fmt(v: object) -> str:
+        if v is None or (isinstance(v, float) and pd.isna(v)):
+            return ""
         if isinstance(v, float):
+            if digits is not None:
+                return f"{v:.{digits}f}"
             return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
-        return "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
+        return str(v)
 
     head = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     rows = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([head, rule, *rows])
+
+
+def _render_match(m: re.Match) -> str:
+    digits = int(m.group("digits")) if m.group("digits") else None
+    return render(m.group("name"), m.group("where"), m.group("columns"), digits)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     readme = ROOT / "README.md"
     old = readme.read_text()
-    new = MARKER.sub(
-        lambda m: m.group(1) + render(m.group("name"), m.group("where"), m.group("columns")) + m.group(6), old
-    )
+    new = MARKER.sub(lambda m: m.group(1) + _render_match(m) + m.group("end"), old)
     if args.check:
         return 0 if new == old else 1
     if new != old:
