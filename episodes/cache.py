@@ -55,13 +55,31 @@ _HASH_INDEX = "source_hashes.json"
 _memo: dict[tuple[str, tuple], str] = {}  # in-process memo of sha256_path, keyed like the json index
 
 
-def atomic_write_bytes(path: Path, data: bytes | Callable[[Any], None]) -> None:
+def _default_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0o666 minus the process umask (read without changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: read the umask by setting it, then put it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write_bytes(path: Path, data: bytes | Callable[[Any], None], *, fsync: bool = False) -> None:
     """Write ``path`` atomically: to a temporary file in the same folder, then ``os.replace``.
+
+    A reader sees the old file or the complete new one, never a part; a failure leaves no temporary file behind.
+    The file gets the permissions a plain ``open(path, "w")`` would give it (``tempfile.mkstemp`` makes 0o600).
 
     Args:
         path: final file name; its folder is created if missing.
         data: the bytes to write, or a callable that writes into the open binary file handle it is given.
+        fsync: flush the data to disk before the rename (checkpoints: survive a power loss, not only a kill).
     """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -70,6 +88,10 @@ def atomic_write_bytes(path: Path, data: bytes | Callable[[Any], None]) -> None:
                 data(fh)
             else:
                 fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), _default_file_mode())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -9,10 +9,11 @@ rows written after the checkpoint's episode are dropped, so the log always match
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from episodes.cache import atomic_write_bytes
 
 __all__ = ["LOG_COLUMNS", "TrainLog"]
 
@@ -52,14 +53,9 @@ class TrainLog:
         with self.path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
         kept = [LOG_COLUMNS] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= episode]
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-                csv.writer(f).writerows(kept)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(kept)
+        atomic_write_bytes(self.path, text.getvalue().encode("utf-8"))
 
     def write(
         self, episode: int, loss: float | None, acc: float | None, lr: float, elapsed_s: float, val_acc: float | None

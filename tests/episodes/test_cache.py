@@ -136,3 +136,31 @@ def test_omniglot_store_is_cached_and_rebuilt_after_corruption(synthetic_root, i
     np.testing.assert_array_equal(again.images, cold.images)
     other = load_store(catalog, image_size=14)  # other options: another entry, not a stale hit
     assert not other.from_cache and other.images.shape[1:] == (14, 14)
+
+
+def test_atomic_write_gives_the_mode_a_plain_open_would(tmp_path: Path) -> None:
+    from episodes.cache import atomic_write_bytes
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "a.csv", b"x,y\n")
+        (tmp_path / "plain.csv").write_bytes(b"x,y\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.csv").stat().st_mode & 0o777 == (tmp_path / "plain.csv").stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_atomic_write_failure_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    from episodes.cache import atomic_write_bytes
+
+    target = tmp_path / "ckpt.pt"
+    target.write_bytes(b"saved")
+
+    def explode(fh) -> None:  # noqa: ANN001 - a binary file handle
+        fh.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write_bytes(target, explode, fsync=True)
+    assert target.read_bytes() == b"saved" and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
