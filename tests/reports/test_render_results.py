@@ -1,0 +1,55 @@
+"""scripts/render_results.py: README tables regenerated from results/*.csv between markers, nothing else touched."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "render_results.py"
+
+
+@pytest.fixture()
+def render(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("render_results", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "ROOT", tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "acc.csv").write_text(
+        "# command: python run_episode.py table --format csv\nnorm,shot,mean,p\nbatchnorm,1,98.58667,0.0003243\n"
+        "swbn,1,98.27333,\nswbn,5,99.54,0.5\n"
+    )
+    return module
+
+
+def test_markers_select_rows_columns_and_decimals(render, tmp_path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- results:acc where shot == 1 columns norm,mean,p digits 2 -->\nstale\n<!-- /results:acc -->\nend\n"
+    )
+    assert render.main([]) == 0
+    assert readme.read_text() == (
+        "intro\n<!-- results:acc where shot == 1 columns norm,mean,p digits 2 -->\n"
+        "| norm | mean | p |\n|---|---|---|\n| batchnorm | 98.59 | 0.00 |\n| swbn | 98.27 |  |\n"
+        "\ncommand: python run_episode.py table --format csv  \n<!-- /results:acc -->\nend\n"
+    )
+    assert render.main(["--check"]) == 0  # up to date now
+
+
+def test_default_is_four_significant_digits_and_check_reports_staleness(render, tmp_path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:acc columns mean,p -->\n<!-- /results:acc -->\n")
+    assert render.main(["--check"]) == 1 and readme.read_text().count("\n") == 2  # --check writes nothing
+    render.main([])
+    assert "| 98.59 | 0.0003243 |" in readme.read_text() and "| 99.54 | 0.5 |" in readme.read_text()
+
+
+def test_missing_csv_and_unknown_column_are_named(render, tmp_path) -> None:
+    (tmp_path / "README.md").write_text("<!-- results:nope -->\n<!-- /results:nope -->\n")
+    with pytest.raises(FileNotFoundError, match=r"results/nope\.csv"):
+        render.main([])
+    (tmp_path / "README.md").write_text("<!-- results:acc columns norm,ratio -->\n<!-- /results:acc -->\n")
+    with pytest.raises(KeyError, match=r"no column\(s\) \['ratio'\]"):
+        render.main([])
