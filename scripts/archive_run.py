@@ -4,12 +4,12 @@
 A run directory (``runs/<name>/<UTC time>-<sha>/``) is not committed: it lives in the work tree of one session.
 This copies what a reader needs to check and re-use a result (``config.yaml``, ``env.json`` with the training
 command, ``metrics.json``, ``train_log.csv``, every ``eval/*/`` folder with its per-episode ``episodes.csv`` and
-``summary.json`` holding the eval command, and ``checkpoints/best.pt`` when it is under ``--max-mb``) to
-``results/runs/<name>/<UTC time>-<sha>/``. ``last.pt`` (optimizer state, for --resume) is copied only with
-``--with-last`` (runs that continue in a later session). An existing archive is refreshed file by file: files
+``summary.json`` holding the eval command) to ``results/runs/<name>/<UTC time>-<sha>/``. Checkpoints are never
+copied: model files stay out of git (keep ``runs/`` or copy ``checkpoints/`` elsewhere).
+An existing archive is refreshed file by file: files
 are replaced by the run's newer versions, nothing is deleted.
 
-Usage: python scripts/archive_run.py RUN [RUN ...] [--with-last] [--max-mb 8]
+Usage: python scripts/archive_run.py RUN [RUN ...] [--dest DIR]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FILES = ("config.yaml", "env.json", "metrics.json", "train_log.csv")
 
 
-def archive(run: Path, dest_root: Path, *, with_last: bool, max_mb: float) -> Path:
+def archive(run: Path, dest_root: Path) -> Path:
     if not (run / "config.yaml").is_file():
         raise SystemExit(f"error: {run} is not a run directory (no config.yaml); pass runs/<name>/<time>-<sha>")
     dest = dest_root / run.parent.name / run.name
@@ -33,12 +33,6 @@ def archive(run: Path, dest_root: Path, *, with_last: bool, max_mb: float) -> Pa
             shutil.copy2(run / name, dest / name)
     for folder in sorted((run / "eval").glob("*/")) if (run / "eval").is_dir() else []:
         shutil.copytree(folder, dest / "eval" / folder.name, dirs_exist_ok=True)
-    wanted = ["best.pt"] + (["last.pt"] if with_last else [])
-    for name in wanted:
-        ckpt = run / "checkpoints" / name
-        if ckpt.is_file() and ckpt.stat().st_size <= max_mb * 2**20:
-            (dest / "checkpoints").mkdir(exist_ok=True)
-            shutil.copy2(ckpt, dest / "checkpoints" / name)
     return dest
 
 
@@ -46,11 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--dest", type=Path, default=ROOT / "results" / "runs")
-    parser.add_argument("--with-last", action="store_true", help="also copy checkpoints/last.pt (to resume later)")
-    parser.add_argument("--max-mb", type=float, default=8.0, help="largest checkpoint copied, in MiB")
     args = parser.parse_args(argv)
     for run in args.runs:
-        print(archive(run, args.dest, with_last=args.with_last, max_mb=args.max_mb))
+        print(archive(run, args.dest))
     return 0
 
 
