@@ -2,7 +2,7 @@
 
 ::
 
-    python run_episode.py compare --runs REFERENCE OTHER [OTHER ...] [--n-way N --n-shot K] [--json]
+    python run_episode.py compare --runs REFERENCE OTHER [OTHER ...] [--n-way N --n-shot K] [--policy P] [--json]
                                   [--out FILE.csv [--force | --append]]
 
 Every run is evaluated on the one shared test-episode file (existing evaluations with the same episodes,
@@ -10,9 +10,11 @@ policy and checkpoint are reused). Each run after the first is compared with the
 accuracy difference with its 95% CI, paired t-test p-value, sign-flip permutation p-value, and
 wins/ties/losses over episodes. Runs that do not share dataset, protocol, test split, data options and eval
 settings are refused with the first difference named. ``--n-way/--n-shot/--n-query/--episodes`` evaluate all
-runs at other settings than their configs'. ``--out`` also writes one CSV row per pair (accuracies in percent),
-starting with a ``# command:`` line, for ``results/``; ``--append`` adds the rows of this comparison (e.g. at
-another way/shot) to an existing file with the same columns, and its command as one more ``# command:`` line.
+runs at other settings than their configs', ``--policy`` with another test-time norm policy than theirs (e.g.
+``support`` for MAML runs whose default is ``transductive``). ``--out`` also writes one CSV row per pair
+(accuracies in percent), starting with a ``# command:`` line, for ``results/``; ``--append`` adds the rows of
+this comparison (e.g. at another way/shot) to an existing file with the same columns, and its command as one more
+``# command:`` line.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--n-shot", type=int, default=None, metavar="K", help="support images per class (default: eval.n_shot)")
     add("--n-query", type=int, default=None, metavar="Q", help="queries per class (default: eval.n_query)")
     add("--episodes", type=int, default=None, metavar="N", help="test episodes (default: eval.episodes)")
+    add("--policy", choices=("running", "support", "transductive"), default=None,
+        help="test-time norm statistics for every run (default: each run's eval.norm_policy)")
     add("--json", action="store_true", help="print the comparison as JSON (accuracies as fractions)")
     add("--out", default=None, metavar="FILE.csv", help="also write the pairs as CSV (accuracies in percent)")
     mode = parser.add_mutually_exclusive_group()
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         )
     comparison = compare_runs(
         args.runs, reuse=not args.no_reuse, progress=sys.stderr.isatty() and not args.json, runs_root=args.runs_root,
-        n_way=args.n_way, n_shot=args.n_shot, n_query=args.n_query, episodes=args.episodes,
+        n_way=args.n_way, n_shot=args.n_shot, n_query=args.n_query, episodes=args.episodes, policy=args.policy,
     )  # fmt: skip
     if args.json:
         print(json.dumps(comparison.to_dict(), indent=2, default=str))

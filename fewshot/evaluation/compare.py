@@ -124,6 +124,7 @@ def compare_runs(
     n_shot: int | None = None,
     n_query: int | None = None,
     episodes: int | None = None,
+    policy: str | None = None,
 ) -> Comparison:
     """Evaluate (or reuse) every run on the shared episode file and compare each with the first.
 
@@ -131,6 +132,8 @@ def compare_runs(
         run_dirs: two or more run directories; the first is the reference.
         n_way, n_shot, n_query, episodes: evaluate every run at these settings instead of its ``eval`` ones
             (e.g. 20-way 5-shot for models trained at 60-way 1-shot); the runs then need not agree on them.
+        policy: score every run with this test-time norm policy (``running``, ``support``, ``transductive``)
+            instead of its own ``eval.norm_policy``.
         reuse: reuse matching evaluations instead of recomputing.
         progress: show progress bars while evaluating.
         n_resamples: Monte Carlo sign patterns of the permutation test (when not exact).
@@ -149,7 +152,9 @@ def compare_runs(
     configs = [load_run_config(d) for d in dirs]
     request = {"n_way": n_way, "n_shot": n_shot, "n_query": n_query, "episodes": episodes}
     check_comparable(configs, [str(d) for d in dirs], ignore=[f"eval.{k}" for k, v in request.items() if v is not None])
-    evaluations = tuple(evaluate_run(d, reuse=reuse, progress=progress, runs_root=runs_root, **request) for d in dirs)
+    evaluations = tuple(
+        evaluate_run(d, reuse=reuse, progress=progress, runs_root=runs_root, policy=policy, **request) for d in dirs
+    )
     hashes = {e.summary["episode_hash"] for e in evaluations}
     if len(hashes) != 1:
         raise DataError(

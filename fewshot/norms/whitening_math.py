@@ -216,6 +216,28 @@ def correlation(second_moment: Tensor, rstd: Tensor) -> Tensor:
     return second_moment * r[:, :, None] * r[:, None, :]
 
 
+def shrink_to_identity(corr: Tensor, rho: float) -> Tensor:
+    """``(1 − ρ) R + ρ I`` per group: a correlation matrix shrunk towards the identity.
+
+    Ledoit & Wolf, "A well-conditioned estimator for large-dimensional covariance matrices", J. Multivariate
+    Analysis 88 (2004): with few samples per dimension the sample covariance is ill-conditioned or singular, and a
+    convex combination with a scaled identity bounds its spectrum below. For a correlation matrix (unit diagonal)
+    the identity is the natural target and the diagonal stays 1. The eigenvalues ``λ`` of ``R`` become
+    ``(1 − ρ) λ + ρ ≥ ρ``, so the whitening ``R_ρ^{-1/2}`` has eigenvalues ``≤ 1/√ρ``.
+
+    Args:
+        corr: ``(..., g, g)``.
+        rho: shrinkage ``0 ≤ ρ < 1`` (``0`` returns ``corr`` itself).
+
+    Returns:
+        ``(..., g, g)``.
+    """
+    if rho == 0:
+        return corr
+    eye = torch.eye(corr.shape[-1], dtype=corr.dtype, device=corr.device)
+    return (1.0 - rho) * corr + rho * eye
+
+
 def block_diagonal(matrix: Tensor) -> Tensor:
     """The ``(C, C)`` block-diagonal matrix with the ``(G, g, g)`` blocks of ``matrix`` on its diagonal."""
     groups, g, _ = matrix.shape

@@ -93,6 +93,15 @@ def test_train_eval_compare_table_study(dataset, capsys):
     assert pair["n"] == 20 and pair["wins"] + pair["ties"] + pair["losses"] == 20
     assert pair["mean_diff"] == pytest.approx(cmp["runs"][1]["mean"] - cmp["runs"][0]["mean"])
     assert 0.0 < pair["p_perm"] <= 1.0 and 0.0 <= pair["p_t"] <= 1.0
+    # --policy scores every run with that policy; the transductive evaluation made above is reused
+    code, out, err = run_cli(capsys, "compare", "--runs", runs["batchnorm"], runs["layernorm"], "--policy",
+                             "transductive", "--json")  # fmt: skip
+    assert code == 0, err
+    cmp_t = json.loads(out)
+    assert [r["policy"] for r in cmp_t["runs"]] == ["transductive", "transductive"]
+    assert [r["reused"] for r in cmp_t["runs"]] == [True, False]
+    code, _, err = run_cli(capsys, "compare", "--runs", runs["batchnorm"], runs["layernorm"], "--policy", "query")
+    assert code == 2 and "invalid choice: 'query'" in err
 
     # runs on other episodes are refused, naming the difference
     other = root / "runs" / "other"

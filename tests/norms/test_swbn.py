@@ -134,6 +134,40 @@ class TestWhiteningMatrixUpdate:
         assert errors["kl"] < 0.1
         assert errors["fro"] > 2 * errors["kl"]
 
+    def test_rank_deficient_groups_grow_w_without_shrinkage_and_stay_bounded_with_it(self, single_thread):
+        # The first Conv-4 layer on grey images: 16 channels that are linear maps of a 9-dimensional patch, so
+        # R_B has rank <= 9 in every batch. The plain KL step multiplies W by (1 + α) per update along the 7 null
+        # directions, which move a little from batch to batch (per-batch standardization), so the growth saturates
+        # far above any whitening of the signal; shrinking R_B towards I makes the fixed point
+        # ((1 − ρ) R + ρ I)^{-1/2}, eigenvalues <= 1/√ρ.
+        g = torch.Generator().manual_seed(3)
+        conv_map = torch.randn(16, 9, generator=g, dtype=F64)
+        batches = [torch.randn(60, 9, generator=g, dtype=F64) @ conv_map.T for _ in range(4)]
+        rho, steps, alpha = 0.1, 600, 0.01
+        top = {}
+        for shrinkage in (0.0, rho):
+            layer = create("swbn", 16, alpha=alpha, group_size=16, shrinkage=shrinkage, dtype=F64)
+            for i in range(steps):
+                layer(batches[i % 4])
+            top[shrinkage] = float(torch.linalg.eigvalsh(layer.whitening_matrix[0]).max())
+        # the largest gain a whitening of the 9-dimensional signal needs, over the batches (about 2.2)
+        signal_gain = max(float(torch.linalg.eigvalsh(_batch_correlation(b, 1e-5))[-9:].min().rsqrt()) for b in batches)
+        assert top[0.0] > 5 * signal_gain  # 24.7 here: the null directions are amplified ~11x beyond the signal's
+        assert top[rho] <= rho**-0.5 + 1e-6
+        # with one repeated batch the shrunk update converges to ((1 − ρ) R + ρ I)^{-1/2}
+        layer = create("swbn", 16, alpha=0.05, group_size=16, shrinkage=rho, eps=1e-9, dtype=F64)
+        for _ in range(400):
+            layer(batches[0])
+        target = _inv_sqrt(WM.shrink_to_identity(_batch_correlation(batches[0], 1e-9), rho))
+        torch.testing.assert_close(layer.whitening_matrix[0], target, rtol=0, atol=1e-8)
+
+    def test_zero_shrinkage_is_the_plain_update_bit_for_bit(self, make_x):
+        plain, shrunk = create("swbn", 8, alpha=0.05), create("swbn", 8, alpha=0.05, shrinkage=0.0)
+        for seed in range(3):
+            x = make_x(4, 8, 3, 3, seed=seed)
+            torch.testing.assert_close(plain(x), shrunk(x), rtol=0, atol=0)
+        torch.testing.assert_close(plain.whitening_matrix, shrunk.whitening_matrix, rtol=0, atol=0)
+
     def test_w_stays_exactly_symmetric(self, make_x):
         layer = create("swbn", 8, alpha=0.05, group_size=8, criterion="fro")
         for seed in range(20):
@@ -237,7 +271,7 @@ class TestWhiteningRate:
 class TestConstruction:
     def test_defaults(self):
         layer = create("swbn", 64)
-        assert (layer.group_size, layer.alpha, layer.criterion) == (16, 1e-3, "kl")
+        assert (layer.group_size, layer.alpha, layer.criterion, layer.shrinkage) == (16, 1e-3, "kl", 0.0)
         assert layer.whitening_matrix.shape == (4, 16, 16)
 
     def test_small_layers_fall_back_to_one_group(self):
@@ -250,6 +284,8 @@ class TestConstruction:
             ({"alpha": -0.1}, r"alpha \(whitening rate\) must be a finite number >= 0, got -0.1"),
             ({"group_size": 5}, r"group_size=5 does not divide num_features=8"),
             ({"tau": 0}, r"tau must be a number > 0"),
+            ({"shrinkage": 1.0}, r"shrinkage \(of R_B towards I in the W update\) must be a number in \[0, 1\), got 1.0"),
+            ({"shrinkage": -0.1}, r"must be a number in \[0, 1\), got -0.1"),
         ],
     )
     def test_bad_options_raise(self, kwargs, match):
