@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks._results import environment, rows_to_csv, write_result
+from fewshot.registry import option_label
 
 __all__ = [
     "DATASETS",
@@ -90,8 +91,7 @@ class Config:
 
     @property
     def label(self) -> str:
-        opts = ",".join(f"{k}={v}" for k, v in sorted(self.kwargs.items()))
-        return f"{self.layer}[{opts}]" if opts else self.layer
+        return option_label(self.layer, self.kwargs)
 
     def build(self, num_features: int) -> nn.Module:
         if self.layer == TORCH_BN:

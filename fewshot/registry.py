@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from fewshot.errors import UnknownNameError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "option_label"]
 
 
 def _key(name: str) -> str:
@@ -94,3 +94,12 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, names={self.names()})"
+
+
+def option_label(name: str, options: Mapping[str, Any] | None = None) -> str:
+    """A display name for a registered component with its options: ``"swbn"``, ``"swbn[alpha=3e-05,shrinkage=0.1]"``.
+
+    Options are sorted by name, so one configuration always gets one label (tables, plots, benchmarks).
+    """
+    opts = ",".join(f"{k}={v}" for k, v in sorted((options or {}).items()))
+    return f"{name}[{opts}]" if opts else name

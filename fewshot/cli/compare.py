@@ -39,8 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--n-shot", type=int, default=None, metavar="K", help="support images per class (default: eval.n_shot)")
     add("--n-query", type=int, default=None, metavar="Q", help="queries per class (default: eval.n_query)")
     add("--episodes", type=int, default=None, metavar="N", help="test episodes (default: eval.episodes)")
-    add("--policy", choices=("running", "support", "transductive"), default=None,
-        help="test-time norm statistics for every run (default: each run's eval.norm_policy)")
+    add(
+        "--policy",
+        choices=("running", "support", "transductive"),
+        default=None,
+        help="test-time norm statistics for every run (default: each run's eval.norm_policy)",
+    )
     add("--json", action="store_true", help="print the comparison as JSON (accuracies as fractions)")
     add("--out", default=None, metavar="FILE.csv", help="also write the pairs as CSV (accuracies in percent)")
     mode = parser.add_mutually_exclusive_group()

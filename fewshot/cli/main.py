@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "evaluate",  # eval
     "compare",  # compare
     "table",  # table
+    "curves",  # curves (training loss / validation accuracy PNG)
     "study",  # study (the Quick start main job)
 )
 

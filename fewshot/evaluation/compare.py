@@ -18,6 +18,7 @@ from typing import Any
 from fewshot.errors import ConfigError, DataError
 from fewshot.evaluation.run_eval import RunEvaluation, evaluate_run, load_run_config
 from fewshot.evaluation.stats import PairedComparison, paired_comparison
+from fewshot.registry import option_label
 
 __all__ = ["SHARED_FIELDS", "Comparison", "run_label", "check_comparable", "compare_runs"]
 
@@ -36,8 +37,8 @@ def _field(cfg: Any, dotted: str) -> Any:
 
 
 def run_label(cfg: Any) -> str:
-    """``learner/backbone/norm``, e.g. ``protonet/conv4/swbn``."""
-    return f"{cfg.learner.name}/{cfg.model.backbone}/{cfg.model.norm}"
+    """``learner/backbone/norm[options]``, e.g. ``protonet/conv4/swbn``, ``maml/conv4_maml/swbn[shrinkage=0.1]``."""
+    return f"{cfg.learner.name}/{cfg.model.backbone}/{option_label(cfg.model.norm, cfg.model.norm_kwargs)}"
 
 
 def check_comparable(configs: Sequence[Any], names: Sequence[str], ignore: Sequence[str] = ()) -> None:

@@ -7,7 +7,7 @@ row, with its accuracy cells left visibly empty, so nothing silently drops out o
 ============== ==========================================================================================
 learner        learner registry name (``protonet``, ``maml``)
 backbone       backbone registry name (``conv4``, ...)
-norm           normalization layer registry name (``batchnorm``, ``swbn``, ...)
+norm           normalization layer registry name and its options (``batchnorm``, ``swbn[shrinkage=0.1]``)
 dataset        dataset registry name
 protocol       dataset protocol (``vinyals``, ``lake``, ``ravi``, ...)
 way            classes per test episode (N)
@@ -41,6 +41,7 @@ import yaml
 
 from fewshot.errors import DataError
 from fewshot.evaluation.outputs import list_evals
+from fewshot.registry import option_label
 
 __all__ = [
     "COLUMNS", "FORMATS", "find_runs", "load_run_info", "runs_table", "format_table", "to_markdown", "to_latex",
@@ -144,7 +145,7 @@ def runs_table(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
         base = {
             "learner": _get(cfg, "learner.name"),
             "backbone": _get(cfg, "model.backbone"),
-            "norm": _get(cfg, "model.norm"),
+            "norm": option_label(_get(cfg, "model.norm"), _get(cfg, "model.norm_kwargs")),
             "dataset": _get(cfg, "data.dataset"),
             "protocol": _get(cfg, "data.protocol"),
             "train_episodes": metrics.get("episodes_done"),

@@ -100,8 +100,9 @@ def test_train_eval_compare_table_study(dataset, capsys):
     cmp_t = json.loads(out)
     assert [r["policy"] for r in cmp_t["runs"]] == ["transductive", "transductive"]
     assert [r["reused"] for r in cmp_t["runs"]] == [True, False]
-    code, _, err = run_cli(capsys, "compare", "--runs", runs["batchnorm"], runs["layernorm"], "--policy", "query")
-    assert code == 2 and "invalid choice: 'query'" in err
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(capsys, "compare", "--runs", runs["batchnorm"], runs["layernorm"], "--policy", "query")
+    assert exit_info.value.code == 2 and "invalid choice: 'query'" in capsys.readouterr().err
 
     # runs on other episodes are refused, naming the difference
     other = root / "runs" / "other"
@@ -142,7 +143,9 @@ def test_train_eval_compare_table_study(dataset, capsys):
                            "--out", table, "--plot", plot)  # fmt: skip
     assert code == 0, err
     md = table.read_text().splitlines()
-    assert md[0].startswith("| learner | backbone | norm |") and len(md) == 2 + 5  # header, rule, 5 evaluations
+    # header, rule, 6 evaluations (batchnorm: running, transductive, 2-way 3-shot, 2-way 1-shot; layernorm:
+    # running, and transductive from compare --policy)
+    assert md[0].startswith("| learner | backbone | norm |") and len(md) == 2 + 6
     assert plot.read_bytes()[:4] == b"\x89PNG"
     code, _, err = run_cli(capsys, "table", "--runs", runs["batchnorm"], "--out", table)
     assert code == 2 and "refusing to overwrite" in err

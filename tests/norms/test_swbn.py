@@ -284,7 +284,10 @@ class TestConstruction:
             ({"alpha": -0.1}, r"alpha \(whitening rate\) must be a finite number >= 0, got -0.1"),
             ({"group_size": 5}, r"group_size=5 does not divide num_features=8"),
             ({"tau": 0}, r"tau must be a number > 0"),
-            ({"shrinkage": 1.0}, r"shrinkage \(of R_B towards I in the W update\) must be a number in \[0, 1\), got 1.0"),
+            (
+                {"shrinkage": 1.0},
+                r"shrinkage \(of R_B towards I in the W update\) must be a number in \[0, 1\), got 1.0",
+            ),
             ({"shrinkage": -0.1}, r"must be a number in \[0, 1\), got -0.1"),
         ],
     )

@@ -15,14 +15,16 @@ from fewshot.reports.plot import plot_accuracy_vs_shots
 from fewshot.reports.table import COLUMNS, find_runs, format_table, runs_table, to_latex, to_markdown
 
 
-def make_run(root, name, *, norm, shot=1, correct=(14, 15), seconds=90.0, evaluated=True, policy="running"):
+def make_run(
+    root, name, *, norm, shot=1, correct=(14, 15), seconds=90.0, evaluated=True, policy="running", norm_kwargs=None
+):
     """A run directory with config.yaml, metrics.json and (optionally) one evaluation of 15-query episodes."""
     run = root / name
     run.mkdir(parents=True)
     cfg = {
         "name": "t", "seed": 0,
         "data": {"dataset": "omniglot", "protocol": "vinyals", "test_split": "test", "options": {}},
-        "model": {"backbone": "conv4", "norm": norm},
+        "model": {"backbone": "conv4", "norm": norm, "norm_kwargs": norm_kwargs or {}},
         "learner": {"name": "protonet", "kwargs": {}},
         "eval": {"norm_policy": policy},
     }  # fmt: skip
@@ -51,6 +53,12 @@ def test_runs_table_has_fixed_columns_and_percent_values(tmp_path):
     assert (swbn["episodes"], swbn["seed"], swbn["way"], swbn["shot"], swbn["query"]) == (2, 1234, 1, 1, 15)
     assert swbn["train_minutes"] == pytest.approx(1.5) and swbn["train_episodes"] == 1200
     assert swbn["run"] == "r1" and swbn["policy"] == "running"
+
+
+def test_norm_options_are_part_of_the_norm_label(tmp_path):
+    a = make_run(tmp_path, "r1", norm="swbn", norm_kwargs={"shrinkage": 0.1, "alpha": 3.125e-5})
+    b = make_run(tmp_path, "r2", norm="swbn")
+    assert runs_table([a, b])["norm"].tolist() == ["swbn", "swbn[alpha=3.125e-05,shrinkage=0.1]"]
 
 
 def test_unevaluated_run_keeps_a_row_with_empty_accuracy(tmp_path):
