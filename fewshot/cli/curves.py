@@ -38,12 +38,11 @@ def run(args: argparse.Namespace) -> int:
 
     if Path(args.out).suffix.lower() != ".png":
         raise ConfigError(f"--out writes a PNG image; give a file name ending in .png, got {args.out!r}")
-    if Path(args.out).exists() and not args.force:
-        raise ConfigError(f"refusing to overwrite {args.out!r} (--out); pass --force or choose another file")
-    if args.smooth < 1:
-        raise ConfigError(f"--smooth must be >= 1 (log rows of the rolling mean), got {args.smooth}")
-    path = plot_training_curves(
-        args.runs, args.out, x=args.x, smooth=args.smooth, overwrite=args.force, description=command_line()
-    )
+    try:  # the library checks --smooth and refuses to overwrite; report those as usage errors (exit 2)
+        path = plot_training_curves(
+            args.runs, args.out, x=args.x, smooth=args.smooth, overwrite=args.force, description=command_line()
+        )
+    except (ValueError, FileExistsError) as exc:
+        raise ConfigError(str(exc)) from None
     print(f"wrote {path} ({len(args.runs)} runs)")
     return 0

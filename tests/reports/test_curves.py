@@ -52,6 +52,8 @@ def test_cli_writes_a_png_with_its_command_and_refuses_to_overwrite(runs, tmp_pa
     capsys.readouterr()
     assert main(["curves", "--runs", str(runs[0]), "--out", str(out)]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
+    assert main(["curves", "--runs", str(runs[0]), "--out", str(tmp_path / "c.png"), "--smooth", "0"]) == 2
+    assert "smooth must be an int >= 1" in capsys.readouterr().err
     assert main(["curves", "--runs", str(runs[0]), "--out", str(tmp_path / "c.jpg")]) == 2
     assert "ending in .png, got" in capsys.readouterr().err
 
