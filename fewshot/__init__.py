@@ -12,4 +12,4 @@ Subpackages:
 The episode data layer lives in the sibling package ``episodes``.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -14,9 +14,13 @@ How normalization state is handled. torch.func cannot mutate buffers captured by
 the SWBN specification (norms-spec §2.14) asks for one whitening-matrix update per outer iteration at the initial
 weights rather than one per inner forward. So every differentiable pass (inner steps and query) runs inside
 ``fewshot.norms.frozen_stats`` and reads a snapshot of the buffers taken at the start of the meta-batch; the
-state update (running moments, SWBN's whitening matrix, Kalman EMAs) happens once per task, in a separate plain
-``no_grad`` forward of the support set at the meta-parameters in train mode. The snapshot also keeps the outer
-backward valid when a layer reads its state in a differentiable pass (as SWBN does) and a later task updates it.
+state update (running moments, SWBN's whitening matrix, Kalman EMAs) happens in a separate plain ``no_grad``
+forward at the meta-parameters in train mode: by default once per meta-step, on the supports of the whole
+meta-batch concatenated (``norm_state_update="meta_batch"``, the recommendation of norms-spec §2.14: one W update
+per outer iteration, so SWBN's rate α means the same per optimizer step whatever the meta-batch), or once per task
+on its support set (``"task"``: 32 updates per meta-step at meta-batch 32, fewshot 0.1.0's only behaviour; the MAML
+runs under results/ made with 0.1.0 used it). The snapshot also keeps the outer backward valid when a layer reads its state in a
+differentiable pass (as SWBN does) and the update then writes it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ __all__ = ["MAML"]
 
 Params = dict[str, Tensor]
 _HEAD_INITS = ("normal", "default")
+NORM_STATE_UPDATES = ("meta_batch", "task")
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,8 @@ class MAML(Learner):
         head_init: ``"normal"``: weights N(0, 1) and zero bias, as the reference code for Omniglot; ``"default"``:
             PyTorch's ``nn.Linear`` initialization.
         channels_last: convert input images to the channels-last memory format.
+        norm_state_update: when ``meta_loss`` updates the norm layers' state (see the module docstring):
+            ``"meta_batch"`` (once per call, on all support sets concatenated) or ``"task"`` (once per task).
 
     Example:
         >>> backbone = fewshot.backbones.create("conv4_maml")  # doctest: +SKIP
@@ -138,6 +145,7 @@ class MAML(Learner):
         adapt_norm: bool = True,
         head_init: str = "normal",
         channels_last: bool = False,
+        norm_state_update: str = "meta_batch",
     ) -> None:
         super().__init__(backbone, channels_last=channels_last)
         self.n_way = _positive_int("n_way", n_way, 2)
@@ -150,6 +158,12 @@ class MAML(Learner):
         self.first_order = bool(first_order)
         self.anil = bool(anil)
         self.adapt_norm = bool(adapt_norm)
+        if norm_state_update not in NORM_STATE_UPDATES:
+            raise ValueError(
+                f"maml norm_state_update must be one of {', '.join(map(repr, NORM_STATE_UPDATES))}, got "
+                f"{norm_state_update!r}; 'meta_batch' updates norm state once per meta-step, 'task' once per task"
+            )
+        self.norm_state_update = norm_state_update
         if head_init not in _HEAD_INITS:
             raise ValueError(f"maml head_init must be one of {', '.join(map(repr, _HEAD_INITS))}, got {head_init!r}")
         backbone_channels = getattr(backbone, "in_channels", None)
@@ -294,9 +308,10 @@ class MAML(Learner):
         losses, correct, total = [], 0, 0
         with self.mode(training=True, norm_policy=policy, frozen=False):
             adapt, fixed = self._split_parameters()
-            # A snapshot: the per-task state updates below write the real buffers in place (see module docstring).
+            # A snapshot: the state updates below write the real buffers in place (see module docstring).
             buffers = {k: b.clone() for k, b in self.named_buffers()}
             update_state = any(layer.track_running_stats for layer in norm_layers(self))
+            per_task = update_state and self.norm_state_update == "task"
             for ep in episodes:
                 with norms.frozen_stats(self):
                     logits = self._task_logits(
@@ -306,14 +321,16 @@ class MAML(Learner):
                 losses.append(F.cross_entropy(logits, ep.query_y))
                 correct += int((logits.argmax(-1) == ep.query_y).sum())
                 total += ep.query_y.shape[0]
-                if update_state:
+                if per_task:
                     self._update_norm_state(ep.support_x, policy)
+            if update_state and not per_task:
+                self._update_norm_state(torch.cat([ep.support_x for ep in episodes]), policy)
         loss = torch.stack(losses).mean()
         return loss, {"loss": loss.item(), "acc": correct / total}
 
     @torch.no_grad()
     def _update_norm_state(self, support_x: Tensor, policy: str) -> None:
-        """One plain train-mode forward of the support set at the meta-parameters: updates the norm state once."""
+        """One plain train-mode forward of ``support_x`` at the meta-parameters: updates the norm state once."""
         with self._phase(policy, "support"):
             self.backbone(self.prepare(support_x))
         self.clear_task_state()
@@ -340,5 +357,5 @@ class MAML(Learner):
             f"n_way={self.n_way}, inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
             f"eval_inner_lr={self.eval_inner_lr}, eval_inner_steps={self.eval_inner_steps}, "
             f"first_order={self.first_order}, anil={self.anil}, adapt_norm={self.adapt_norm}, "
-            f"channels_last={self.channels_last}"
+            f"channels_last={self.channels_last}, norm_state_update={self.norm_state_update!r}"
         )

@@ -100,7 +100,8 @@ def plot_training_curves(
         raise FileExistsError(f"refusing to overwrite {str(path)!r}; pass --force or choose another file")
     column, title = X_AXES[x]
     curves = [(run_curve_label(d), read_train_log(d)) for d in run_dirs]
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
+    # The legend goes below both panels (never over a curve): one row per run.
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4 + 0.22 * len(curves)), layout="constrained")
     for i, (label, log) in enumerate(curves):
         color = f"C{i % 10}"
         ax_loss.plot(log[column], log["loss"], color=color, alpha=0.2, linewidth=0.8)
@@ -113,8 +114,7 @@ def plot_training_curves(
     for ax in (ax_loss, ax_val):
         ax.set_xlabel(title)
         ax.grid(alpha=0.3)
-    ax_val.legend(fontsize="x-small")
-    fig.tight_layout()
+    fig.legend(*ax_val.get_legend_handles_labels(), loc="outside lower center", fontsize="x-small")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, metadata={"Description": description} if description else None)
     plt.close(fig)

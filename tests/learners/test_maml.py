@@ -130,19 +130,42 @@ def test_predict_changes_no_parameter_buffer_mode_or_policy(episode_factory, sna
 @pytest.mark.parametrize("policy", ["batch", "running", "support"])
 def test_meta_loss_updates_norm_state_once_per_task_at_the_meta_parameters(tiny_backbone, episode_factory, policy):
     torch.manual_seed(0)
-    learner = _maml(tiny_backbone(), inner_steps=3)
+    learner = _maml(tiny_backbone(), inner_steps=3, norm_state_update="task")
     episodes = [episode_factory(s) for s in range(3)]
     learner.meta_loss(episodes, policy=policy)
     for layer in norm_layers(learner):
         assert int(layer.num_batches_tracked) == 3
     # BatchNorm's running mean after one task = 0.9 * 0 + 0.1 * (support batch mean at the meta-parameters).
-    fresh = _maml(tiny_backbone(), inner_steps=3)
+    fresh = _maml(tiny_backbone(), inner_steps=3, norm_state_update="task")
     fresh.load_state_dict(learner.state_dict())
     for layer in norm_layers(fresh):
         layer.reset_running_stats()
     fresh.meta_loss(episodes[:1], policy="batch")
     expected = fresh.backbone.conv1(episodes[0].support_x).mean(dim=(0, 2, 3)) * 0.1
     torch.testing.assert_close(fresh.backbone.norm1.running_mean, expected)
+
+
+@pytest.mark.parametrize("policy", ["batch", "running", "support"])
+def test_meta_loss_updates_norm_state_once_per_meta_batch_on_all_supports(tiny_backbone, episode_factory, policy):
+    torch.manual_seed(0)
+    learner = _maml(tiny_backbone(), inner_steps=2)
+    assert learner.norm_state_update == "meta_batch"  # the default (norms-spec 2.14: one update per outer step)
+    episodes = [episode_factory(s) for s in range(3)]
+    before = learner.backbone.conv1(torch.cat([ep.support_x for ep in episodes])).detach()
+    loss, _ = learner.meta_loss(episodes, policy=policy)
+    loss.backward()  # the in-place state update leaves the outer backward valid
+    for layer in norm_layers(learner):
+        assert int(layer.num_batches_tracked) == 1
+    # One EMA step from 0 with the mean of the three support sets together, at the meta-parameters.
+    torch.testing.assert_close(learner.backbone.norm1.running_mean, before.mean(dim=(0, 2, 3)) * 0.1)
+    # The update does not change this meta-step's loss: every task read the snapshot taken before it.
+    per_task = _maml(tiny_backbone(), inner_steps=2, norm_state_update="task")
+    per_task.load_state_dict(learner.state_dict())
+    other = _maml(tiny_backbone(), inner_steps=2)
+    other.load_state_dict(learner.state_dict())
+    torch.testing.assert_close(per_task.meta_loss(episodes, policy=policy)[0], other.meta_loss(episodes, policy=policy)[0])
+    with pytest.raises(ValueError, match="norm_state_update must be one of 'meta_batch', 'task', got 'step'"):
+        _maml(tiny_backbone(), norm_state_update="step")
 
 
 def test_no_state_leaks_between_tasks(tiny_backbone, episode_factory):
