@@ -13,8 +13,8 @@ Settings (the experiment files the accuracy runs use, unchanged but for the epis
 
 * ``protonet``: ``configs/protonet/omniglot_vinyals_1shot.yaml`` (Conv-4 + batchnorm, 60-way 1-shot 5-query,
   channels_last), and the same with ``norm=swbn``;
-* ``maml``: ``configs/maml/omniglot_vinyals_5w1s.yaml`` (conv4_maml + batchnorm, 5-way 1-shot, 1 query per
-  class, meta-batch 32, second order, 1 inner step).
+* ``maml``: ``configs/maml/omniglot_vinyals_5w1s.yaml`` (conv4_maml + batchnorm, 5-way 1-shot, 15 queries per
+  class since fewshot 0.2.0 (1 before), meta-batch 32, second order, 1 inner step).
 
 The first ``warmup`` episodes of each setting are run in a separate run first (allocator and kernel warm-up)
 and not counted. Like ``run_episode.py``, call it through ``python run_episode.py bench train`` so that the

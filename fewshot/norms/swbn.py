@@ -70,11 +70,13 @@ class SWBN(NormLayer):
       ``I`` and SWBN would be BN. ``α = 1e-3`` relaxes in ``≈ 500`` updates and averages ``R_B`` over about as
       many episodes; it is far inside the stability bound ``α < 1/(λ_max(R) − 1)``, and ``λ_max(R) ≤ g`` since
       ``tr R = g``, so ``α < 1/(g − 1)`` (1/15 for ``g = 16``) is always safe. A warning is issued above it.
-      MAML updates the state once per task (:mod:`fewshot.learners.maml`), so a meta-batch of ``B`` tasks takes
-      ``B`` steps per outer iteration: ``α / B`` gives the same rate per iteration. Measured on Omniglot 5-way
-      1-shot MAML (``B = 32``, ``results/pilots/`` and ``results/runs/``): with ``α = 1e-3`` ``W`` relaxes within
-      ~16 outer iterations, the training loss rose from 3.0 to 3.8 over the first 300 iterations (validation
-      44% against BN's 68%), while ``α = 1e-3/32`` followed BN's loss curve.
+      MAML (:mod:`fewshot.learners.maml`) updates the state once per outer iteration by default, on the support
+      sets of the meta-batch together, so ``α`` is a rate per optimizer step there too. With one update per task
+      (``norm_state_update="task"``, fewshot 0.1.0) a meta-batch of ``B`` tasks takes ``B`` steps per outer
+      iteration and ``α / B`` gives the same rate. Measured that way on Omniglot 5-way 1-shot MAML (``B = 32``,
+      ``results/pilots/`` and ``results/runs/``): with ``α = 1e-3`` ``W`` relaxed within ~16 outer iterations,
+      the training loss rose from 3.0 to 3.8 over the first 300 iterations (validation 44% against BN's 68%),
+      while ``α = 1e-3/32`` followed BN's loss curve.
     * ``criterion`` default ``"kl"``: the KL relative-gradient step converges linearly to ``R^{-1/2}`` at a rate
       independent of the spectrum, while the Frobenius step is a normalized gradient that hovers at distance
       ``O(α)``; with fresh batches the population whiteness error of Fro is markedly worse at small ``m`` (0.49 vs

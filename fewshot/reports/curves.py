@@ -101,7 +101,7 @@ def plot_training_curves(
     column, title = X_AXES[x]
     curves = [(run_curve_label(d), read_train_log(d)) for d in run_dirs]
     # The legend goes below both panels (never over a curve): one row per run.
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4 + 0.22 * len(curves)), layout="constrained")
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4 + 0.25 * len(curves)), layout="constrained")
     for i, (label, log) in enumerate(curves):
         color = f"C{i % 10}"
         ax_loss.plot(log[column], log["loss"], color=color, alpha=0.2, linewidth=0.8)

@@ -1,6 +1,7 @@
 """Plot accuracy against shots, one line per normalization layer, with 95% CI error bars (PNG, matplotlib Agg).
 
-Input is the frame of :func:`fewshot.reports.table.runs_table`. One panel per (dataset, protocol, way); within
+Input is the frame of :func:`fewshot.reports.table.runs_table`. One panel per (dataset, protocol, way, queries per
+class: with transductive statistics the query count changes the accuracy, so it is a different protocol); within
 a panel one line per (norm, and, when they vary, learner, backbone, policy). Rows without an accuracy are
 skipped. When several runs give the same point, the most recent run (largest run-directory name, which starts
 with the UTC time) is drawn and a warning names the others.
@@ -19,7 +20,7 @@ import pandas as pd  # noqa: E402
 
 __all__ = ["plot_accuracy_vs_shots"]
 
-_PANEL = ["dataset", "protocol", "way"]
+_PANEL = ["dataset", "protocol", "way", "query"]
 _SERIES = ["norm", "learner", "backbone", "policy"]
 
 
@@ -27,8 +28,8 @@ def plot_accuracy_vs_shots(frame: pd.DataFrame, path: str | Path, *, overwrite: 
     """Write a PNG of mean accuracy (%) against shots per normalization layer; error bars are the 95% CI.
 
     Args:
-        frame: a results frame with columns ``dataset, protocol, way, shot, norm, learner, backbone, policy,
-            mean, ci95, run`` (means and CIs in percent).
+        frame: a results frame with columns ``dataset, protocol, way, query, shot, norm, learner, backbone,
+            policy, mean, ci95, run`` (means and CIs in percent).
         path: the PNG file to write (parent folders are created).
         overwrite: replace an existing file (else FileExistsError).
 
@@ -61,7 +62,7 @@ def plot_accuracy_vs_shots(frame: pd.DataFrame, path: str | Path, *, overwrite: 
     colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # one colour per series in every panel
     panels = list(data.groupby(_PANEL, sort=True, dropna=False))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
-    for ax, ((dataset, protocol, way), panel) in zip(axes[0], panels, strict=True):
+    for ax, ((dataset, protocol, way, query), panel) in zip(axes[0], panels, strict=True):
         for series, points in panel.groupby(series_keys, sort=True, dropna=False):
             label = " / ".join(str(v) for v in series)
             points = points.sort_values("shot")
@@ -73,7 +74,7 @@ def plot_accuracy_vs_shots(frame: pd.DataFrame, path: str | Path, *, overwrite: 
         ax.set_xticks(shots)
         ax.set_xlabel("shots per class (K)")
         ax.set_ylabel("accuracy (%), mean ± 95% CI")
-        ax.set_title(f"{dataset} ({protocol}), {way}-way")
+        ax.set_title(f"{dataset} ({protocol}), {way}-way, {query} queries/class")
         ax.grid(alpha=0.3)
         ax.legend(title="norm" + "".join(f" / {c}" for c in varying), fontsize="small")
     fig.tight_layout()

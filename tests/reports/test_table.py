@@ -2,6 +2,7 @@
 
 import io
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -117,6 +118,17 @@ def test_plot_writes_png_and_refuses_to_overwrite(tmp_path):
         plot_accuracy_vs_shots(frame, tmp_path / "plot.png")
     with pytest.raises(ValueError, match="no evaluated runs"):
         plot_accuracy_vs_shots(runs_table([make_run(tmp_path, "x", norm="swbn", evaluated=False)]), tmp_path / "p.png")
+
+
+def test_plot_keeps_query_counts_apart(tmp_path):
+    # The same run evaluated with 15 and with 1 query per class: two protocols (two panels), not a duplicate point.
+    frame = runs_table([make_run(tmp_path, "r1", norm="batchnorm")])
+    one_query = frame.assign(query=pd.array([1], dtype="Int64"), mean=frame["mean"] + 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a duplicate point would warn "given by more than one run"
+        plot_accuracy_vs_shots(pd.concat([frame, one_query]), tmp_path / "plot.png")
+    with pytest.warns(UserWarning, match="given by more than one run"):
+        plot_accuracy_vs_shots(pd.concat([frame, frame]), tmp_path / "again.png")
 
 
 def test_published_column_matches_learner_dataset_way_and_shot(tmp_path):
