@@ -19,8 +19,8 @@ forward at the meta-parameters in train mode: by default once per meta-step, on 
 meta-batch concatenated (``norm_state_update="meta_batch"``, the recommendation of norms-spec §2.14: one W update
 per outer iteration, so SWBN's rate α means the same per optimizer step whatever the meta-batch), or once per task
 on its support set (``"task"``: 32 updates per meta-step at meta-batch 32, fewshot 0.1.0's only behaviour; the MAML
-runs under results/ made with 0.1.0 used it). The snapshot also keeps the outer backward valid when a layer reads its state in a
-differentiable pass (as SWBN does) and the update then writes it.
+runs under results/ made with 0.1.0 used it). The snapshot also keeps the outer backward valid when a layer reads
+its state in a differentiable pass (as SWBN does) and the update then writes it.
 """
 
 from __future__ import annotations

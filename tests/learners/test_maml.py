@@ -163,7 +163,9 @@ def test_meta_loss_updates_norm_state_once_per_meta_batch_on_all_supports(tiny_b
     per_task.load_state_dict(learner.state_dict())
     other = _maml(tiny_backbone(), inner_steps=2)
     other.load_state_dict(learner.state_dict())
-    torch.testing.assert_close(per_task.meta_loss(episodes, policy=policy)[0], other.meta_loss(episodes, policy=policy)[0])
+    torch.testing.assert_close(
+        per_task.meta_loss(episodes, policy=policy)[0], other.meta_loss(episodes, policy=policy)[0]
+    )
     with pytest.raises(ValueError, match="norm_state_update must be one of 'meta_batch', 'task', got 'step'"):
         _maml(tiny_backbone(), norm_state_update="step")
 
