@@ -61,12 +61,16 @@ def plot_accuracy_vs_shots(frame: pd.DataFrame, path: str | Path, *, overwrite: 
     labels = sorted({" / ".join(str(v) for v in key) for key, _ in data.groupby(series_keys, dropna=False)})
     colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # one colour per series in every panel
     panels = list(data.groupby(_PANEL, sort=True, dropna=False))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
+    # One legend below all panels (colours are shared across panels), never over a point.
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.8 * len(panels), 3.8 + 0.25 * len(labels)), squeeze=False, layout="constrained"
+    )
+    handles = {}
     for ax, ((dataset, protocol, way, query), panel) in zip(axes[0], panels, strict=True):
         for series, points in panel.groupby(series_keys, sort=True, dropna=False):
             label = " / ".join(str(v) for v in series)
             points = points.sort_values("shot")
-            ax.errorbar(
+            handles[label] = ax.errorbar(
                 points["shot"].astype(float), points["mean"], yerr=points["ci95"].fillna(0.0),
                 marker="o", capsize=3, label=label, color=colors[label],
             )  # fmt: skip
@@ -74,10 +78,10 @@ def plot_accuracy_vs_shots(frame: pd.DataFrame, path: str | Path, *, overwrite: 
         ax.set_xticks(shots)
         ax.set_xlabel("shots per class (K)")
         ax.set_ylabel("accuracy (%), mean ± 95% CI")
-        ax.set_title(f"{dataset} ({protocol}), {way}-way, {query} queries/class")
+        ax.set_title(f"{dataset} ({protocol}), {way}-way, {query} {'query' if query == 1 else 'queries'}/class")
         ax.grid(alpha=0.3)
-        ax.legend(title="norm" + "".join(f" / {c}" for c in varying), fontsize="small")
-    fig.tight_layout()
+    title = "norm" + "".join(f" / {c}" for c in varying)
+    fig.legend([handles[k] for k in labels], labels, title=title, loc="outside lower center", fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     try:
