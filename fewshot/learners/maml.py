@@ -50,7 +50,7 @@ __all__ = ["MAML"]
 
 Params = dict[str, Tensor]
 _HEAD_INITS = ("normal", "default")
-NORM_STATE_UPDATES = ("meta_batch", "task")
+_NORM_STATE_UPDATES = ("meta_batch", "task")
 
 
 @dataclass(frozen=True)
@@ -158,9 +158,9 @@ class MAML(Learner):
         self.first_order = bool(first_order)
         self.anil = bool(anil)
         self.adapt_norm = bool(adapt_norm)
-        if norm_state_update not in NORM_STATE_UPDATES:
+        if norm_state_update not in _NORM_STATE_UPDATES:
             raise ValueError(
-                f"maml norm_state_update must be one of {', '.join(map(repr, NORM_STATE_UPDATES))}, got "
+                f"maml norm_state_update must be one of {', '.join(map(repr, _NORM_STATE_UPDATES))}, got "
                 f"{norm_state_update!r}; 'meta_batch' updates norm state once per meta-step, 'task' once per task"
             )
         self.norm_state_update = norm_state_update

@@ -60,7 +60,7 @@ def build_split(cfg: ExperimentConfig, split_name: str, *, cache: bool = True) -
     return split
 
 
-def _wrap_type_error(what: str, key: str, exc: TypeError) -> ConfigError:
+def _wrap_option_error(what: str, key: str, exc: Exception) -> ConfigError:
     return ConfigError(f"{what} rejected the options of config key {key!r}: {exc}")
 
 
@@ -73,8 +73,8 @@ def build_backbone(cfg: ExperimentConfig, in_channels: int) -> nn.Module:
         return backbones.create(
             m.backbone, in_channels=in_channels, norm=m.norm, norm_kwargs=dict(m.norm_kwargs), **m.backbone_kwargs
         )
-    except TypeError as exc:
-        raise _wrap_type_error(f"backbone {m.backbone!r} with norm {m.norm!r}", "model", exc) from exc
+    except (TypeError, ValueError) as exc:
+        raise _wrap_option_error(f"backbone {m.backbone!r} with norm {m.norm!r}", "model", exc) from exc
 
 
 def _learner_signature(name: str) -> tuple[set[str], bool]:
@@ -114,8 +114,8 @@ def build_learner(cfg: ExperimentConfig, n_way: int, image_shape: Sequence[int])
     given = {k: v for k, v in framework.items() if var_kw or k in named}
     try:
         learner = learners.create(cfg.learner.name, backbone, **given, **cfg.learner.kwargs)
-    except TypeError as exc:
-        raise _wrap_type_error(f"learner {cfg.learner.name!r}", "learner.kwargs", exc) from exc
+    except (TypeError, ValueError) as exc:  # unknown option, or a value the constructor rejects
+        raise _wrap_option_error(f"learner {cfg.learner.name!r}", "learner.kwargs", exc) from exc
     if cfg.train.channels_last:
         learner = learner.to(memory_format=torch.channels_last)
     return learner

@@ -109,3 +109,16 @@ def test_paper_settings_of_the_reference_configs():
     for cfg in (maml5, maml20, mamlmini):
         assert cfg.train.norm_policy == "batch" and cfg.eval.norm_policy == "transductive"
         assert cfg.train.episodes == 60000 * cfg.train.meta_batch
+    # The 90-minute recipe of the 5-way file (its header): learn2learn's meta-lr, the test episodes' query count.
+    assert (maml5.train.lr, maml5.train.n_query, maml5.train.max_minutes) == (3e-3, 15, 90.0)
+
+
+def test_a_bad_learner_or_backbone_option_value_names_its_config_key():
+    from fewshot.errors import ConfigError
+
+    cfg = load_config(configs_dir() / "maml/omniglot_vinyals_5w1s.yaml", ["learner.kwargs.norm_state_update=step"])
+    with pytest.raises(ConfigError, match=r"config key 'learner.kwargs'.*got 'step'"):
+        build_learner(cfg, 5, (1, 28, 28))
+    cfg = load_config(None, ["model.norm=swbn", "model.norm_kwargs.alpha=-1"])
+    with pytest.raises(ConfigError, match=r"config key 'model'.*alpha .* must be a finite number >= 0, got -1"):
+        build_learner(cfg, 5, (1, 28, 28))
