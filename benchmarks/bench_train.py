@@ -14,7 +14,11 @@ Settings (the experiment files the accuracy runs use, unchanged but for the epis
 * ``protonet``: ``configs/protonet/omniglot_vinyals_1shot.yaml`` (Conv-4 + batchnorm, 60-way 1-shot 5-query,
   channels_last), and the same with ``norm=swbn``;
 * ``maml``: ``configs/maml/omniglot_vinyals_5w1s.yaml`` (conv4_maml + batchnorm, 5-way 1-shot, 15 queries per
-  class since fewshot 0.2.0 (1 before), meta-batch 32, second order, 1 inner step).
+  class since fewshot 0.2.0 (1 before), meta-batch 32, second order, 1 inner step), and the same with SWBN as
+  its MAML run uses it (``norm=swbn``, ``shrinkage=0.1``).
+
+Each row's label is made from the resolved configuration (:func:`setting_label`), so it always says what was
+measured, e.g. ``maml conv4_maml batchnorm 5w1s15q mb32 2nd-order``.
 
 The first ``warmup`` episodes of each setting are run in a separate run first (allocator and kernel warm-up)
 and not counted. Like ``run_episode.py``, call it through ``python run_episode.py bench train`` so that the
@@ -31,29 +35,56 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from benchmarks._results import environment, rows_to_csv, write_result
+from fewshot.registry import option_label
 
-__all__ = ["SETTINGS", "Row", "Setting", "environment", "format_table", "run", "to_csv", "write_csv"]
+__all__ = ["SETTINGS", "Row", "Setting", "environment", "format_table", "run", "setting_label", "to_csv", "write_csv"]
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One measured configuration: a label, an experiment file and ``--set`` overrides."""
+    """One measured configuration: an experiment file and ``--set`` overrides."""
 
-    label: str
-    learner: str
     config: str
     overrides: tuple[str, ...] = ()
 
+    def resolve(self) -> Any:
+        """The experiment configuration this setting trains (the file plus its overrides)."""
+        from fewshot.config import load_config
 
+        return load_config(REPO / self.config, list(self.overrides))
+
+
+_PROTONET = "configs/protonet/omniglot_vinyals_1shot.yaml"
+_MAML = "configs/maml/omniglot_vinyals_5w1s.yaml"
 SETTINGS: tuple[Setting, ...] = (
-    Setting("protonet conv4 batchnorm 60w1s5q", "protonet", "configs/protonet/omniglot_vinyals_1shot.yaml"),
-    Setting("protonet conv4 swbn 60w1s5q", "protonet", "configs/protonet/omniglot_vinyals_1shot.yaml", ("norm=swbn",)),
-    Setting("maml conv4_maml batchnorm 5w1s1q mb32 2nd-order", "maml", "configs/maml/omniglot_vinyals_5w1s.yaml"),
+    Setting(_PROTONET),
+    Setting(_PROTONET, ("norm=swbn",)),
+    Setting(_MAML),
+    Setting(_MAML, ("norm=swbn", "model.norm_kwargs.shrinkage=0.1")),
 )
+
+
+def setting_label(cfg: Any) -> str:
+    """``learner backbone norm[options] {way}w{shot}s{query}q``, plus ``mb{meta_batch} {1st|2nd}-order`` for MAML.
+
+    >>> from fewshot.config import load_config
+    >>> setting_label(load_config(REPO / _MAML, ["norm=swbn", "model.norm_kwargs.shrinkage=0.1"]))
+    'maml conv4_maml swbn[shrinkage=0.1] 5w1s15q mb32 2nd-order'
+    """
+    t = cfg.train
+    label = (
+        f"{cfg.learner.name} {cfg.model.backbone} {option_label(cfg.model.norm, cfg.model.norm_kwargs)} "
+        f"{t.n_way}w{t.n_shot}s{t.n_query}q"
+    )
+    if cfg.learner.name == "maml":
+        order = "1st" if cfg.learner.kwargs.get("first_order", False) else "2nd"
+        label += f" mb{t.meta_batch} {order}-order"
+    return label
 
 
 @dataclass
@@ -93,8 +124,8 @@ def _measure(setting: Setting, episodes: int, warmup: int, data_root: str | None
         m = read_json(Path(tmp) / "run" / "metrics.json")
     busy = m["step_seconds"] + m["overhead_seconds"]
     return Row(
-        setting=setting.label,
-        learner=setting.learner,
+        setting=setting_label(cfg),
+        learner=cfg.learner.name,
         episodes=int(m["episodes_done"]),
         meta_batch=cfg.train.meta_batch,
         step_seconds=float(m["step_seconds"]),
@@ -114,12 +145,11 @@ def run(
             f"episode counts must be >= 1 and warmup >= 0, got protonet {protonet_episodes}, maml {maml_episodes}, "
             f"warmup {warmup_steps}"
         )
-    from fewshot.config import load_config
-
     rows = []
     for setting in SETTINGS:
-        meta_batch = load_config(REPO / setting.config, list(setting.overrides)).train.meta_batch
-        wanted = protonet_episodes if setting.learner == "protonet" else maml_episodes
+        cfg = setting.resolve()
+        meta_batch = cfg.train.meta_batch
+        wanted = protonet_episodes if cfg.learner.name == "protonet" else maml_episodes
         episodes = -(-wanted // meta_batch) * meta_batch
         rows.append(_measure(setting, episodes, warmup_steps * meta_batch, data_root))
     return rows
@@ -127,10 +157,10 @@ def run(
 
 def format_table(rows: Sequence[Row]) -> str:
     """Human-readable table, one line per setting."""
-    lines = [f"{'setting':50} {'episodes':>8} {'ep/s':>8} {'steps/s':>8} {'step s':>8} {'other s':>8} {'other %':>8}"]
+    lines = [f"{'setting':60} {'episodes':>8} {'ep/s':>8} {'steps/s':>8} {'step s':>8} {'other s':>8} {'other %':>8}"]
     for r in rows:
         lines.append(
-            f"{r.setting:50} {r.episodes:8d} {r.episodes_per_second:8.2f} {r.steps_per_second:8.3f} "
+            f"{r.setting:60} {r.episodes:8d} {r.episodes_per_second:8.2f} {r.steps_per_second:8.3f} "
             f"{r.step_seconds:8.1f} {r.overhead_seconds:8.2f} {100 * r.overhead_fraction:8.2f}"
         )
     return "\n".join(lines)

@@ -54,3 +54,21 @@ def test_run_rejects_bad_counts_before_training(kw):
 def test_settings_name_existing_configs():
     for s in bench.SETTINGS:
         assert (bench.REPO / s.config).is_file(), s.config
+
+
+def test_labels_come_from_the_resolved_configs_and_are_distinct():
+    labels = [bench.setting_label(s.resolve()) for s in bench.SETTINGS]
+    assert labels == [
+        "protonet conv4 batchnorm 60w1s5q",
+        "protonet conv4 swbn 60w1s5q",
+        "maml conv4_maml batchnorm 5w1s15q mb32 2nd-order",
+        "maml conv4_maml swbn[shrinkage=0.1] 5w1s15q mb32 2nd-order",
+    ]
+
+
+def test_label_follows_overrides():
+    cfg = bench.Setting(
+        "configs/maml/omniglot_vinyals_5w1s.yaml",
+        ("train.n_query=1", "train.meta_batch=4", "learner.kwargs.first_order=true"),
+    ).resolve()
+    assert bench.setting_label(cfg) == "maml conv4_maml batchnorm 5w1s1q mb4 1st-order"
