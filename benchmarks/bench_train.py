@@ -31,6 +31,7 @@ Usage::
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,11 +53,11 @@ class Setting:
     config: str
     overrides: tuple[str, ...] = ()
 
-    def resolve(self) -> Any:
-        """The experiment configuration this setting trains (the file plus its overrides)."""
+    def resolve(self, *extra: str) -> Any:
+        """The experiment configuration this setting trains: the file, its overrides, then ``extra`` overrides."""
         from fewshot.config import load_config
 
-        return load_config(REPO / self.config, list(self.overrides))
+        return load_config(REPO / self.config, [*self.overrides, *extra])
 
 
 _PROTONET = "configs/protonet/omniglot_vinyals_1shot.yaml"
@@ -82,7 +83,10 @@ def setting_label(cfg: Any) -> str:
         f"{t.n_way}w{t.n_shot}s{t.n_query}q"
     )
     if cfg.learner.name == "maml":
-        order = "1st" if cfg.learner.kwargs.get("first_order", False) else "2nd"
+        from fewshot.learners import LEARNERS
+
+        default = inspect.signature(LEARNERS.get("maml")).parameters["first_order"].default
+        order = "1st" if cfg.learner.kwargs.get("first_order", default) else "2nd"
         label += f" mb{t.meta_batch} {order}-order"
     return label
 
@@ -103,12 +107,10 @@ class Row:
 
 
 def _measure(setting: Setting, episodes: int, warmup: int, data_root: str | None) -> Row:
-    from fewshot.config import load_config
     from fewshot.training.run_dir import read_json
     from fewshot.training.trainer import train
 
     base = [
-        *setting.overrides,
         "train.max_minutes=null",
         "data.val_split=null",
         "train.checkpoint_minutes=5.0",
@@ -117,9 +119,9 @@ def _measure(setting: Setting, episodes: int, warmup: int, data_root: str | None
         base.append(f"data.data_root={data_root!r}")
     with tempfile.TemporaryDirectory(prefix="fewshot-bench-train-") as tmp:
         if warmup:
-            cfg = load_config(REPO / setting.config, [*base, f"train.episodes={warmup}"])
+            cfg = setting.resolve(*base, f"train.episodes={warmup}")
             train(cfg, Path(tmp) / "warmup", quiet=True, runs_root=tmp)
-        cfg = load_config(REPO / setting.config, [*base, f"train.episodes={episodes}"])
+        cfg = setting.resolve(*base, f"train.episodes={episodes}")
         train(cfg, Path(tmp) / "run", quiet=True, runs_root=tmp)
         m = read_json(Path(tmp) / "run" / "metrics.json")
     busy = m["step_seconds"] + m["overhead_seconds"]
