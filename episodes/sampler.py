@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from episodes.episode import Episode
+from episodes.pixels import to_float
 from episodes.split import ClassSplit
 from fewshot.errors import ConfigError, DataError
 
@@ -75,7 +76,8 @@ class EpisodeBuilder:
     """Turns :class:`EpisodeIndices` into an :class:`~episodes.episode.Episode` (the tensor-building hot path).
 
     One fancy-index gather from the uint8 store, ``rot90`` only for classes with a non-zero rotation, and one
-    conversion to float32 divided by 255.
+    conversion to float32 (:func:`episodes.pixels.to_float`: ``/ 255``, standardized per channel when the split
+    has a ``pixel_norm``).
 
     Args:
         split: the split the indices refer to; ``split.images`` must be uint8 ``(n, H, W)`` or ``(n, H, W, C)``.
@@ -102,7 +104,8 @@ class EpisodeBuilder:
 
         Returns:
             The :class:`~episodes.episode.Episode`: ``support_x`` ``(n_way * n_shot, C, H, W)`` and ``query_x``
-            ``(n_way * n_query, C, H, W)`` float32 in [0, 1], class-major.
+            ``(n_way * n_query, C, H, W)`` float32 in [0, 1] (standardized when ``split.pixel_norm`` is set),
+            class-major.
         """
         n_way, n_shot = ind.support.shape
         n_query = ind.query.shape[1]
@@ -116,8 +119,7 @@ class EpisodeBuilder:
             _rot90_(arr[n_s + c * n_query : n_s + (c + 1) * n_query], k)
         raw = torch.from_numpy(arr)
         raw = raw.unsqueeze(1) if arr.ndim == 3 else raw.permute(0, 3, 1, 2)
-        x = torch.empty(raw.shape, dtype=torch.float32)  # contiguous NCHW, whatever the store's layout
-        torch.div(raw, 255.0, out=x)  # one pass: uint8 -> float32 / 255
+        x = to_float(raw, self.split.pixel_norm)  # one pass: uint8 -> float32 (/ 255, standardized if set)
         labels = np.arange(n_way, dtype=np.int64)
         return Episode(
             support_x=x[:n_s],

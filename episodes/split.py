@@ -11,8 +11,12 @@ Vinyals protocol's "each rotation is its own class" costs no extra memory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from episodes.pixels import PixelNorm
 
 __all__ = ["ClassSplit"]
 
@@ -37,6 +41,9 @@ class ClassSplit:
             fixed-episode files refuse to load against a split with another fingerprint.
         meta: free-form description of the preprocessing (image size, inversion, rotation mode, ...),
             shown by ``data info`` and stored in fixed-episode files.
+        pixel_norm: per-channel standardization applied when episodes are built (config ``data.normalize``),
+            or ``None`` for ``x / 255``. Not part of ``fingerprint``: it changes the model's input, not which
+            images an episode holds.
     """
 
     dataset: str
@@ -50,6 +57,7 @@ class ClassSplit:
     class_groups: list[str]
     fingerprint: str
     meta: dict = field(default_factory=dict)
+    pixel_norm: PixelNorm | None = None
 
     @property
     def n_classes(self) -> int:

@@ -53,6 +53,8 @@ class DataConfig:
             ``train_split`` for model selection to mean anything.
         test_split: split of the fixed evaluation episodes.
         options: dataset-specific preprocessing options passed to the loader (e.g. ``image_size``).
+        normalize: per-channel standardization of the model input, ``{mean: [...], std: [...]}`` on the [0, 1]
+            scale (one value per channel), or ``null`` for ``x / 255`` (see :mod:`episodes.pixels`).
     """
 
     dataset: str
@@ -62,6 +64,7 @@ class DataConfig:
     val_split: str | None
     test_split: str
     options: dict[str, Any]
+    normalize: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -73,12 +76,16 @@ class ModelConfig:
         backbone_kwargs: keyword arguments of the backbone (e.g. ``hidden: 32``).
         norm: registry name of the normalization layer (``batchnorm``, ``swbn``, ...).
         norm_kwargs: keyword arguments of every norm layer of the backbone (e.g. ``momentum: 0.1``).
+        init_from: start training from the backbone weights of another run (a run folder, whose
+            ``checkpoints/best.pt`` is used, or a checkpoint file); ``null``: random initialization. Used for
+            episodic fine-tuning after supervised pre-training (``learner.name: classifier``).
     """
 
     backbone: str
     backbone_kwargs: dict[str, Any]
     norm: str
     norm_kwargs: dict[str, Any]
+    init_from: str | None
 
 
 @dataclass(frozen=True)

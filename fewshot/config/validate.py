@@ -23,7 +23,7 @@ __all__ = ["validate_config", "resolve_name", "FRAMEWORK_LEARNER_KWARGS", "FRAME
 
 #: Learner arguments the framework sets itself (from the episode sizes and the data); not allowed in
 #: ``learner.kwargs``.
-FRAMEWORK_LEARNER_KWARGS = ("backbone", "n_way", "image_size", "in_channels", "channels_last")
+FRAMEWORK_LEARNER_KWARGS = ("backbone", "n_way", "image_size", "in_channels", "channels_last", "class_names")
 #: Backbone arguments the framework sets itself; not allowed in ``model.backbone_kwargs``.
 FRAMEWORK_BACKBONE_KWARGS = ("in_channels", "norm", "norm_kwargs")
 
@@ -178,6 +178,9 @@ def _resolve_data(cfg: ExperimentConfig) -> Any:
                     f"config key 'data.{key}': protocol {protocol!r} of dataset {dataset!r} has no split "
                     f"{value!r}; splits: {', '.join(splits)}"
                 )
+    from episodes.pixels import PixelNorm
+
+    PixelNorm.from_config(d.normalize)  # raises ConfigError naming data.normalize
     return dataclasses.replace(d, dataset=dataset, protocol=protocol)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from fewshot.learners import classifier as classifier
 from fewshot.learners import maml as maml
 from fewshot.learners import protonet as protonet
 from fewshot.learners._registry import LEARNERS as LEARNERS

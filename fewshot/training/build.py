@@ -6,6 +6,7 @@ tests (every YAML file under ``configs/`` is built by ``tests/config/test_all_co
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from collections import OrderedDict
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from episodes.datasets import load_split
+from episodes.pixels import PixelNorm
 from episodes.sampler import EpisodeSampler
 from episodes.split import ClassSplit
 from fewshot.config.schema import ExperimentConfig
@@ -36,7 +38,8 @@ def build_split(cfg: ExperimentConfig, split_name: str, *, cache: bool = True) -
     """Load split ``split_name`` (a split name such as ``cfg.data.test_split``) of the config's dataset.
 
     The last few splits loaded are kept in memory (keyed by dataset, protocol, split, data root and options),
-    so training and evaluation in one process decode a split once.
+    so training and evaluation in one process decode a split once. The returned split carries the config's
+    ``data.normalize`` as its ``pixel_norm`` (applied when episodes are built).
 
     Args:
         cfg: the experiment config (``data`` section).
@@ -51,13 +54,17 @@ def build_split(cfg: ExperimentConfig, split_name: str, *, cache: bool = True) -
     key = json.dumps([d.dataset, d.protocol, split_name, d.data_root, d.options], sort_keys=True, default=str)
     if cache and key in _SPLIT_CACHE:
         _SPLIT_CACHE.move_to_end(key)
-        return _SPLIT_CACHE[key]
-    split = load_split(d.dataset, d.protocol, split_name, d.data_root, **d.options)
+        split = _SPLIT_CACHE[key]
+    else:
+        split = load_split(d.dataset, d.protocol, split_name, d.data_root, **d.options)
     if cache:
         _SPLIT_CACHE[key] = split
         while len(_SPLIT_CACHE) > _SPLIT_CACHE_SIZE:
             _SPLIT_CACHE.popitem(last=False)
-    return split
+    pixel_norm = PixelNorm.from_config(d.normalize)
+    if pixel_norm is not None:
+        pixel_norm.check_channels(split.image_shape[0], f"split {split_name!r} of {d.dataset!r}")
+    return dataclasses.replace(split, pixel_norm=pixel_norm)
 
 
 def _wrap_option_error(what: str, key: str, exc: Exception) -> ConfigError:
@@ -85,18 +92,22 @@ def _learner_signature(name: str) -> tuple[set[str], bool]:
     return named, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
-def build_learner(cfg: ExperimentConfig, n_way: int, image_shape: Sequence[int]) -> Any:
+def build_learner(
+    cfg: ExperimentConfig, n_way: int, image_shape: Sequence[int], class_names: Sequence[str] | None = None
+) -> Any:
     """The learner of ``cfg.learner`` around the backbone of ``cfg.model``.
 
     The framework supplies, where the learner's constructor takes them, ``n_way`` (MAML sizes its head),
-    ``image_size`` and ``in_channels`` (from ``image_shape``) and ``channels_last`` (``cfg.train.channels_last``;
-    the model itself is converted too). Parameters are initialized from the global torch RNG: seed it first
-    (the trainer calls ``torch.manual_seed(cfg.seed)``).
+    ``image_size`` and ``in_channels`` (from ``image_shape``), ``channels_last`` (``cfg.train.channels_last``;
+    the model itself is converted too) and ``class_names`` (the training split's classes, for a learner with a
+    head over all of them). Parameters are initialized from the global torch RNG: seed it first (the trainer
+    calls ``torch.manual_seed(cfg.seed)``).
 
     Args:
         cfg: the experiment config.
         n_way: classes per episode the learner is built for (``cfg.train.n_way`` for training).
         image_shape: ``(C, H, W)`` of the images (``ClassSplit.image_shape``).
+        class_names: the training split's class names (training only; ``None`` when building to evaluate).
 
     Returns:
         A :class:`fewshot.learners.Learner` (an ``nn.Module`` with ``meta_loss`` and ``predict``).
@@ -109,7 +120,10 @@ def build_learner(cfg: ExperimentConfig, n_way: int, image_shape: Sequence[int])
     if h != w:
         raise ConfigError(f"the backbones expect square images, got {h}x{w}; set data.options.image_size")
     backbone = build_backbone(cfg, c)
-    framework = {"n_way": int(n_way), "image_size": h, "in_channels": c, "channels_last": cfg.train.channels_last}
+    framework = {
+        "n_way": int(n_way), "image_size": h, "in_channels": c, "channels_last": cfg.train.channels_last,
+        "class_names": None if class_names is None else tuple(class_names),
+    }  # fmt: skip
     named, var_kw = _learner_signature(cfg.learner.name)
     given = {k: v for k, v in framework.items() if var_kw or k in named}
     try:

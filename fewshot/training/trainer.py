@@ -35,6 +35,7 @@ from fewshot.config.loader import config_to_dict, save_config
 from fewshot.config.schema import ExperimentConfig
 from fewshot.errors import DataError
 from fewshot.training.build import build_learner, build_split, build_train_sampler
+from fewshot.training.init_from import load_backbone_weights
 from fewshot.training.checkpoint import (
     CHECKPOINT_FORMAT,
     get_rng_state,
@@ -105,7 +106,10 @@ class _Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        self.learner = build_learner(cfg, t.n_way, train_split.image_shape)
+        self.learner = build_learner(cfg, t.n_way, train_split.image_shape, train_split.class_names)
+        init_info = None
+        if cfg.model.init_from is not None and not self.resume:  # a resumed run restores its own weights
+            init_info = load_backbone_weights(self.learner, cfg.model.init_from)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         mb, step, gamma = t.meta_batch, t.lr_step_episodes, t.lr_gamma
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -115,6 +119,8 @@ class _Trainer:
             self._restore()
         prepare_run_dir(self.run_dir, resume=self.resume)
         save_config(cfg, self.run_dir / "config.yaml")
+        if init_info is not None:
+            write_json(self.run_dir / "init_from.json", init_info)
         write_env(self.run_dir, resumed=self.resume)
         self.log = TrainLog(self.run_dir / "train_log.csv", self.state.episodes_done if self.resume else None)
         self._sync_whitening_rate()
