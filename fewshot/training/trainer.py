@@ -35,7 +35,6 @@ from fewshot.config.loader import config_to_dict, save_config
 from fewshot.config.schema import ExperimentConfig
 from fewshot.errors import DataError
 from fewshot.training.build import build_learner, build_split, build_train_sampler
-from fewshot.training.init_from import load_backbone_weights
 from fewshot.training.checkpoint import (
     CHECKPOINT_FORMAT,
     get_rng_state,
@@ -44,6 +43,7 @@ from fewshot.training.checkpoint import (
     set_rng_state,
 )
 from fewshot.training.episode_sets import val_episode_set
+from fewshot.training.init_from import load_backbone_weights
 from fewshot.training.interrupt import stop_on_sigint
 from fewshot.training.run_dir import prepare_run_dir, write_env, write_json
 from fewshot.training.state import StepInfo, TrainResult, TrainState

@@ -31,7 +31,7 @@ def _load(name: str):
 
 def test_the_config_tree_is_the_documented_one():
     assert "defaults.yaml" in CONFIGS
-    assert {c.split("/")[0] for c in EXPERIMENTS} == {"protonet", "maml", "study"}
+    assert {c.split("/")[0] for c in EXPERIMENTS} == {"protonet", "maml", "classifier", "study"}
     assert len(EXPERIMENTS) >= 11
 
 

@@ -182,4 +182,4 @@ def test_bad_options_and_episodes_raise(tiny_backbone, episode_factory):
         learner.meta_loss([missing])
     with pytest.raises(ValueError, match="at least one episode"):
         learner.meta_loss([])
-    assert sorted(learners.names()) == ["maml", "protonet"]
+    assert sorted(learners.names()) == ["classifier", "maml", "protonet"]
