@@ -3,16 +3,19 @@
 Commands::
 
     python run_episode.py data fetch omniglot [--data-root DIR] [--timeout S]
-    python run_episode.py data info [--data-root DIR] [--json]
+    python run_episode.py data info [--data-root DIR] [--json] [--verify]
 
 ``data info`` asks every registered dataset loader (``episodes.datasets.DATASETS``) for its ``info`` and shows,
-per dataset, the data root used and why, the sources found, and per protocol and split the number of classes
-and images. A dataset that is not on disk is reported as absent; that is not an error.
+per dataset, the data root used and why, the sources found, per protocol and split the number of classes and
+images, and the checks the loader makes (miniImageNet: the split CSVs' SHA-256; with ``--verify`` every image
+against the data's tree digest, naming each missing, extra or changed file). A dataset that is not on disk is
+reported as absent; that is not an error. ``--verify`` exits with 1 when a check fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from typing import Any
@@ -42,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = sub.add_parser("info", help="datasets, protocols and splits found, with class and image counts")
     info.add_argument("--data-root", default=None, help="data root (default: $FEWSHOT_DATA, ./data, ../shared/data)")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument(
+        "--verify", action="store_true", help="also hash every image file against the published digests (slow)"
+    )
     info.set_defaults(func=run_info)
 
 
@@ -64,8 +70,11 @@ def run_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def dataset_report(data_root: str | None) -> dict[str, dict[str, Any]]:
-    """Per registered dataset: the data root used (path, rule, reason) merged with the loader's ``info``."""
+def dataset_report(data_root: str | None, *, verify: bool = False) -> dict[str, dict[str, Any]]:
+    """Per registered dataset: the data root used (path, rule, reason) merged with the loader's ``info``.
+
+    With ``verify``, loaders whose ``info`` takes a ``verify`` flag (miniImageNet) also hash every file.
+    """
     _ensure_registered()
     report = {}
     for name in DATASETS.names():
@@ -76,7 +85,9 @@ def dataset_report(data_root: str | None) -> dict[str, dict[str, Any]]:
             "data_root_reason": root.reason,
         }
         try:
-            info = DATASETS.get(name).info(data_root)  # the loader resolves the root by the same rules
+            loader_info = DATASETS.get(name).info
+            extra = {"verify": True} if verify and "verify" in inspect.signature(loader_info).parameters else {}
+            info = loader_info(data_root, **extra)  # the loader resolves the root by the same rules
         except DataError as exc:
             info = {"present": False, "reason": str(exc)}
         entry.update(info)
@@ -141,9 +152,22 @@ def format_report(report: dict[str, dict[str, Any]]) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    report = dataset_report(args.data_root)
+    report = dataset_report(args.data_root, verify=args.verify)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=False))
     else:
         sys.stdout.write(format_report(report))
-    return 0
+    return 1 if args.verify and _failed_checks(report) else 0
+
+
+def _failed_checks(report: dict[str, dict[str, Any]]) -> list[str]:
+    """``dataset: what`` for each checksum in ``report`` that differs or file that is missing/extra/changed."""
+    failed = []
+    for name, entry in report.items():
+        for split, state in entry.get("csv_sha256", {}).items():
+            if state != "ok":
+                failed.append(f"{name}: {split}.csv")
+        images = entry.get("images_verified", {})
+        failed += [f"{name}: images {k}" for k in ("tree_digest", "missing", "extra", "changed") if
+                   k in images and (k != "tree_digest" or images[k] != "ok")]  # fmt: skip
+    return failed
