@@ -37,8 +37,8 @@ from PIL import Image
 
 from episodes.cache import fingerprint_sources, load_cached, make_key, save_cached
 from episodes.data_root import explain_data_root
-from episodes.datasets.miniimagenet_checksums import check_csvs, verify_images
 from episodes.datasets import DATASETS
+from episodes.datasets.miniimagenet_checksums import check_csvs, verify_images
 from episodes.datasets.miniimagenet_formats import (
     LAYOUTS,
     NATIVE_SIZE,

@@ -23,6 +23,7 @@ def _sha256(path: Path) -> str:
     """SHA-256 of the file's bytes, read now (never a memoized value: this is the integrity check)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
+
 CSV_SHA256 = {
     "train": "498519cd8e49ce97ed26a4a3638966698ae41ab35e9c68538319fc9b46ba7d2f",
     "val": "5658a59921ca027ee76af92949869c5d6f41d77592ff3b18db325a9d10c893b9",

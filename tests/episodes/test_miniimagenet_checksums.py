@@ -31,7 +31,8 @@ def fake_release(tmp_path, monkeypatch) -> Path:
     digests = [hashlib.sha256((folder / "images" / n).read_bytes()).hexdigest() for n in listed]
     manifest = tmp_path / "manifest"
     manifest.write_bytes(b"".join(bytes.fromhex(d[:16]) for d in digests))
-    tree = hashlib.sha256("".join(f"{d}  images/{n}\n" for d, n in zip(digests, listed)).encode()).hexdigest()
+    listing = "".join(f"{d}  images/{n}\n" for d, n in zip(digests, listed, strict=True))
+    tree = hashlib.sha256(listing.encode()).hexdigest()
     monkeypatch.setattr(checks, "CSV_SHA256", csv_sha)
     monkeypatch.setattr(checks, "TREE_DIGEST", tree)
     monkeypatch.setattr(checks, "_MANIFEST", manifest)
