@@ -38,7 +38,7 @@ from episodes.episode import Episode
 from episodes.split import ClassSplit
 from fewshot.errors import ConfigError, DataError
 
-__all__ = ["DEFAULT_LENGTH", "EpisodeBuilder", "EpisodeIndices", "EpisodeSampler", "split_label"]
+__all__ = ["DEFAULT_LENGTH", "EpisodeBuilder", "EpisodeIndices", "EpisodeSampler", "images_to_float", "split_label"]
 
 #: ``len(sampler)`` when no ``length`` is given: effectively endless. Pass ``length=`` before handing the
 #: sampler to a ``RandomSampler`` (which materializes a permutation of ``range(len)``).
@@ -75,7 +75,7 @@ class EpisodeBuilder:
     """Turns :class:`EpisodeIndices` into an :class:`~episodes.episode.Episode` (the tensor-building hot path).
 
     One fancy-index gather from the uint8 store, ``rot90`` only for classes with a non-zero rotation, and one
-    conversion to float32 divided by 255.
+    conversion to float32 divided by 255 (:func:`images_to_float`).
 
     Args:
         split: the split the indices refer to; ``split.images`` must be uint8 ``(n, H, W)`` or ``(n, H, W, C)``.
@@ -114,10 +114,7 @@ class EpisodeBuilder:
             k = int(ind.rotation[c])
             _rot90_(arr[c * n_shot : (c + 1) * n_shot], k)
             _rot90_(arr[n_s + c * n_query : n_s + (c + 1) * n_query], k)
-        raw = torch.from_numpy(arr)
-        raw = raw.unsqueeze(1) if arr.ndim == 3 else raw.permute(0, 3, 1, 2)
-        x = torch.empty(raw.shape, dtype=torch.float32)  # contiguous NCHW, whatever the store's layout
-        torch.div(raw, 255.0, out=x)  # one pass: uint8 -> float32 / 255
+        x = images_to_float(arr)
         labels = np.arange(n_way, dtype=np.int64)
         return Episode(
             support_x=x[:n_s],
@@ -129,6 +126,25 @@ class EpisodeBuilder:
             query_ids=tuple(self._ids[flat_query].tolist()),
             index=ind.index,
         )
+
+
+def images_to_float(images: np.ndarray) -> torch.Tensor:
+    """The model input for stored images: the one uint8 -> float conversion of every image a model sees.
+
+    Used by :class:`EpisodeBuilder` for episodes and by :mod:`fewshot.inference` for a user's own images, so
+    both always get identical tensors from identical pixels.
+
+    Args:
+        images: uint8 ``(M, H, W)`` (grey) or ``(M, H, W, C)``, as in :attr:`ClassSplit.images`.
+
+    Returns:
+        float32 ``(M, C, H, W)`` in [0, 1] (``images / 255``), contiguous NCHW whatever the store's layout.
+    """
+    raw = torch.from_numpy(images)
+    raw = raw.unsqueeze(1) if images.ndim == 3 else raw.permute(0, 3, 1, 2)
+    x = torch.empty(raw.shape, dtype=torch.float32)
+    torch.div(raw, 255.0, out=x)  # one pass: uint8 -> float32 / 255
+    return x
 
 
 def _rot90_(block: np.ndarray, k: int) -> None:
