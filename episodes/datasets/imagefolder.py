@@ -242,7 +242,7 @@ class ImageFolder:
 
     @staticmethod
     def decode_file(
-        path: str | Path, *, image_size: int | None = None, mode: str = "RGB", **_selection: Any
+        file: str | Path, /, *, image_size: int | None = None, mode: str = "RGB", **_selection: Any
     ) -> np.ndarray:
         """One image file preprocessed exactly as the split's images (a trained model's own input).
 
@@ -256,7 +256,7 @@ class ImageFolder:
             DataError: the file is not a readable image (the message names it).
         """
         _check_options(image_size, mode, DEFAULT_FRACTIONS, 0)
-        return _decode(Path(path), mode, image_size)
+        return _decode(Path(file), mode, image_size)
 
     @classmethod
     def info(cls, data_root: str | Path | None = None, **options: Any) -> dict:

@@ -209,7 +209,7 @@ class MiniImageNet:
         )
 
     @staticmethod
-    def decode_file(path: str | Path, *, image_size: int = NATIVE_SIZE, **_selection: Any) -> np.ndarray:
+    def decode_file(file: str | Path, /, *, image_size: int = NATIVE_SIZE, **_selection: Any) -> np.ndarray:
         """One image file preprocessed exactly as the stored miniImageNet images (a trained model's own input).
 
         RGB, resized to 84x84 as the CSV layout's JPEGs are, then to ``image_size`` as the split is.
@@ -222,7 +222,7 @@ class MiniImageNet:
             DataError: the file is not a readable image (the message names it).
         """
         _check_options(image_size, None)
-        image = _decode_image(Path(path))
+        image = _decode_image(Path(file))
         return image if image_size == NATIVE_SIZE else _resize(image[None], image_size)[0]
 
     @classmethod

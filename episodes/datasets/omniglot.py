@@ -246,7 +246,7 @@ class Omniglot:
 
     @staticmethod
     def decode_file(
-        path: str | Path, *, image_size: int = 28, invert: bool = True, resample: str = "lanczos", **_selection: Any
+        file: str | Path, /, *, image_size: int = 28, invert: bool = True, resample: str = "lanczos", **_selection: Any
     ) -> np.ndarray:
         """One image file preprocessed exactly as the stored Omniglot images (a trained model's own input).
 
@@ -263,19 +263,19 @@ class Omniglot:
         """
         options = check_options(image_size, invert, resample)
         try:
-            with Image.open(path) as im:
+            with Image.open(file) as im:
                 paper = paper_mask(im)
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise DataError(f"{path} is not a readable image ({exc}); remove or replace it") from exc
+            raise DataError(f"{file} is not a readable image ({exc}); remove or replace it") from exc
         h, w = paper.shape
         if h != w:
             raise DataError(
-                f"{path} is {w}x{h}; Omniglot models take square character images (the originals are 105x105): "
+                f"{file} is {w}x{h}; Omniglot models take square character images (the originals are 105x105): "
                 "crop or pad it to a square"
             )
         if paper.mean() < 0.5:
             raise DataError(
-                f"{path} is mostly dark ({100 * (1 - paper.mean()):.0f}% of its pixels below mid-grey); Omniglot "
+                f"{file} is mostly dark ({100 * (1 - paper.mean()):.0f}% of its pixels below mid-grey); Omniglot "
                 "models expect dark strokes on light paper, as in the original scans: invert it first "
                 "(PIL.ImageOps.invert)"
             )
