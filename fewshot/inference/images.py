@@ -158,8 +158,8 @@ def load_images(files: Sequence[Path], cfg: Any, image_shape: Sequence[int]) -> 
         shape = (1, *img.shape) if img.ndim == 2 else (img.shape[2], *img.shape[:2])
         if shape != (c, h, w):
             raise DataError(
-                f"{path} becomes {shape[1]}x{shape[2]} with {shape[0]} channel(s) after the run's preprocessing, but "
-                f"the model takes {h}x{w} with {c}; resize it to {h}x{w} (the run's config sets no image_size)"
+                f"{path} becomes {shape[1]}x{shape[2]} with {shape[0]} channel(s) after the run's preprocessing "
+                f"(data.options {dict(cfg.data.options)}), but the model takes {h}x{w} with {c}; resize it to {h}x{w}"
             )
         arrays.append(img)
     if not arrays:

@@ -36,7 +36,9 @@ def test_probabilities_are_the_learners_own_logits_on_the_same_tensors(toy, own_
     run = fewshot.load_run(toy["protonet"])
     preds = fewshot.predict(run, own_images["support"], own_images["query"])
     files = [f for c in ("a", "b", "c") for f in own_images["support_files"][c]]
-    queries = [own_images["query"] / n for n in ("q_a.png", "q_b.png", "q_c.png")] + [own_images["query"] / "held/x.png"]
+    queries = [own_images["query"] / n for n in ("q_a.png", "q_b.png", "q_c.png")] + [
+        own_images["query"] / "held/x.png"
+    ]
     episode = Episode(
         support_x=load_images(files, run.cfg, run.image_shape), support_y=torch.tensor([0, 0, 1, 1, 2, 2]),
         query_x=load_images(queries, run.cfg, run.image_shape), query_y=torch.zeros(4, dtype=torch.int64),
