@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Regenerate the result tables of README.md and docs/*.md from the CSV files under results/.
 
-A page (README.md, or any docs/*.md such as the full results page docs/results.md) holds marker pairs ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``; everything between a pair is
+A page (README.md, or any docs/*.md such as the full results page docs/results.md) holds marker pairs
+``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``; everything between a pair is
 replaced by a Markdown rendering of ``results/NAME.csv``. The opening marker may select rows and columns:
 ``<!-- results:NAME where <pandas query> columns a,b,c digits 2 -->`` (all parts optional, in that order; ``digits``
 prints floats with that many decimals, else 4 significant digits), e.g.
