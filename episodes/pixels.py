@@ -1,10 +1,11 @@
 """From stored uint8 pixels to the float32 tensor a model sees: ``x / 255``, optionally standardized per channel.
 
 Every path that turns stored images into model input (the episodic sampler, fixed evaluation episodes, and the
-commands that run a trained model on a user's images) goes through :func:`to_float`, so preprocessing is defined
-once. Per-channel standardization is set by the config key ``data.normalize`` and travels with the split
-(:attr:`episodes.split.ClassSplit.pixel_norm`); it is not part of the split's fingerprint, because it changes
-the model's input, not which images an episode holds.
+commands that run a trained model on a user's images, :mod:`fewshot.inference`) goes through
+:func:`images_to_float`, so identical pixels always give identical tensors and preprocessing is defined once.
+Per-channel standardization is set by the config key ``data.normalize`` and travels with the split
+(:attr:`episodes.split.ClassSplit.pixel_norm`); it is not part of the split's fingerprint, because it changes the
+model's input, not which images an episode holds.
 
 The miniImageNet configs use ImageNet's per-channel statistics (``mean (0.485, 0.456, 0.406)``, ``std (0.229,
 0.224, 0.225)``, the torchvision convention), as Chen et al. ("A Closer Look at Few-shot Classification", ICLR
@@ -18,12 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from fewshot.errors import ConfigError
 
-__all__ = ["IMAGENET_NORM", "PixelNorm", "to_float"]
+__all__ = ["IMAGENET_NORM", "PixelNorm", "images_to_float", "to_float"]
 
 
 @dataclass(frozen=True)
@@ -110,3 +112,17 @@ def to_float(raw: Tensor, norm: PixelNorm | None = None) -> Tensor:
     scale = (1.0 / (255.0 * std)).to(torch.float32).view(-1, 1, 1)
     shift = (-torch.tensor(norm.mean, dtype=torch.float64) / std).to(torch.float32).view(-1, 1, 1)
     return torch.addcmul(shift, raw, scale, out=x)
+
+
+def images_to_float(images: np.ndarray, norm: PixelNorm | None = None) -> Tensor:
+    """Model input for images in the store's layout (the one conversion of every image a model sees).
+
+    Args:
+        images: uint8 ``(M, H, W)`` (grey) or ``(M, H, W, C)``, as in :attr:`episodes.split.ClassSplit.images`.
+        norm: per-channel standardization (the split's ``pixel_norm``), or ``None`` for ``images / 255``.
+
+    Returns:
+        float32 ``(M, C, H, W)``, contiguous NCHW whatever the store's layout (see :func:`to_float`).
+    """
+    raw = torch.from_numpy(images)
+    return to_float(raw.unsqueeze(1) if images.ndim == 3 else raw.permute(0, 3, 1, 2), norm)

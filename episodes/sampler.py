@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from episodes.episode import Episode
-from episodes.pixels import to_float
+from episodes.pixels import images_to_float
 from episodes.split import ClassSplit
 from fewshot.errors import ConfigError, DataError
 
@@ -76,8 +76,8 @@ class EpisodeBuilder:
     """Turns :class:`EpisodeIndices` into an :class:`~episodes.episode.Episode` (the tensor-building hot path).
 
     One fancy-index gather from the uint8 store, ``rot90`` only for classes with a non-zero rotation, and one
-    conversion to float32 (:func:`episodes.pixels.to_float`: ``/ 255``, standardized per channel when the split
-    has a ``pixel_norm``).
+    conversion to float32 (:func:`episodes.pixels.images_to_float`: ``/ 255``, standardized per channel when the
+    split has a ``pixel_norm``).
 
     Args:
         split: the split the indices refer to; ``split.images`` must be uint8 ``(n, H, W)`` or ``(n, H, W, C)``.
@@ -117,9 +117,7 @@ class EpisodeBuilder:
             k = int(ind.rotation[c])
             _rot90_(arr[c * n_shot : (c + 1) * n_shot], k)
             _rot90_(arr[n_s + c * n_query : n_s + (c + 1) * n_query], k)
-        raw = torch.from_numpy(arr)
-        raw = raw.unsqueeze(1) if arr.ndim == 3 else raw.permute(0, 3, 1, 2)
-        x = to_float(raw, self.split.pixel_norm)  # one pass: uint8 -> float32 (/ 255, standardized if set)
+        x = images_to_float(arr, self.split.pixel_norm)
         labels = np.arange(n_way, dtype=np.int64)
         return Episode(
             support_x=x[:n_s],

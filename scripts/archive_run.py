@@ -4,10 +4,12 @@
 A run directory (``runs/<name>/<UTC time>-<sha>/``) is not committed: it lives in the work tree of one session.
 This copies what a reader needs to check and re-use a result (``config.yaml``, ``env.json`` with the training
 command, ``metrics.json``, ``train_log.csv``, every ``eval/*/`` folder with its per-episode ``episodes.csv`` and
-``summary.json`` holding the eval command) to ``results/runs/<name>/<UTC time>-<sha>/``. Checkpoints are never
-copied: model files stay out of git (keep ``runs/`` or copy ``checkpoints/`` elsewhere).
-An existing archive is refreshed file by file: files
-are replaced by the run's newer versions, nothing is deleted.
+``summary.json`` holding the eval command) to ``results/runs/<name>/<UTC time>-<sha>/``, and the evaluated weights
+``checkpoints/best.pt`` when they are at most 1 MiB (a Conv-4 model is about 0.45 MiB), so that ``eval``,
+``predict``, ``embed`` and ``export`` work on the archived folder at once. ``last.pt`` (the full training state
+for ``--resume``) and larger checkpoints are never copied (they are named on stderr); ``.gitignore`` lets
+``results/**/*.pt`` into git and keeps every other ``.pt`` out.
+An existing archive is refreshed file by file: files are replaced by the run's newer versions, nothing is deleted.
 
 Usage: python scripts/archive_run.py RUN [RUN ...] [--dest DIR]
 """
@@ -21,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ("config.yaml", "env.json", "metrics.json", "train_log.csv")
+#: Checkpoints shipped with an archived run, and the largest size shipped (git holds results, not a model zoo).
+CHECKPOINTS = ("best.pt",)
+MAX_CHECKPOINT_BYTES = 1 << 20
 
 
 def archive(run: Path, dest_root: Path) -> Path:
@@ -33,6 +38,19 @@ def archive(run: Path, dest_root: Path) -> Path:
             shutil.copy2(run / name, dest / name)
     for folder in sorted((run / "eval").glob("*/")) if (run / "eval").is_dir() else []:
         shutil.copytree(folder, dest / "eval" / folder.name, dirs_exist_ok=True)
+    for name in CHECKPOINTS:
+        source = run / "checkpoints" / name
+        if not source.is_file():
+            continue
+        size = source.stat().st_size
+        if size > MAX_CHECKPOINT_BYTES:
+            print(
+                f"not copied: {source} is {size / 2**20:.2f} MiB > {MAX_CHECKPOINT_BYTES / 2**20:.0f} MiB",
+                file=sys.stderr,
+            )
+            continue
+        (dest / "checkpoints").mkdir(exist_ok=True)
+        shutil.copy2(source, dest / "checkpoints" / name)
     return dest
 
 

@@ -1,15 +1,16 @@
 #!/usr/bin/env python
-"""Regenerate the README's result tables from the CSV files under results/.
+"""Regenerate the result tables of README.md and docs/*.md from the CSV files under results/.
 
-README.md holds marker pairs ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``; everything between a pair is
+A page (README.md, or any docs/*.md such as the full results page docs/results.md) holds marker pairs
+``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``; everything between a pair is
 replaced by a Markdown rendering of ``results/NAME.csv``. The opening marker may select rows and columns:
 ``<!-- results:NAME where <pandas query> columns a,b,c digits 2 -->`` (all parts optional, in that order; ``digits``
 prints floats with that many decimals, else 4 significant digits), e.g.
 ``<!-- results:bench_norms where section == "step" columns dataset,layer,ms,ratio_to_batchnorm digits 2 -->``.
 Lines of the CSV starting with ``#`` are comments (the exact command that produced the file) and are rendered
-under the table. The README is never edited by hand between markers.
+under the table. No page is ever edited by hand between markers.
 
-Usage: python scripts/render_results.py [--check]   (--check: exit 1 if the README is out of date, write nothing)
+Usage: python scripts/render_results.py [--check]   (--check: exit 1 if a page is out of date, write nothing)
 """
 
 from __future__ import annotations
@@ -75,17 +76,26 @@ def _render_match(m: re.Match) -> str:
     return render(m.group("name"), m.group("where"), m.group("columns"), digits)
 
 
+def pages() -> list[Path]:
+    """The pages whose tables are generated: README.md and every docs/*.md."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date; write nothing")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a page is out of date; write nothing")
     args = parser.parse_args(argv)
-    readme = ROOT / "README.md"
-    old = readme.read_text()
-    new = MARKER.sub(lambda m: m.group(1) + _render_match(m) + m.group("end"), old)
-    if args.check:
-        return 0 if new == old else 1
-    if new != old:
-        readme.write_text(new)
+    stale = []
+    for page in pages():
+        old = page.read_text()
+        new = MARKER.sub(lambda m: m.group(1) + _render_match(m) + m.group("end"), old)
+        if new != old:
+            stale.append(page.relative_to(ROOT))
+            if not args.check:
+                page.write_text(new)
+    if args.check and stale:
+        print(f"out of date: {', '.join(map(str, stale))}; run python scripts/render_results.py", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -6,7 +6,10 @@ A loader class has:
 * ``protocols``: tuple of protocol names it supports (the first is the default);
 * ``splits(protocol)``: tuple of split names for a protocol;
 * ``load(protocol, split, data_root, **options) -> ClassSplit`` (classmethod or staticmethod);
-* ``info(data_root, **options) -> dict`` describing what is on disk (classes and images per protocol/split).
+* ``info(data_root, **options) -> dict`` describing what is on disk (classes and images per protocol/split);
+* ``decode_file(file, /, **options) -> uint8 (H, W) or (H, W, C)``: one image file preprocessed exactly as the
+  loader stores its images (given the same options; options that select classes or files are ignored), so that
+  a trained model gets a user's images as it got its training data (:mod:`fewshot.inference.images`).
 
 :func:`load_split` is the one entry point the rest of the framework uses.
 """

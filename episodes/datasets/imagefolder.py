@@ -240,6 +240,24 @@ class ImageFolder:
             meta={**options, **rule, "rotation": "none"},
         )
 
+    @staticmethod
+    def decode_file(
+        file: str | Path, /, *, image_size: int | None = None, mode: str = "RGB", **_selection: Any
+    ) -> np.ndarray:
+        """One image file preprocessed exactly as the split's images (a trained model's own input).
+
+        ``_selection`` takes the options that choose classes, not pixels (``path``, ``name``, ``split_fractions``,
+        ``seed``), and ignores them.
+
+        Returns:
+            uint8 ``(H, W)`` for ``mode="L"``, ``(H, W, 3)`` for ``"RGB"``; ``image_size`` square if given.
+
+        Raises:
+            DataError: the file is not a readable image (the message names it).
+        """
+        _check_options(image_size, mode, DEFAULT_FRACTIONS, 0)
+        return _decode(Path(file), mode, image_size)
+
     @classmethod
     def info(cls, data_root: str | Path | None = None, **options: Any) -> dict:
         """Classes and images per split, without decoding (``path``, ``name``, ``split_fractions``, ``seed``).

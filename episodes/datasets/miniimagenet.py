@@ -48,6 +48,7 @@ from episodes.datasets.miniimagenet_formats import (
     find_layouts,
     read_layout,
 )
+from episodes.datasets.miniimagenet_formats import _decode as _decode_image  # the CSV layout's JPEG decoder
 from episodes.split import ClassSplit
 from fewshot.errors import ConfigError, DataError
 
@@ -207,6 +208,23 @@ class MiniImageNet:
             fingerprint=hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest(),
             meta={**options, "layout": layout, "rotation": "none"},
         )
+
+    @staticmethod
+    def decode_file(file: str | Path, /, *, image_size: int = NATIVE_SIZE, **_selection: Any) -> np.ndarray:
+        """One image file preprocessed exactly as the stored miniImageNet images (a trained model's own input).
+
+        RGB, resized to 84x84 as the CSV layout's JPEGs are, then to ``image_size`` as the split is.
+        ``_selection`` takes the options that choose files, not pixels (``layout``), and ignores them.
+
+        Returns:
+            uint8 ``(image_size, image_size, 3)``.
+
+        Raises:
+            DataError: the file is not a readable image (the message names it).
+        """
+        _check_options(image_size, None)
+        image = _decode_image(Path(file))
+        return image if image_size == NATIVE_SIZE else _resize(image[None], image_size)[0]
 
     @classmethod
     def info(cls, data_root: str | Path | None = None, *, verify: bool = False, **options: Any) -> dict:

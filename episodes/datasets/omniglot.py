@@ -44,11 +44,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from episodes.data_root import explain_data_root
 from episodes.datasets import DATASETS
-from episodes.datasets.omniglot_sources import FETCH_HINT, N_DRAWERS, OmniglotCatalog, discover
-from episodes.datasets.omniglot_store import STORE_VERSION, check_options, load_store
+from episodes.datasets.omniglot_sources import FETCH_HINT, N_DRAWERS, OmniglotCatalog, discover, paper_mask
+from episodes.datasets.omniglot_store import STORE_VERSION, check_options, load_store, preprocess
 from episodes.split import ClassSplit
 from fewshot.errors import ConfigError, DataError
 
@@ -242,6 +243,43 @@ class Omniglot:
             fingerprint=hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest(),
             meta={**options, "rotation": rotation},
         )
+
+    @staticmethod
+    def decode_file(
+        file: str | Path, /, *, image_size: int = 28, invert: bool = True, resample: str = "lanczos", **_selection: Any
+    ) -> np.ndarray:
+        """One image file preprocessed exactly as the stored Omniglot images (a trained model's own input).
+
+        The image is read as the original scans are (paper = pixels at or above mid-grey), then goes through
+        :func:`~episodes.datasets.omniglot_store.preprocess` with the run's options. ``_selection`` takes the
+        options that choose classes, not pixels (``rotation``), and ignores them.
+
+        Returns:
+            uint8 ``(image_size, image_size)``.
+
+        Raises:
+            DataError: the file is not a readable image, is not square, or is mostly dark (strokes must be dark on
+                light paper, as in the original scans; the message names the file).
+        """
+        options = check_options(image_size, invert, resample)
+        try:
+            with Image.open(file) as im:
+                paper = paper_mask(im)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise DataError(f"{file} is not a readable image ({exc}); remove or replace it") from exc
+        h, w = paper.shape
+        if h != w:
+            raise DataError(
+                f"{file} is {w}x{h}; Omniglot models take square character images (the originals are 105x105): "
+                "crop or pad it to a square"
+            )
+        if paper.mean() < 0.5:
+            raise DataError(
+                f"{file} is mostly dark ({100 * (1 - paper.mean()):.0f}% of its pixels below mid-grey); Omniglot "
+                "models expect dark strokes on light paper, as in the original scans: invert it first "
+                "(PIL.ImageOps.invert)"
+            )
+        return preprocess(paper[None], **options)[0]
 
     @classmethod
     def info(cls, data_root: str | Path | None = None, **options: Any) -> dict:

@@ -357,9 +357,15 @@ def _decode_png(data: bytes, where: str) -> np.ndarray:
             f"{where} is {im.size[0]}×{im.size[1]}, expected {IMAGE_SIDE}×{IMAGE_SIDE} (the original Omniglot PNGs); "
             "resized copies cannot be mixed in, use the official files"
         )
+    return paper_mask(im)
+
+
+def paper_mask(im: Image.Image) -> np.ndarray:
+    """bool ``(H, W)``, True = paper: a mode '1' image as stored, any other (a re-saved grey or colour copy, a
+    user's drawing) converted to grey and thresholded at mid-grey."""
     if im.mode == "1":
         return np.asarray(im, dtype=bool)
-    return np.asarray(im.convert("L")) >= 128  # a re-saved grey copy: threshold at mid-grey, True = paper
+    return np.asarray(im.convert("L")) >= 128
 
 
 def _iter_zip(path: Path, chars: tuple, locs: tuple) -> Iterator[tuple[Character, np.ndarray]]:

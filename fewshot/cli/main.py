@@ -28,6 +28,9 @@ COMMAND_MODULES = (
     "table",  # table
     "curves",  # curves (training loss / validation accuracy PNG)
     "study",  # study (the Quick start main job)
+    "predict",  # predict (classify your own images with a trained run)
+    "embed",  # embed (backbone features of your own images)
+    "export",  # export (the backbone as a torch.export program)
 )
 
 

@@ -285,15 +285,36 @@ def apply_overrides(tree: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     return out
 
 
+#: Keys added after runs were already recorded, with the value that means what such a run did (the behaviour
+#: before the key existed). A run's config without them is read as having these values; any other missing key
+#: is an error.
+ADDED_KEYS: dict[tuple[str, str], Any] = {
+    ("data", "normalize"): None,  # 0.3.0: per-channel input standardization (before: x / 255)
+    ("model", "init_from"): None,  # 0.3.0: start from another run's backbone (before: random initialization)
+}
+
+
+def with_added_keys(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded config tree with every :data:`ADDED_KEYS` key it lacks set to its "before" value."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
+    for (section, key), value in ADDED_KEYS.items():
+        if isinstance(out.get(section), dict):
+            out[section].setdefault(key, value)
+    return out
+
+
 def read_config(path: str | Path) -> ExperimentConfig:
     """Read a complete, resolved config (a run's ``config.yaml``) without merging the defaults.
+
+    Keys added to the schema after the run was recorded take the value meaning the earlier behaviour
+    (:data:`ADDED_KEYS`).
 
     Raises:
         ConfigError: unreadable file, or a key missing / unknown / of the wrong type (e.g. a config written by
             another version of fewshot).
     """
     path = Path(path)
-    return config_from_dict(_read_yaml(path, "run config"))
+    return config_from_dict(with_added_keys(_read_yaml(path, "run config")))
 
 
 # ----------------------------------------------------------------------------------------------- writing

@@ -185,3 +185,15 @@ def test_configs_are_frozen():
     cfg = load_config()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_a_run_recorded_before_a_key_existed_reads_with_the_earlier_behaviour(tmp_path):
+    tree = config_to_dict(load_config(None, []))
+    del tree["data"]["normalize"], tree["model"]["init_from"]  # a 0.2.0 run's config.yaml
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(tree))
+    cfg = read_config(tmp_path / "old.yaml")
+    assert cfg.data.normalize is None and cfg.model.init_from is None
+    del tree["train"]["lr"]  # a key that was always there stays required
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError, match="train.lr"):
+        read_config(tmp_path / "broken.yaml")

@@ -53,3 +53,12 @@ def test_missing_csv_and_unknown_column_are_named(render, tmp_path) -> None:
     (tmp_path / "README.md").write_text("<!-- results:acc columns norm,ratio -->\n<!-- /results:acc -->\n")
     with pytest.raises(KeyError, match=r"no column\(s\) \['ratio'\]"):
         render.main([])
+
+
+def test_docs_pages_are_rendered_and_checked_too(render, tmp_path, capsys) -> None:
+    (tmp_path / "README.md").write_text("no tables\n")
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "results.md"
+    page.write_text("<!-- results:acc columns norm -->\n<!-- /results:acc -->\n")
+    assert render.main(["--check"]) == 1 and "out of date: docs/results.md" in capsys.readouterr().err
+    assert render.main([]) == 0 and "| batchnorm |" in page.read_text() and render.main(["--check"]) == 0

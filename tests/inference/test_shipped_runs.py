@@ -1,0 +1,118 @@
+"""Shipped checkpoints: ``scripts/archive_run.py`` copies a run's evaluated weights (<= 1 MiB) into
+``results/runs/``, where eval, predict, embed and export work at once, and a committed number is re-derived in
+seconds from the checkpoint on its first few test episodes.
+
+:func:`rederive` is checked on a run trained and archived here, and on every checkpoint committed under
+``results/`` (it finds them itself: committing ``results/runs/<name>/<run>/checkpoints/best.pt`` adds the run's
+evaluations to this test; they are skipped where the dataset is absent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fewshot
+from fewshot.cli.main import main
+from fewshot.errors import DataError
+from fewshot.evaluation.evaluate import evaluate_episodes
+from fewshot.evaluation.outputs import file_sha256, read_summary
+from fewshot.training.build import build_split
+from fewshot.training.episode_sets import get_episode_set
+
+ROOT = Path(__file__).resolve().parents[2]
+FEW = 3  # episodes re-derived per evaluation
+
+
+def _archive_module():
+    spec = importlib.util.spec_from_file_location("archive_run", ROOT / "scripts" / "archive_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rederive(eval_folder: Path, runs_root: Path, n: int = FEW) -> tuple[np.ndarray, np.ndarray]:
+    """``(committed, recomputed)`` correct-query counts of the first ``n`` episodes of an archived evaluation.
+
+    The episodes are regenerated from the data (their content hash must equal the summary's) and scored by the
+    shipped checkpoint (its sha256 must equal the summary's), exactly as ``eval`` scored them.
+    """
+    summary = read_summary(eval_folder)
+    run = fewshot.load_run(eval_folder.parent.parent, summary.get("checkpoint", "best"))
+    assert file_sha256(run.checkpoint) == summary["checkpoint_sha256"], (
+        "the shipped checkpoint is not the evaluated one"
+    )
+    split = build_split(run.cfg, summary["split"])
+    eset = get_episode_set(
+        split, summary["way"], summary["shot"], summary["query"], seed=summary["seed"], count=summary["n"],
+        within_alphabet=summary["within_alphabet"], root=runs_root,
+    )  # fmt: skip
+    assert eset.content_hash == summary["episode_hash"], "the regenerated episodes differ from the evaluated ones"
+    result = evaluate_episodes(run.learner, [eset.episodes[i] for i in range(n)], policy=summary["policy"])
+    committed = pd.read_csv(eval_folder / "episodes.csv").sort_values("position")["n_correct"].to_numpy()[:n]
+    return committed, result.n_correct
+
+
+def test_archive_ships_the_evaluated_weights_and_everything_works_on_the_archive(toy, tmp_path, capsys) -> None:
+    runs_root = toy["root"] / "runs"
+    assert main(["eval", "--run", str(toy["protonet"]), "--runs-root", str(runs_root)]) == 0
+    capsys.readouterr()
+    archive = _archive_module()
+    dest = archive.archive(toy["protonet"], tmp_path / "results" / "runs")
+    assert dest == tmp_path / "results" / "runs" / "runs" / "protonet"
+    shipped = dest / "checkpoints" / "best.pt"
+    assert sorted(p.name for p in (dest / "checkpoints").iterdir()) == ["best.pt"]  # never last.pt
+    assert shipped.read_bytes() == (toy["protonet"] / "checkpoints" / "best.pt").read_bytes()
+    [folder] = (dest / "eval").iterdir()
+    # eval on the archive: the committed evaluation is found and reused (same episodes, policy, checkpoint)
+    assert main(["eval", "--run", str(dest), "--runs-root", str(runs_root), "--json"]) == 0
+    assert '"reused": true' in capsys.readouterr().out
+    # ... and re-derived from the shipped weights
+    committed, recomputed = rederive(folder, runs_root)
+    np.testing.assert_array_equal(recomputed, committed)
+    assert fewshot.load_run(dest).checkpoint == shipped
+
+
+def test_archive_does_not_ship_large_checkpoints(toy, tmp_path, capsys, monkeypatch) -> None:
+    archive = _archive_module()
+    monkeypatch.setattr(archive, "MAX_CHECKPOINT_BYTES", 1000)
+    dest = archive.archive(toy["maml"], tmp_path)
+    assert not (dest / "checkpoints").exists() and (dest / "config.yaml").is_file()
+    assert f"not copied: {toy['maml'] / 'checkpoints' / 'best.pt'} is " in capsys.readouterr().err
+    with pytest.raises(DataError, match="checkpoint"):
+        fewshot.load_run(dest)
+
+
+def test_gitignore_lets_results_checkpoints_in_and_keeps_others_out() -> None:
+    import subprocess
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
+
+    assert not ignored("results/runs/protonet_x/20260101T000000Z-abc/checkpoints/best.pt")
+    assert ignored("runs/protonet_x/20260101T000000Z-abc/checkpoints/best.pt") and ignored("model.pt")
+
+
+def _committed_evaluations() -> list[Path]:
+    folders = []
+    for ckpt in sorted((ROOT / "results").glob("**/checkpoints/*.pt")):
+        sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+        run = ckpt.parent.parent
+        for summary in sorted(run.glob("eval/*/summary.json")):
+            if f'"checkpoint_sha256": "{sha}"' in summary.read_text():
+                folders.append(summary.parent)
+    return folders
+
+
+@pytest.mark.parametrize("folder", _committed_evaluations(), ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_committed_numbers_rederive_from_shipped_checkpoints(folder, tmp_path) -> None:
+    try:
+        committed, recomputed = rederive(folder, tmp_path)
+    except DataError as exc:
+        pytest.skip(f"dataset not available: {exc}")
+    np.testing.assert_array_equal(recomputed, committed)
