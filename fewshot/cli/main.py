@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "table",  # table
     "curves",  # curves (training loss / validation accuracy PNG)
     "study",  # study (the Quick start main job)
+    "sweep",  # sweep [run|status|plan|report] --grid configs/study/<grid>.yaml
 )
 
 
