@@ -285,6 +285,13 @@ def plan_runs(grid: GridSpec, root: str | Path | None = None) -> list[PlannedRun
                     "budgets are training episodes so that results do not depend on the machine: add "
                     "'train.max_minutes=null' to the grid's set: list and give train.episodes"
                 )
+            every = grid.diagnostics.spectrum_every
+            if cfg.data.val_split is not None and every and every % cfg.train.val_every:
+                raise ConfigError(
+                    f"grid {grid.name!r}, cell {cell.name!r}: diagnostics.spectrum_every ({every}) must be a multiple "
+                    f"of train.val_every ({cfg.train.val_every}): a training segment ends with a validation, and one "
+                    "between the scheduled ones could change which checkpoint is best"
+                )
             runs.append(PlannedRun(cell, seed, cfg, overrides, base / cell.name / f"seed{seed}"))
     return sorted(runs, key=lambda r: (r.cell.priority, r.cell.seeds.index(r.seed), r.cell.position))
 
