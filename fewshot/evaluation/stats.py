@@ -432,11 +432,12 @@ def hierarchical_bootstrap(
         seeds = rng.integers(0, s, size=(b, s, 1))
         episodes = rng.integers(0, e, size=(b, s, e))
         means[start : start + b] = arr[seeds, episodes].mean(axis=(1, 2))
-    if float(np.ptp(arr)) == 0.0:  # every resample is the same number up to rounding: report exactly zero width
-        low = high = float(arr.flat[0])
+    mean = float(arr.mean(axis=1).mean())
+    if float(np.ptp(arr)) == 0.0:  # every resample is the same number up to rounding: report it exactly
+        mean = low = high = float(arr.flat[0])
     else:
         low, high = (float(v) for v in np.quantile(means, [0.025, 0.975]))
     return HierarchicalCI(
-        mean=float(arr.mean(axis=1).mean()), low=low, high=high, ci95=(high - low) / 2.0, n_seeds=s, n_episodes=e,
+        mean=mean, low=low, high=high, ci95=(high - low) / 2.0, n_seeds=s, n_episodes=e,
         n_resamples=n_resamples,
     )  # fmt: skip
