@@ -38,7 +38,8 @@ QUICKSTART_CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / 
 #: Used only if ``configs/study/quickstart.yaml`` is missing: the same study from the defaults.
 QUICKSTART_FALLBACK = (
     "name=study_quickstart", "data.dataset=omniglot", "data.protocol=vinyals", "model.backbone=conv4",
-    "learner.name=protonet", "train.episodes=600", "train.max_minutes=null", "eval.n_way=5", "eval.n_shot=1", "eval.n_query=15",
+    "learner.name=protonet", "train.episodes=600", "train.max_minutes=null", "eval.n_way=5", "eval.n_shot=1",
+    "eval.n_query=15",
     "eval.episodes=600",
 )  # fmt: skip
 
@@ -176,7 +177,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "study",
         help="Quick-start main job: ProtoNet/Conv-4 with BN and SWBN on Omniglot 5-way 1-shot, same test episodes",
-        description="Train one ProtoNet/Conv-4 per norm layer on the same training episodes, evaluate all on the same fixed "
+        description="Train one ProtoNet/Conv-4 per norm layer on the same training episodes, evaluate all on the same "
+        "fixed "
         "episodes, print and save the table and the paired comparison.",
     )
     add = parser.add_argument

@@ -40,11 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--only", action="append", default=[], metavar="PATTERN",
         help="only runs whose CELL/seedS or CELL matches this fnmatch pattern (repeatable)")  # fmt: skip
     add("--until-episodes", type=int, default=None, metavar="N",
-        help="stop each run at N training episodes this time (a pilot that measures step time; resumed later)")  # fmt: skip
+        help="stop each run at N training episodes this time (a pilot measuring step time; resumed later)")  # fmt: skip
     add("--no-eval", action="store_true", help="train only; do not evaluate or diagnose finished runs")
     add("--dry-run", action="store_true", help="print the plan and the estimated cost instead of running")
     add("--measured", action="append", default=None, metavar="DIR",
-        help="folders of runs whose metrics give measured times for plan (default: the runs root and results/runs)")  # fmt: skip
+        help="plan: folders of runs whose metrics give measured times (default: runs root, results/runs)")  # fmt: skip
     add("--runs-root", default=None, metavar="DIR", help="runs root (default: $FEWSHOT_RUNS or ./runs)")
     add("--out-dir", default="results", metavar="DIR", help="report: where the CSV, plots and findings go")
     add("--force", action="store_true", help="report: replace existing outputs")

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fewshot.study.grid import PlannedRun
 from fewshot.study.status import RunStatus
 
 __all__ = ["Measurements", "RunCost", "train_signature", "measure", "estimate", "format_plan"]
@@ -115,7 +114,7 @@ def estimate(statuses: Sequence[RunStatus], measured: Measurements) -> list[RunC
         spec = run.cell.evaluation
         specific, generic = _eval_keys(cfg)
         per_image = measured.image.get(specific) or measured.image.get(generic)
-        evals_left = spec.settings()[st.evals_done:] if st.evals_done < st.evals_total else []
+        evals_left = spec.settings()[st.evals_done :] if st.evals_done < st.evals_total else []
         images = sum(spec.episodes * w * (k + spec.queries) for w, k, _ in evals_left)
         eval_minutes = images * statistics.median(per_image) / 60.0 if per_image else (0.0 if not images else None)
         out.append(RunCost(st, left, spe, source, left * spe / 60.0 if spe is not None else None, eval_minutes))

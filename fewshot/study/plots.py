@@ -79,9 +79,9 @@ def plot_w_spectra(spectra: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     panels = list(spectra.groupby(["grid", "cell", "norm"], sort=False)) if not spectra.empty else []
     fig, axes = _panels(len(panels))
-    for ax, ((grid, cell, norm), group) in zip(axes, panels, strict=False):
+    for ax, ((grid, _cell, norm), group) in zip(axes, panels, strict=False):
         mean = group.groupby(["layer", "episode"], sort=True)[["sv_max", "sv_min"]].mean().reset_index()
-        for i, (layer, line) in enumerate(mean.groupby("layer", sort=True)):
+        for i, (_layer, line) in enumerate(mean.groupby("layer", sort=True)):
             color = f"C{i}"
             ax.plot(line["episode"], line["sv_max"], color=color, label=f"layer {i + 1}: max")
             ax.plot(line["episode"], line["sv_min"], color=color, ls="--", label=f"layer {i + 1}: min")

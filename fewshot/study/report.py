@@ -75,7 +75,10 @@ def collect(grids: Sequence[GridSpec], runs_root: str | Path | None = None) -> t
             wanted = {(w, k, spec.queries, spec.episodes, p) for w, k, p in spec.settings()}
             for summary_path in sorted((run.run_dir / EVAL_DIR).glob("*/summary.json")):
                 s = read_json(summary_path)
-                if s.get("checkpoint") != "best" or (s["way"], s["shot"], s["query"], s["n"], s["policy"]) not in wanted:
+                if (
+                    s.get("checkpoint") != "best"
+                    or (s["way"], s["shot"], s["query"], s["n"], s["policy"]) not in wanted
+                ):
                     continue
                 rows.append({
                     "grid": grid.name, "cell": run.cell.name, "seed": run.seed, "learner": cfg.learner.name,
@@ -138,8 +141,9 @@ def _diagnostics(grids: Sequence[GridSpec], runs_root: str | Path | None) -> tup
     white, spectra = [], []
     for grid in grids:
         for run in plan_runs(grid, runs_root):
-            label = {"grid": grid.name, "cell": run.cell.name, "seed": run.seed,
-                     "norm": option_label(run.cfg.model.norm, run.cfg.model.norm_kwargs), "dataset": run.cfg.data.dataset}  # fmt: skip
+            norm = option_label(run.cfg.model.norm, run.cfg.model.norm_kwargs)
+            label = {"grid": grid.name, "cell": run.cell.name, "seed": run.seed, "norm": norm,
+                     "dataset": run.cfg.data.dataset}  # fmt: skip
             if (run.run_dir / WHITENESS_FILE).is_file():
                 white.append(pd.read_csv(run.run_dir / WHITENESS_FILE).assign(**label))
             if (run.run_dir / SPECTRUM_FILE).is_file():
@@ -196,4 +200,3 @@ def write_report(
     atomic_write_text(out / "FINDINGS.md", findings_markdown(table, white, grids, command))
     written.append(out / "FINDINGS.md")
     return written
-

@@ -80,9 +80,7 @@ def train_planned(
         append_spectrum(folder, load_checkpoint(folder / "checkpoints" / "last.pt")["model"], result.episodes_done)
 
 
-def evaluate_planned(
-    run: PlannedRun, *, runs_root: str | Path | None = None, log: Callable[[str], Any] = print
-) -> int:
+def evaluate_planned(run: PlannedRun, *, runs_root: str | Path | None = None, log: Callable[[str], Any] = print) -> int:
     """Evaluate a finished run at every (way, K, policy) of its cell (existing evaluations are reused).
 
     Returns the number of evaluations computed now.

@@ -38,7 +38,8 @@ from fewshot.norms.base import NormLayer
 from fewshot.norms.diagnostics import collect_whiteness, whiteness
 
 __all__ = [
-    "WHITENESS_FILE", "WHITENESS_COLUMNS", "support_conditioning", "episode_diagnostics", "summarize", "write_whiteness",
+    "WHITENESS_FILE", "WHITENESS_COLUMNS", "support_conditioning", "episode_diagnostics", "summarize",
+    "write_whiteness",
 ]  # fmt: skip
 
 WHITENESS_FILE = "diagnostics/whiteness.csv"
@@ -72,6 +73,7 @@ def support_conditioning(backbone: nn.Module, support_x: Tensor) -> dict[str, tu
     try:
         for path, module in backbone.named_modules():
             if isinstance(module, NormLayer):
+
                 def hook(m: nn.Module, inputs: Any, path: str = path) -> None:
                     found[path] = _condition(inputs[0], m)
 

@@ -21,9 +21,7 @@ from fewshot.study.grid import is_grid_file
 from fewshot.training import build_learner, build_split, build_train_sampler
 
 # Study grids (configs/study/<grid>.yaml, a top-level cells: list) are tested in tests/study/test_grid.py.
-CONFIGS = sorted(
-    p.relative_to(configs_dir()).as_posix() for p in configs_dir().rglob("*.yaml") if not is_grid_file(p)
-)
+CONFIGS = sorted(p.relative_to(configs_dir()).as_posix() for p in configs_dir().rglob("*.yaml") if not is_grid_file(p))
 EXPERIMENTS = [c for c in CONFIGS if c != "defaults.yaml"]
 SHARED = shared_data_root()
 HAVE_OMNIGLOT = SHARED is not None and (Path(SHARED) / "omniglot").is_dir()

@@ -24,19 +24,29 @@ def toy_root(tmp_path, monkeypatch):
     return tmp_path
 
 
-def write_grid(root, name="toy", episodes=8, norms=("batchnorm", "swbn"), seeds=(0, 1), spectrum_every=4,
-               extra=""):
+def write_grid(root, name="toy", episodes=8, norms=("batchnorm", "swbn"), seeds=(0, 1), spectrum_every=4, extra=""):
     options = {"path": str(root / "data" / "toy"), "mode": "L", "image_size": 16}
     shared = [
-        "data.dataset=imagefolder", "data.protocol=folder", f"data.options={json.dumps(options)}",
-        "data.train_split=train", "data.val_split=null", "data.test_split=test", "model.backbone_kwargs={hidden: 16}",
-        "train.n_way=3", "train.n_shot=1", "train.n_query=2", f"train.episodes={episodes}",
-        "train.lr_step_episodes=null", "train.max_minutes=null", "train.log_every=4", "train.threads=1",
-        "eval.n_way=3", "eval.n_shot=1", "eval.n_query=2",
+        "data.dataset=imagefolder",
+        "data.protocol=folder",
+        f"data.options={json.dumps(options)}",
+        "data.train_split=train",
+        "data.val_split=null",
+        "data.test_split=test",
+        "model.backbone_kwargs={hidden: 16}",
+        "train.n_way=3",
+        "train.n_shot=1",
+        "train.n_query=2",
+        f"train.episodes={episodes}",
+        "train.lr_step_episodes=null",
+        "train.max_minutes=null",
+        "train.log_every=4",
+        "train.threads=1",
+        "eval.n_way=3",
+        "eval.n_shot=1",
+        "eval.n_query=2",
     ]
-    cells = "\n".join(
-        f"  - {{name: {n}, set: [norm={n}], seeds: {list(seeds)}}}" for n in norms
-    )
+    cells = "\n".join(f"  - {{name: {n}, set: [norm={n}], seeds: {list(seeds)}}}" for n in norms)
     text = (
         f"# python run_episode.py sweep --grid {name}.yaml\nname: {name}\nset: {json.dumps(shared)}\n"
         f"cells:\n{cells}\n"

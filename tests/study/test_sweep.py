@@ -134,4 +134,6 @@ def test_locks_running_state_and_plan(toy_root, capsys):
     row = plan[2].split()
     assert row[:3] == ["batchnorm/seed0", "stopped", "2"] and row[4:6] == ["this", "run"]
     seconds = 60 * status.minutes / 2
-    assert float(row[3]) == pytest.approx(seconds, abs=1e-3) and float(row[6]) == pytest.approx(2 * seconds / 60, abs=0.05)
+    assert float(row[3]) == pytest.approx(seconds, abs=1e-3) and float(row[6]) == pytest.approx(
+        2 * seconds / 60, abs=0.05
+    )
