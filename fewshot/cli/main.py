@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "predict",  # predict (classify your own images with a trained run)
     "embed",  # embed (backbone features of your own images)
     "export",  # export (the backbone as a torch.export program)
+    "sweep",  # sweep [run|status|plan|report] --grid configs/study/<grid>.yaml
 )
 
 

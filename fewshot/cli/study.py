@@ -2,12 +2,13 @@
 
 ::
 
-    python run_episode.py study [--minutes-per-run M] [--out DIR] [--data-root DIR]
+    python run_episode.py study [--episodes-per-run N] [--out DIR] [--data-root DIR]
                                 [--config FILE] [--norms N [N ...]] [--set key=value ...]
 
 On Omniglot (Vinyals split), ProtoNet / Conv-4 is trained once per normalization layer (``batchnorm`` and
-``swbn`` by default; config ``configs/study/quickstart.yaml``) with the same time budget each
-(``--minutes-per-run``, default 5, so the whole study takes about 12 minutes on 2 CPU cores). Every run is then
+``swbn`` by default; config ``configs/study/quickstart.yaml``) on the same training episodes (an episode
+budget: ``train.episodes`` of the config, 600, or ``--episodes-per-run``; no time limit), so the printed numbers
+are the same on any machine; the study takes about 11 minutes on 2 CPU cores. Every run is then
 evaluated on the very same 600 fixed 5-way 1-shot test episodes, and the results table and the paired
 comparison (each norm against the first) are printed and written to ``<out>/table.md``, ``<out>/table.csv``,
 ``<out>/compare.json`` and ``<out>/compare.txt``. The run directories are ``<out>/<norm>/``. ``<out>`` defaults
@@ -28,19 +29,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 __all__ = [
-    "DEFAULT_MINUTES", "DEFAULT_NORMS", "QUICKSTART_CONFIG", "QUICKSTART_FALLBACK", "StudyResult", "register", "run",
+    "DEFAULT_NORMS", "QUICKSTART_CONFIG", "QUICKSTART_FALLBACK", "StudyResult", "register", "run",
     "run_study",
 ]  # fmt: skip
 
 DEFAULT_NORMS = ("batchnorm", "swbn")
-#: Training budget per run unless ``--minutes-per-run`` is given: two runs plus loading and evaluating on
-#: 600 episodes stay under 15 minutes on a 2-core CPU.
-DEFAULT_MINUTES = 5.0
 QUICKSTART_CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / "study" / "quickstart.yaml"
 #: Used only if ``configs/study/quickstart.yaml`` is missing: the same study from the defaults.
 QUICKSTART_FALLBACK = (
     "name=study_quickstart", "data.dataset=omniglot", "data.protocol=vinyals", "model.backbone=conv4",
-    "learner.name=protonet", "train.max_minutes=5.0", "eval.n_way=5", "eval.n_shot=1", "eval.n_query=15",
+    "learner.name=protonet", "train.episodes=600", "train.max_minutes=null", "eval.n_way=5", "eval.n_shot=1",
+    "eval.n_query=15",
     "eval.episodes=600",
 )  # fmt: skip
 
@@ -76,7 +75,7 @@ def run_study(
     overrides: Sequence[str] = (),
     norms: Sequence[str] = DEFAULT_NORMS,
     out: str | Path | None = None,
-    minutes_per_run: float | None = DEFAULT_MINUTES,
+    episodes_per_run: int | None = None,
     data_root: str | Path | None = None,
     quiet: bool = False,
     log=print,
@@ -89,7 +88,7 @@ def run_study(
         overrides: ``dotted.key=value`` overrides applied after the file.
         norms: normalization layers to train, the first being the reference of the comparison.
         out: the study folder (must not exist); default ``runs/study/<UTC time>``.
-        minutes_per_run: training budget of each run (sets ``train.max_minutes`` before ``overrides``; ``None``
+        episodes_per_run: training episodes of each run (sets ``train.episodes`` before ``overrides``; ``None``
             keeps the config's).
         data_root: data root (overrides ``data.data_root``).
         quiet: no progress bars.
@@ -110,8 +109,8 @@ def run_study(
     norms = list(norms)
     if len(norms) < 2 or len(set(norms)) != len(norms):
         raise ConfigError(f"the study needs at least two distinct norms to compare, got {norms}")
-    if minutes_per_run is not None and not minutes_per_run > 0:
-        raise ConfigError(f"--minutes-per-run must be a positive number of minutes, got {minutes_per_run}")
+    if episodes_per_run is not None and (isinstance(episodes_per_run, bool) or episodes_per_run < 1):
+        raise ConfigError(f"--episodes-per-run must be a positive number of episodes, got {episodes_per_run}")
     base: list[str] = []
     if config is not None:
         config = Path(config)
@@ -128,8 +127,8 @@ def run_study(
             "another --out or leave it out for a new timestamped folder"
         )
     extra = [*base]
-    if minutes_per_run is not None:
-        extra.append(f"train.max_minutes={minutes_per_run}")
+    if episodes_per_run is not None:
+        extra.append(f"train.episodes={episodes_per_run}")
     extra.extend(overrides)
     if data_root is not None:
         extra.append(f"data.data_root={data_root}")
@@ -142,7 +141,7 @@ def run_study(
         log(
             f"[study] training {cfg.learner.name}/{cfg.model.backbone}/{cfg.model.norm} on {cfg.data.dataset}/"
             f"{cfg.data.protocol} ({cfg.train.n_way}-way {cfg.train.n_shot}-shot episodes, {budget}, "
-            f"{cfg.train.episodes} episodes max) -> {run_dir}"
+            f"{cfg.train.episodes} episodes) -> {run_dir}"
         )
         result = train(cfg, run_dir, quiet=quiet)
         log(
@@ -178,12 +177,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "study",
         help="Quick-start main job: ProtoNet/Conv-4 with BN and SWBN on Omniglot 5-way 1-shot, same test episodes",
-        description="Train one ProtoNet/Conv-4 per norm layer with a time budget, evaluate all on the same fixed "
+        description="Train one ProtoNet/Conv-4 per norm layer on the same training episodes, evaluate all on the same "
+        "fixed "
         "episodes, print and save the table and the paired comparison.",
     )
     add = parser.add_argument
-    add("--minutes-per-run", type=float, default=DEFAULT_MINUTES, metavar="M",
-        help=f"training budget per run in minutes (default: {DEFAULT_MINUTES:g})")  # fmt: skip
+    add("--episodes-per-run", type=int, default=None, metavar="N",
+        help="training episodes per run (default: train.episodes of the config, 600)")  # fmt: skip
     add("--out", default=None, metavar="DIR", help="study folder, must not exist (default: runs/study/<UTC time>)")
     add("--data-root", default=None, metavar="DIR", help="data root (default: $FEWSHOT_DATA, ./data, ../shared/data)")
     add("--config", default=None, metavar="FILE", help="study config (default: configs/study/quickstart.yaml)")
@@ -197,6 +197,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     run_study(
         config=args.config, overrides=args.overrides, norms=args.norms, out=args.out,
-        minutes_per_run=args.minutes_per_run, data_root=args.data_root, quiet=args.quiet,
+        episodes_per_run=args.episodes_per_run, data_root=args.data_root, quiet=args.quiet,
     )  # fmt: skip
     return 0

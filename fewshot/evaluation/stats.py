@@ -14,6 +14,10 @@ Conventions (the same everywhere in fewshot, and in the README):
   ``n − 1`` degrees of freedom), the two-sided paired sign-flip permutation p-value, and wins/ties/losses of B
   over A counted over episodes.
 
+Across training seeds (:func:`hierarchical_bootstrap`): the accuracy of a cell is the mean over seeds of the
+per-seed means on the same episode file; its 95% interval is the percentile interval of a two-level bootstrap
+that resamples seeds, then episodes within each drawn seed, so both sources of variation are in it.
+
 The Student t distribution function is computed without scipy, from the regularized incomplete beta function
 ``I_x(a, b)`` evaluated by its continued fraction (modified Lentz algorithm; Press, Teukolsky, Vetterling and
 Flannery, *Numerical Recipes*, 3rd ed., §6.4): for ``t ≥ 0``, ``P(|T| > t) = I_{ν/(ν+t²)}(ν/2, 1/2)``.
@@ -38,6 +42,8 @@ __all__ = [
     "paired_t_test",
     "sign_flip_test",
     "paired_comparison",
+    "HierarchicalCI",
+    "hierarchical_bootstrap",
 ]
 
 Z_95 = 1.96
@@ -351,3 +357,87 @@ def paired_comparison(
         ties=int(np.count_nonzero(np.abs(d) <= tie_tol)),
         losses=int(np.count_nonzero(d < -tie_tol)),
     )
+
+
+@dataclass(frozen=True)
+class HierarchicalCI:
+    """Mean over seeds of per-seed mean accuracies, with a two-level (seeds, then episodes) bootstrap interval.
+
+    Attributes:
+        mean: mean over seeds of the per-seed means (the grand mean: every seed has the same episodes).
+        low, high: the 2.5% and 97.5% percentiles of the bootstrap means.
+        ci95: half-width ``(high − low) / 2`` (comparable with :attr:`MeanCI.ci95`).
+        n_seeds: seeds (rows).
+        n_episodes: episodes per seed (columns).
+        n_resamples: bootstrap resamples.
+    """
+
+    mean: float
+    low: float
+    high: float
+    ci95: float
+    n_seeds: int
+    n_episodes: int
+    n_resamples: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def hierarchical_bootstrap(
+    values: Sequence[Sequence[float]] | np.ndarray, *, n_resamples: int = 10_000, seed: int = 0, chunk: int = 500
+) -> HierarchicalCI:
+    """Two-level percentile bootstrap of the mean of ``values[seed, episode]``.
+
+    Each resample draws ``S`` seeds with replacement, then, independently for every drawn seed, ``E`` of its
+    episodes with replacement, and takes the mean of the ``S × E`` drawn values (the nested bootstrap of Davison
+    and Hinkley, *Bootstrap Methods and their Application*, 1997, §3.8, resampling at both stages). With one seed
+    it is the ordinary episode bootstrap (≈ ``1.96 · s / √E``); identical values give a zero-width interval. The
+    generator is ``numpy.random.default_rng(seed)``, so a table made twice is identical.
+
+    With few seeds the seed stage can only reflect the seeds that were run: with ``S`` seeds its variance is
+    ``(S − 1)/S`` of the seed-to-seed variance and there are few distinct seed draws (10 for ``S = 3``), so the
+    interval is too narrow when seeds differ much more than episode noise explains; read it with the per-seed
+    values beside it. For paired differences pass ``acc_B − acc_A`` on the same episodes.
+
+    Args:
+        values: ``(S, E)`` finite values; every seed scored on the same ``E`` episodes.
+        n_resamples: bootstrap resamples.
+        seed: seed of the generator.
+        chunk: resamples drawn at once (memory ``chunk · S · E`` integers).
+
+    Returns:
+        A :class:`HierarchicalCI`.
+
+    Example:
+        >>> r = hierarchical_bootstrap([[0.5, 0.5], [0.5, 0.5]])
+        >>> r.mean, r.ci95
+        (0.5, 0.0)
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(
+            f"values must be a non-empty 2-D array (seeds, episodes) with the same episodes per seed, got shape "
+            f"{arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("values contain nan or inf; per-episode accuracies must be finite")
+    if n_resamples < 1 or chunk < 1:
+        raise ValueError(f"n_resamples and chunk must be >= 1, got {n_resamples} and {chunk}")
+    s, e = arr.shape
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    for start in range(0, n_resamples, chunk):
+        b = min(chunk, n_resamples - start)
+        seeds = rng.integers(0, s, size=(b, s, 1))
+        episodes = rng.integers(0, e, size=(b, s, e))
+        means[start : start + b] = arr[seeds, episodes].mean(axis=(1, 2))
+    mean = float(arr.mean(axis=1).mean())
+    if float(np.ptp(arr)) == 0.0:  # every resample is the same number up to rounding: report it exactly
+        mean = low = high = float(arr.flat[0])
+    else:
+        low, high = (float(v) for v in np.quantile(means, [0.025, 0.975]))
+    return HierarchicalCI(
+        mean=mean, low=low, high=high, ci95=(high - low) / 2.0, n_seeds=s, n_episodes=e,
+        n_resamples=n_resamples,
+    )  # fmt: skip

@@ -17,9 +17,11 @@ import yaml
 from episodes.data_root import shared_data_root
 from fewshot.config import config_to_dict, configs_dir, load_config
 from fewshot.norms import NORM_LAYERS
+from fewshot.study.grid import is_grid_file
 from fewshot.training import build_learner, build_split, build_train_sampler
 
-CONFIGS = sorted(p.relative_to(configs_dir()).as_posix() for p in configs_dir().rglob("*.yaml"))
+# Study grids (configs/study/<grid>.yaml, a top-level cells: list) are tested in tests/study/test_grid.py.
+CONFIGS = sorted(p.relative_to(configs_dir()).as_posix() for p in configs_dir().rglob("*.yaml") if not is_grid_file(p))
 EXPERIMENTS = [c for c in CONFIGS if c != "defaults.yaml"]
 SHARED = shared_data_root()
 HAVE_OMNIGLOT = SHARED is not None and (Path(SHARED) / "omniglot").is_dir()

@@ -1,0 +1,173 @@
+"""The state of each planned run, read from its folder alone, and the per-run lock that marks it running.
+
+States:
+
+* ``todo``: no run folder yet.
+* ``running``: a sweep process holds the run's lock (``<run>.lock`` beside the folder: host, pid, start time).
+  On the same host a lock whose process is gone is stale and does not count.
+* ``stopped``: the folder holds a run below its episode target and nobody is running it (interrupted, stopped at
+  ``--until-episodes``, or killed); the next sweep resumes it from ``checkpoints/last.pt``.
+* ``failed``: the trainer recorded an error (``metrics.json`` status ``failed``); the sweep skips it until the
+  folder is inspected and removed.
+* ``finished``: the target number of training episodes is done. Evaluations are counted beside the state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fewshot.errors import ConfigError
+from fewshot.evaluation.outputs import EVAL_DIR
+from fewshot.study.grid import PlannedRun
+from fewshot.training.run_dir import read_json
+
+__all__ = ["STATES", "RunStatus", "lock_path", "read_lock", "run_lock", "run_status", "format_status"]
+
+STATES = ("todo", "running", "stopped", "failed", "finished")
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What a run folder says about a planned run.
+
+    Attributes:
+        run: the planned run.
+        state: one of :data:`STATES`.
+        episodes_done: training episodes in the folder's ``metrics.json`` (0 when absent).
+        minutes: training wall time so far (``train_seconds`` / 60).
+        evals_done: evaluations of the grid's support-size sweep present under ``eval/``.
+        evals_total: evaluations the grid asks for.
+        note: who holds the lock, the error of a failed run, or a hint.
+    """
+
+    run: PlannedRun
+    state: str
+    episodes_done: int
+    minutes: float
+    evals_done: int
+    evals_total: int
+    note: str = ""
+
+
+def lock_path(run: PlannedRun) -> Path:
+    """``<run folder>.lock``: beside the folder, so that a new run still starts in an empty folder."""
+    return run.run_dir.with_name(run.run_dir.name + ".lock")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_lock(run: PlannedRun) -> dict | None:
+    """The live lock of ``run`` (``{"host", "pid", "started"}``), or ``None`` if absent or stale."""
+    path = lock_path(run)
+    try:
+        lock = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if lock.get("host") == socket.gethostname() and not _alive(int(lock.get("pid", -1))):
+        return None  # the process that took it is gone
+    return lock
+
+
+@contextmanager
+def run_lock(run: PlannedRun) -> Iterator[None]:
+    """Hold ``run``'s lock inside the block (a stale lock of a dead process on this host is taken over).
+
+    Raises:
+        ConfigError: another live process (or another host) holds it.
+    """
+    path = lock_path(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    held = read_lock(run)
+    if held is not None:
+        raise ConfigError(
+            f"run {run.key} is being run by pid {held.get('pid')} on {held.get('host')} since {held.get('started')} "
+            f"(lock {path}); wait for it, or delete the lock file if that process is gone"
+        )
+    path.unlink(missing_ok=True)  # stale
+    body = {"host": socket.gethostname(), "pid": os.getpid(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        raise ConfigError(f"run {run.key} was locked by another process just now ({path}); try again") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(body, f)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _evals_done(run: PlannedRun) -> int:
+    """Count the grid's evaluations present in the run's ``eval/`` folder (by way, shot, query, n, policy)."""
+    spec = run.cell.evaluation
+    wanted = {(w, k, spec.queries, spec.episodes, p) for w, k, p in spec.settings()}
+    found = set()
+    folder = run.run_dir / EVAL_DIR
+    for summary_path in folder.glob("*/summary.json") if folder.is_dir() else ():
+        s = read_json(summary_path)
+        if s.get("checkpoint") != "best":
+            continue
+        found.add((s.get("way"), s.get("shot"), s.get("query"), s.get("n"), s.get("policy")))
+    return len(wanted & found)
+
+
+def run_status(run: PlannedRun) -> RunStatus:
+    """The :class:`RunStatus` of ``run`` from its folder and lock."""
+    total = len(run.cell.evaluation.settings())
+    lock = read_lock(run)
+    folder = run.run_dir
+    if not folder.is_dir() or not any(folder.iterdir()):
+        if lock is not None:
+            return RunStatus(run, "running", 0, 0.0, 0, total, f"starting, pid {lock['pid']} on {lock['host']}")
+        return RunStatus(run, "todo", 0, 0.0, 0, total)
+    metrics = read_json(folder / "metrics.json")
+    done = int(metrics.get("episodes_done", 0))
+    minutes = float(metrics.get("train_seconds", 0.0)) / 60.0
+    evals = _evals_done(run)
+    if lock is not None:
+        return RunStatus(run, "running", done, minutes, evals, total, f"pid {lock['pid']} on {lock['host']}")
+    if metrics.get("status") == "failed":
+        return RunStatus(run, "failed", done, minutes, evals, total, str(metrics.get("error", ""))[:120])
+    if done >= run.target_episodes and (folder / "checkpoints" / "best.pt").is_file():
+        return RunStatus(run, "finished", done, minutes, evals, total)
+    has_last = (folder / "checkpoints" / "last.pt").is_file()
+    note = "" if has_last else "no checkpoint yet: restarts from episode 0 (the folder is kept aside)"
+    return RunStatus(run, "stopped", done, minutes, evals, total, note)
+
+
+def format_status(statuses: Sequence[RunStatus], commands: Sequence[str]) -> str:
+    """A plain-text table: one row per run in run order, then one line per state count."""
+    header = ("#", "run", "state", "episodes", "minutes", "evals", "command")
+    rows = [
+        (str(i + 1), s.run.key, s.state, f"{s.episodes_done}/{s.run.target_episodes}", f"{s.minutes:.1f}",
+         f"{s.evals_done}/{s.evals_total}", cmd)
+        for i, (s, cmd) in enumerate(zip(statuses, commands, strict=True))
+    ]  # fmt: skip
+    widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(header)]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(header, widths, strict=True)).rstrip()]
+    for row, s in zip(rows, statuses, strict=True):
+        line = "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+        lines.append(line + (f"   # {s.note}" if s.note else ""))
+    counts = {state: sum(s.state == state for s in statuses) for state in STATES}
+    minutes = sum(s.minutes for s in statuses)
+    lines.append(
+        f"{len(statuses)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+        + f"; {minutes:.1f} training minutes spent"
+    )  # fmt: skip
+    return "\n".join(lines)
