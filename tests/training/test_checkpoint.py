@@ -35,15 +35,44 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
-def test_missing_damaged_and_unsafe_files_raise_data_error(tmp_path):
+def test_missing_foreign_and_unsafe_files_raise_data_error(tmp_path):
     with pytest.raises(DataError, match=r"checkpoint '.*nope\.pt' does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match=r"bad\.pt' cannot be read .*damaged"):
+    with pytest.raises(DataError, match=r"bad\.pt' has no fewshot checkpoint header: it predates checkpoint"):
         load_checkpoint(tmp_path / "bad.pt")
-    torch.save([1, 2], tmp_path / "list.pt")
+    torch.save({"model": {}}, tmp_path / "plain.pt")  # a plain torch file (what fewshot wrote before format 2)
+    with pytest.raises(DataError, match=r"plain\.pt' has no fewshot checkpoint header.*retrain the run"):
+        load_checkpoint(tmp_path / "plain.pt")
+    save_checkpoint([1, 2], tmp_path / "list.pt")
     with pytest.raises(DataError, match=r"holds a list, expected a dict"):
         load_checkpoint(tmp_path / "list.pt")
+
+
+@pytest.mark.parametrize("where", ["header", "payload start", "payload middle", "payload end"])
+def test_a_flipped_byte_anywhere_is_refused(tmp_path, where):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"w": torch.randn(64, 64), "n": 1}, path)
+    raw = bytearray(path.read_bytes())
+    payload_start = raw.index(b"\n") + 1
+    pos = {
+        "header": payload_start - 5,  # inside the hex digest
+        "payload start": payload_start,
+        "payload middle": (payload_start + len(raw)) // 2,
+        "payload end": len(raw) - 1,
+    }[where]
+    raw[pos] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"last\.pt' (fails its integrity check|has a damaged header)"):
+        load_checkpoint(path)
+
+
+def test_a_truncated_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"w": torch.randn(100)}, path)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DataError, match=r"fails its integrity check .* damaged or edited after it was written"):
+        load_checkpoint(path)
 
 
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
