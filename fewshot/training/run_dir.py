@@ -64,6 +64,7 @@ __all__ = [
     "never_checkpointed",
     "check_writable",
     "run_lock",
+    "lock_held",
     "read_verified_checkpoint",
     "verify_run",
     "write_json",
@@ -218,6 +219,22 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)  # releases the flock
+
+
+def lock_held(run_dir: str | Path) -> bool:
+    """Whether a live process holds the run's lock (i.e. is training it now); never takes the lock."""
+    path = Path(run_dir) / ".lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also releases the shared lock just taken
+    return False
 
 
 def find_latest_run(name: str, root: str | Path | None = None) -> Path:
