@@ -94,6 +94,8 @@ def resolve_request(
     """The run's ``eval`` section with any of the given overrides applied (``None`` keeps the config's)."""
     for name, value in (("n_way", n_way), ("n_shot", n_shot), ("n_query", n_query), ("episodes", episodes)):
         _positive(name, value)
+    if n_way == 1:
+        raise ConfigError("n_way must be >= 2 at evaluation too (a 1-way episode has nothing to classify), got 1")
     e = cfg.eval
     request = EvalRequest(
         n_way=e.n_way if n_way is None else n_way,
