@@ -2,8 +2,9 @@
 
 Each command module exposes ``register(subparsers)``, which adds its parser and sets ``func`` (a callable
 taking the parsed namespace and returning an exit code). Errors end in one line on stderr, never a traceback:
-a :class:`~fewshot.errors.FewshotError` exits with 2, any other ``OSError`` with 1, Ctrl-C or SIGTERM with 130. Modules are imported lazily by name so that a
-broken optional module does not break unrelated commands, and so that ``--help`` stays fast.
+a :class:`~fewshot.errors.FewshotError` exits with 2, any other ``OSError`` with 1, Ctrl-C or SIGTERM with 130.
+Modules are imported lazily by name so that a broken optional module does not break unrelated commands, and so
+that ``--help`` stays fast.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ from typing import Any
 
 from fewshot.errors import ConfigError, DataError
 from fewshot.evaluation.run_eval import RunEvaluation, evaluate_run, load_run_config
-from fewshot.training.run_dir import verify_run
 from fewshot.evaluation.stats import PairedComparison, paired_comparison
 from fewshot.registry import option_label
+from fewshot.training.run_dir import verify_run
 
 __all__ = ["SHARED_FIELDS", "Comparison", "run_label", "check_comparable", "compare_runs"]
 

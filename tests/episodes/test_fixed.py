@@ -193,7 +193,7 @@ def test_a_hand_edited_file_is_refused_with_the_regenerating_command(tmp_path, f
     path.write_text(json.dumps(data))
     with pytest.raises(DataError, match=r"eval\.json' fails its integrity check .*edited by hand") as info:
         FixedEpisodes.load(path)
-    assert f"`run_episode.py episodes --dataset synthetic --protocol none --split test --n-way 3 --n-shot 2" in str(
+    assert "`run_episode.py episodes --dataset synthetic --protocol none --split test --n-way 3 --n-shot 2" in str(
         info.value
     ) and f"--save {path} --force`" in str(info.value)
 

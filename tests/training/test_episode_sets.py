@@ -70,11 +70,14 @@ def test_a_file_answering_another_request_under_this_name_is_refused(tmp_path, s
     two_shot = get_episode_set(split, 3, 2, 2, seed=5, count=4, root=tmp_path)
     original = one_shot.path.read_bytes()
     one_shot.path.write_bytes(two_shot.path.read_bytes())
-    with pytest.raises(DataError, match=r"holds other episodes than its name says \(n_shot: file has 2, expected 1\)") as info:
+    expected = r"holds other episodes than its name says \(n_shot: file has 2, expected 1\)"
+    with pytest.raises(DataError, match=expected) as info:
         get_episode_set(split, 3, 1, 2, seed=5, count=4, root=tmp_path)
     message = str(info.value)
     assert str(one_shot.path) in message and "Delete it" in message
-    assert f"run_episode.py episodes --dataset omniglot --protocol vinyals --split train --n-way 3 --n-shot 1 " \
+    assert (
+        f"run_episode.py episodes --dataset omniglot --protocol vinyals --split train --n-way 3 --n-shot 1 "
         f"--n-query 2 --seed 5 --count 4 --save {one_shot.path} --force" in message
+    )
     one_shot.path.write_bytes(original)  # the genuine file is accepted again
     assert get_episode_set(split, 3, 1, 2, seed=5, count=4, root=tmp_path).content_hash == one_shot.content_hash
