@@ -119,6 +119,7 @@ class _Trainer:
         if self.run_dir.is_dir():
             self._lock()  # before anything in the directory is read or replaced
         check_writable(self.run_dir / "checkpoints", "the run's checkpoints")
+        payload = self._verified_last() if self.resume else None  # before loading any data
         train_split, val_split = self._given_splits
         train_split = train_split or build_split(cfg, cfg.data.train_split)
         if cfg.data.val_split is not None:
@@ -146,8 +147,8 @@ class _Trainer:
             self.optimizer, (lambda k: gamma ** ((k * mb) // step)) if step else (lambda k: 1.0)
         )
         _label_norm_layers(self.learner)
-        if self.resume:
-            self._restore()
+        if payload is not None:
+            self._restore(payload)
         prepare_run_dir(self.run_dir, resume=self.resume)
         if not self._locked:  # a new run's directory exists only now
             self._lock()
@@ -163,14 +164,18 @@ class _Trainer:
         self.locks.enter_context(run_lock(self.run_dir))
         self._locked = True
 
-    def _restore(self) -> None:
-        _, payload = read_verified_checkpoint(self.run_dir, "last")  # hash, and config.yaml vs the checkpoint
+    def _verified_last(self) -> dict[str, Any]:
+        """``last.pt`` after its hash check, ``config.yaml`` vs its config, and the resume config vs its config."""
+        _, payload = read_verified_checkpoint(self.run_dir, "last")
         if payload.get("format") != CHECKPOINT_FORMAT:
             raise DataError(
                 f"{self.run_dir / 'checkpoints' / 'last.pt'} has checkpoint format {payload.get('format')!r}, "
                 f"this fewshot writes {CHECKPOINT_FORMAT}; resume it with the fewshot version that wrote it"
             )
         self._config_changes = check_resume_changes(payload["config"], config_to_dict(self.cfg), self.run_dir)
+        return payload
+
+    def _restore(self, payload: dict[str, Any]) -> None:
         if payload["train_fingerprint"] != self.train_split.fingerprint:
             raise DataError(
                 f"cannot resume {str(self.run_dir)!r} exactly: the training split {self.cfg.data.train_split!r} "
