@@ -224,7 +224,8 @@ def test_a_read_only_folder_is_detected_before_training_and_before_scoring(tmp_p
 def test_two_processes_never_train_one_run_and_a_stale_lock_is_recognised(tmp_path):
     run = tmp_path / "run"
     _train(run, tmp_path, stop_at=4)
-    first = _spawn(["train", "--resume", str(run), "--quiet"], tmp_path, slow=True)
+    # a longer budget keeps the first process busy (0.4 s a step) while the second one starts
+    first = _spawn(["train", "--resume", str(run), "--set", "train.episodes=40", "--quiet"], tmp_path, slow=True)
     try:
         _wait_for_step(first, 5)
         assert runs_table([run])["status"].tolist() == ["running"]  # its process holds the lock
@@ -238,7 +239,7 @@ def test_two_processes_never_train_one_run_and_a_stale_lock_is_recognised(tmp_pa
         first.communicate(timeout=60)
     assert (run / ".lock").read_text().split()[0] == str(first.pid)
     code, out, err = _run(["train", "--resume", str(run), "--quiet"], tmp_path)
-    assert code == 0 and out.startswith("finished: 12/12"), err
+    assert code == 0 and out.startswith("finished: 40/40"), err
 
 
 # ------------------------------------------------------------------------------ records that were changed
