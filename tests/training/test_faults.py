@@ -336,3 +336,23 @@ def test_unreadable_outputs_are_reported_not_skipped(tmp_path, synthetic_data, c
     metrics.write_bytes(metrics.read_bytes()[:40])
     with pytest.raises(DataError, match=r"metrics.json' .*damaged or edited"):
         runs_table([run])
+
+
+def test_a_tampered_episode_file_is_refused_by_eval_and_compare(tmp_path, synthetic_data, capsys):
+    runs = [tmp_path / "bn", tmp_path / "swbn"]
+    _train(runs[0], tmp_path)
+    _train(runs[1], tmp_path, "norm=swbn")
+    assert main(["compare", "--runs", *map(str, runs), "--runs-root", str(tmp_path), "--episodes", "4"]) == 0
+    capsys.readouterr()
+    (episode_file,) = (tmp_path / "_episode_sets").glob("*-test-*-n4-*.json")
+    data = json.loads(episode_file.read_text())
+    first = data["episodes"][0]
+    first["query"][0][0], first["support"][0][0] = first["support"][0][0], first["query"][0][0]  # a hand edit
+    episode_file.write_text(json.dumps(data))
+    scored = {p: _digest(p) for r in runs for p in (r / "eval").rglob("*") if p.is_file()}
+
+    for args in (["eval", "--run", str(runs[0]), "--no-reuse"], ["compare", "--runs", *map(str, runs)]):
+        assert main([*args, "--runs-root", str(tmp_path), "--episodes", "4"]) == 2
+        line = _one_error_line(capsys.readouterr().err, "fails its integrity check")
+        assert str(episode_file) in line and "--n-shot 1 --n-query 2 --seed 1234 --count 4 --save" in line
+    assert {p: _digest(p) for r in runs for p in (r / "eval").rglob("*") if p.is_file()} == scored
