@@ -3,10 +3,12 @@
 A checkpoint holds a plain dict (tensors, numbers, strings, lists, tuples, dicts) serialized with
 :func:`torch.save`, behind a one-line header that carries the SHA-256 of those bytes, computed at save time::
 
-    fewshot-checkpoint {"format": 2, "sha256": "<64 hex digits>", "size": <payload bytes>}\n<payload bytes>
+    fewshot-checkpoint {"sha256": "<64 hex digits>", "size": <payload bytes>}\n<payload bytes>
 
 :func:`load_checkpoint` recomputes the digest before unpickling, so a checkpoint with a single flipped byte
-anywhere (header or payload) is refused instead of scoring near chance as a normal result. The payload is
+anywhere (header or payload) is refused instead of scoring near chance as a normal result. A file written
+before this header existed (a plain ``torch.save`` file) is refused too; one that its owner trusts can be given
+the header once with :func:`adopt_checkpoint` (``python -m fewshot.training.checkpoint adopt FILE ...``). The payload is
 loaded with ``torch.load(weights_only=True)``: a checkpoint cannot execute code (the numpy RNG state is stored as
 a tensor for that reason).
 
@@ -35,12 +37,13 @@ __all__ = [
     "CHECKPOINT_MAGIC",
     "save_checkpoint",
     "load_checkpoint",
+    "adopt_checkpoint",
     "get_rng_state",
     "set_rng_state",
 ]
 
-#: Version of the training checkpoint layout; bumped when keys change meaning. 2: SHA-256 header.
-CHECKPOINT_FORMAT = 2
+#: Version of the training checkpoint layout (the payload's keys); bumped when keys change meaning.
+CHECKPOINT_FORMAT = 1
 #: First bytes of every checkpoint written by :func:`save_checkpoint`.
 CHECKPOINT_MAGIC = b"fewshot-checkpoint "
 _MAX_HEADER = 4096
@@ -56,7 +59,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
-    header = {"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    header = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     head = CHECKPOINT_MAGIC + json.dumps(header, sort_keys=True).encode("ascii") + b"\n"
 
     def write(fh: Any) -> None:
@@ -89,9 +92,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise DataError(f"cannot read {where}: {exc.strerror or exc}") from None
     if not raw.startswith(CHECKPOINT_MAGIC):
         raise DataError(
-            f"{where} has no fewshot checkpoint header: it predates checkpoint verification (fewshot before format "
-            f"{CHECKPOINT_FORMAT}) or was not written by fewshot, so its integrity cannot be checked; retrain the run "
-            "with this fewshot (`run_episode.py train`)"
+            f"{where} has no fewshot checkpoint header: it predates checkpoint verification or was not written by "
+            "fewshot, so its integrity cannot be checked; retrain the run, or, if you trust the file (a run trained "
+            f"before fewshot verified checkpoints), adopt it once with `python -m fewshot.training.checkpoint adopt "
+            f"{path}`"
         )
     end = raw.find(b"\n", 0, _MAX_HEADER)
     try:
@@ -107,6 +111,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{where} fails its integrity check (SHA-256 of its {len(data)} payload bytes is {digest[:16]}..., "
             f"saved as {header['sha256'][:16]}... for {header.get('size')} bytes); {damaged}"
         )
+    return _unpickle(data, where)
+
+
+def _unpickle(data: bytes, where: str) -> dict[str, Any]:
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError for unexpected content
@@ -118,6 +126,30 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise DataError(f"{where} holds a {type(payload).__name__}, expected a dict written by fewshot")
     return payload
+
+
+def adopt_checkpoint(path: str | Path) -> bool:
+    """Give a trusted header-less checkpoint (written before verification existed) its SHA-256 header, in place.
+
+    The payload is read with ``weights_only=True`` and written back unchanged behind the header (atomically).
+    Only adopt a file you trust: from then on it is verified like any other checkpoint.
+
+    Returns:
+        ``True`` if the file was adopted, ``False`` if it already had a valid header (nothing written).
+
+    Raises:
+        DataError: the file is missing, unreadable, damaged (header present but not matching), or not a dict.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read checkpoint {str(path)!r}: {exc.strerror or exc}") from None
+    if raw.startswith(CHECKPOINT_MAGIC):
+        load_checkpoint(path)  # already adopted: check it, write nothing
+        return False
+    save_checkpoint(_unpickle(raw, f"checkpoint {str(path)!r}"), path)
+    return True
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -152,3 +184,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+
+
+if __name__ == "__main__":  # python -m fewshot.training.checkpoint adopt FILE [FILE ...]
+    import sys
+
+    if len(sys.argv) < 3 or sys.argv[1] != "adopt":
+        sys.exit("usage: python -m fewshot.training.checkpoint adopt FILE [FILE ...]")
+    try:
+        for name in sys.argv[2:]:
+            print(f"{'adopted' if adopt_checkpoint(name) else 'already verified'}: {name}")
+    except DataError as exc:
+        sys.exit(f"error: {exc}")
