@@ -81,3 +81,30 @@ def test_a_file_answering_another_request_under_this_name_is_refused(tmp_path, s
     )
     one_shot.path.write_bytes(original)  # the genuine file is accepted again
     assert get_episode_set(split, 3, 1, 2, seed=5, count=4, root=tmp_path).content_hash == one_shot.content_hash
+
+
+def test_a_version_1_file_is_upgraded_only_if_it_equals_its_regenerated_episodes(tmp_path, splits):
+    import json
+
+    import pytest
+
+    from fewshot.errors import DataError
+
+    split = splits[0]
+    made = get_episode_set(split, 3, 1, 2, seed=5, count=4, root=tmp_path)
+
+    def as_version_1(change=None) -> None:
+        data = json.loads(made.path.read_text())
+        data["format_version"] = 1
+        del data["sha256"]
+        if change:
+            change(data)
+        made.path.write_text(json.dumps(data))
+
+    as_version_1()
+    again = get_episode_set(split, 3, 1, 2, seed=5, count=4, root=tmp_path)
+    assert again.content_hash == made.content_hash
+    assert json.loads(made.path.read_text())["format_version"] == 2  # rewritten with its digest
+    as_version_1(lambda d: d["episodes"][0]["rotation"].__setitem__(0, 3 - d["episodes"][0]["rotation"][0]))
+    with pytest.raises(DataError, match=r"its episodes differ from those its request gives \(edited by hand\)"):
+        get_episode_set(split, 3, 1, 2, seed=5, count=4, root=tmp_path)
