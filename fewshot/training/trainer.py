@@ -106,15 +106,14 @@ class _Trainer:
     # ------------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
-        if self.resume and not (self.run_dir / "checkpoints" / "last.pt").is_file() and self.run_dir.is_dir():
-            if never_checkpointed(self.run_dir):
-                warnings.warn(
-                    f"run {str(self.run_dir)!r} was stopped before its first checkpoint: nothing to resume, starting "
-                    "it again from episode 0 in place",
-                    stacklevel=3,
-                )
-                self.resume = False
-        restart = not self.resume and self.run_dir.is_dir() and never_checkpointed(self.run_dir)
+        restart = self.run_dir.is_dir() and never_checkpointed(self.run_dir)
+        if restart:
+            warnings.warn(
+                f"run {str(self.run_dir)!r} was stopped before its first checkpoint: nothing to resume, starting it "
+                "again from episode 0 in place",
+                stacklevel=3,
+            )
+            self.resume = False
         prepare_run_dir(self.run_dir, resume=self.resume, create=False)  # fail fast, before loading data
         if self.run_dir.is_dir():
             self._lock()  # before anything in the directory is read or replaced
