@@ -105,7 +105,9 @@ class SWBN(NormLayer):
       ``results/runs/maml_omniglot_vinyals_5w1s/`` (SWBN, ρ = 0): after 9,056 updates the 7 largest eigenvalues
       of every first-layer ``W`` were 15–55, their eigenvectors 81–99% inside the null space of the conv map,
       and as the filters move, those directions pick up signal. With ``ρ > 0`` the fixed point is
-      ``R_ρ^{-1/2}``, whose eigenvalues are at most ``1/√ρ`` (3.2 for ``ρ = 0.1``).
+      ``R_ρ^{-1/2}``, whose eigenvalues are at most ``1/√ρ`` (3.2 for ``ρ = 0.1``). With any ``ρ`` the
+      eigenvalues of ``W`` are capped at ``1/√eps`` (316 for eps = 1e-5, those of the exact whitening of
+      ``R + eps·I``), so ``W`` stays finite on rank-deficient batches; trained layers stay far below the cap.
 
     The learning-rate schedule: the authors reportedly keep ``α / lr`` constant. Call
     :func:`scale_whitening_rate` (or :meth:`set_whitening_rate`) with ``lr_now / lr_initial`` whenever the
@@ -233,7 +235,7 @@ class SWBN(NormLayer):
         if alpha > 0:
             corr = WM.shrink_to_identity(stats.corr, self.shrinkage)
             w = WM.swbn_step(self.whitening_matrix, corr, alpha, self.criterion, self.tau)
-            self.whitening_matrix.copy_(w)
+            self.whitening_matrix.copy_(_cap_spectrum(w, math.inf if self.eps == 0 else self.eps**-0.5))
 
     def _whiten(self, x: Tensor, stats: SWBNStats, weight: Tensor | None, bias: Tensor | None) -> Tensor:
         """``weight ⊙ W diag(rstd)(x − μ) + bias`` as one grouped 1×1 product with a folded bias."""
@@ -264,6 +266,23 @@ class SWBN(NormLayer):
         self._check_input_dim(x)
         stats = self._select_stats(x)
         return self._whiten(x, stats, self.weight, self.bias)
+
+
+def _cap_spectrum(w: Tensor, cap: float) -> Tensor:
+    """Symmetric ``w`` (..., g, g) with its eigenvalues clamped to ``[-cap, cap]``; ``w`` itself where none exceeds.
+
+    SWBN's bound on ``W`` (``cap = 1/sqrt(eps)``): the exact whitening matrix of ``R + eps·I`` has eigenvalues
+    ``(λ + eps)^{-1/2} ≤ 1/sqrt(eps)`` (316 for eps = 1e-5), so a ``W`` beyond it whitens nothing real. Without
+    the cap, with ``shrinkage = 0`` on rank-deficient batches, ``W`` grows like ``(1 + α)^t`` along the null
+    directions until it overflows. Trained layers stay far below it (largest singular values 9.6–55 in
+    ``results/swbn_spectrum.csv`` and the MAML run), so it never binds in normal training, and below it ``W``
+    is returned bit for bit (the Frobenius norm, an upper bound of the spectral norm, is checked first).
+    """
+    if not bool((torch.linalg.matrix_norm(w) > cap).any()) or not bool(torch.isfinite(w).all()):
+        return w  # within the cap, or non-finite (then the base class restores the previous state)
+    vals, vecs = torch.linalg.eigh(w)
+    capped = (vecs * vals.clamp(-cap, cap).unsqueeze(-2)) @ vecs.mT
+    return torch.where((vals.abs().amax(-1) > cap)[..., None, None], capped, w)
 
 
 def scale_whitening_rate(model: nn.Module, factor: float) -> int:

@@ -14,12 +14,13 @@ from fewshot.evaluation.outputs import read_episode_accuracies
 from fewshot.study.grid import load_grid, plan_runs
 from fewshot.study.status import lock_path, run_status
 from fewshot.study.sweep import run_sweep
+from fewshot.training.checkpoint import load_checkpoint
 
 pytest.importorskip("fewshot.learners")
 
 
 def _weights(run_dir):
-    return torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)["model"]
+    return load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"]
 
 
 class _StopAt:
