@@ -1,5 +1,6 @@
 """``run_episode.py bench WHAT``: speed measurements. ``bench norms`` times the normalization layers,
-``bench train`` the meta-training loop (episodes/s and the share of time outside the model step).
+``bench train`` the meta-training loop (episodes/s and the share of time outside the model step) and training
+steps side by side with the loops a user would write.
 
 Each ``bench`` subcommand is one entry of :data:`SUBCOMMANDS`: a function adding its parser to the ``bench``
 sub-parsers and setting ``func``. To add another, write ``_add_<name>(sub)`` and list it there.
@@ -109,52 +110,88 @@ def _add_norms(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """``bench train``: run the trainer on each setting, print the table (or JSON), optionally write the CSV."""
-    bench = load_benchmark("bench_train")
-    out = Path(args.out)
-    if args.write and out.exists() and not args.force:  # fail before minutes of measuring
-        raise ConfigError(f"{out} already exists; pass --force to replace it, or --out to write elsewhere")
-    try:
-        rows = bench.run(
-            protonet_episodes=args.protonet_episodes,
-            maml_episodes=args.maml_episodes,
-            warmup_steps=args.warmup_steps,
-            data_root=args.data_root,
+    """``bench train``: the trainer's accounting and the side-by-side steps; print tables (or JSON), write CSVs."""
+    sections = _comma_list(args.sections)
+    unknown = sorted(set(sections) - set(TRAIN_SECTIONS))
+    if unknown or not sections:
+        raise ConfigError(
+            f"--sections takes a comma list of {', '.join(TRAIN_SECTIONS)}, got {args.sections!r}; e.g. --sections steps"
         )
+    outs = {"trainer": Path(args.out), "steps": Path(args.steps_out)}
+    for section in sections:
+        if args.write and outs[section].exists() and not args.force:  # fail before minutes of measuring
+            raise ConfigError(
+                f"{outs[section]} already exists; pass --force to replace it, or --out/--steps-out to write elsewhere"
+            )
+    results = {}
+    try:
+        if "trainer" in sections:
+            results["trainer"] = load_benchmark("bench_train").run(
+                protonet_episodes=args.protonet_episodes,
+                maml_episodes=args.maml_episodes,
+                warmup_steps=args.warmup_steps,
+                data_root=args.data_root,
+            )
+        if "steps" in sections:
+            results["steps"] = load_benchmark("bench_steps").run(
+                protonet_steps=args.protonet_steps,
+                maml_steps=args.maml_steps,
+                warmup=args.warmup_steps,
+                data_root=args.data_root,
+            )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    env = bench.environment()
+    modules = {"trainer": "bench_train", "steps": "bench_steps"}
+    env = load_benchmark("bench_train").environment()
+    claims = load_benchmark("bench_steps").claims(results.get("steps", []))
     if args.json:
-        print(json.dumps({"environment": env, "rows": [asdict(r) for r in rows]}, indent=2))
+        payload = {k: [asdict(r) for r in rows] for k, rows in results.items()}
+        print(json.dumps({"environment": env, **payload, "claims": claims}, indent=2))
     else:
         print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
-        print(bench.format_table(rows))
+        for section, rows in results.items():
+            print(load_benchmark(modules[section]).format_table(rows))
+        for line in claims:
+            print(line)
     if args.write:
         from fewshot.provenance import command_line
 
-        path = bench.write_csv(rows, out, env, command_line(), force=args.force)
-        print(f"wrote {path}", file=sys.stderr)
+        for section, rows in results.items():
+            bench = load_benchmark(modules[section])
+            path = bench.write_csv(rows, outs[section], env, command_line(), force=args.force)
+            print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+TRAIN_SECTIONS = ("trainer", "steps")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "train",
-        help="meta-training episodes/s of ProtoNet and MAML and the share of time outside the model step",
+        help="meta-training speed: the trainer's episodes/s, and training steps side by side with reference loops",
         description=(
-            "Runs the real trainer (real Omniglot, sampler, log and checkpoints) for a fixed number of episodes of "
-            "ProtoNet (BN and SWBN, 60-way 1-shot) and second-order MAML (5-way 1-shot, meta-batch 32), one after "
-            "the other, and prints episodes/s and the fraction of loop time spent outside the model step."
+            "Section 'trainer' runs the real trainer (real Omniglot, sampler, log and checkpoints) for a fixed "
+            "number of episodes of ProtoNet (BN and SWBN, 60-way 1-shot) and second-order MAML (5-way 1-shot, "
+            "meta-batch 32) and prints episodes/s and the fraction of loop time outside the model step. Section "
+            "'steps' times training steps on the same episodes, interleaved in one process: fewshot with BN (fused "
+            "and primitive-op), SWBN, IterNorm and DBN, and for ProtoNet a plain tuned loop and a learn2learn-style "
+            "default loop (benchmarks/bench_steps.py), on Omniglot 60w1s5q, miniImageNet 5w1s15q and 20w5s15q and "
+            "MAML Omniglot 5w1s mb32, and prints the ratios issue 13 asks for."
         ),
     )
-    parser.add_argument("--protonet-episodes", type=int, default=600, help="timed ProtoNet episodes per setting")
-    parser.add_argument("--maml-episodes", type=int, default=640, help="timed MAML episodes (multiple of 32)")
-    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed meta-steps first, in a separate run")
+    parser.add_argument("--sections", default="trainer,steps", help="comma list: trainer, steps")
+    parser.add_argument("--protonet-episodes", type=int, default=600, help="trainer: timed ProtoNet episodes")
+    parser.add_argument("--maml-episodes", type=int, default=640, help="trainer: timed MAML episodes (multiple of 32)")
+    parser.add_argument("--protonet-steps", type=int, default=30, help="steps: timed ProtoNet steps per variant")
+    parser.add_argument("--maml-steps", type=int, default=5, help="steps: timed MAML meta-steps per variant")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed meta-steps first")
     parser.add_argument("--data-root", default=None, help="data root (default: the usual lookup)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    parser.add_argument("--write", action="store_true", help="also write the CSV (see --out)")
-    parser.add_argument("--out", default="results/bench_train.csv", help="CSV path for --write")
-    parser.add_argument("--force", action="store_true", help="let --write replace an existing CSV")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the tables")
+    parser.add_argument("--write", action="store_true", help="also write the CSVs (see --out, --steps-out)")
+    parser.add_argument("--out", default="results/bench_train.csv", help="CSV path of section trainer")
+    parser.add_argument("--steps-out", default="results/bench_train_steps.csv", help="CSV path of section steps")
+    parser.add_argument("--force", action="store_true", help="let --write replace existing CSVs")
     parser.set_defaults(func=run_train)
 
 
