@@ -115,7 +115,8 @@ def run_train(args: argparse.Namespace) -> int:
     unknown = sorted(set(sections) - set(TRAIN_SECTIONS))
     if unknown or not sections:
         raise ConfigError(
-            f"--sections takes a comma list of {', '.join(TRAIN_SECTIONS)}, got {args.sections!r}; e.g. --sections steps"
+            f"--sections takes a comma list of {', '.join(TRAIN_SECTIONS)}, got {args.sections!r}; "
+            "e.g. --sections steps"
         )
     outs = {"trainer": Path(args.out), "steps": Path(args.steps_out)}
     for section in sections:
