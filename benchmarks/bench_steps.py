@@ -169,9 +169,7 @@ def measure(setting: StepSetting, steps: int, warmup: int, data_root: str | None
             if i >= warmup:
                 wall[k].append((time.perf_counter() - t0) * 1e3)
                 cpu[k].append((time.process_time() - c0) * 1e3)
-    rows = [
-        StepRow(setting.label, k, steps, statistics.median(wall[k]), statistics.median(cpu[k])) for k in labels
-    ]
+    rows = [StepRow(setting.label, k, steps, statistics.median(wall[k]), statistics.median(cpu[k])) for k in labels]
     ms = {r.variant: r.ms for r in rows}
     for r in rows:
         r.vs_batchnorm = r.ms / ms[BN]
