@@ -16,19 +16,20 @@ from torch.func import grad, vmap
 import fewshot.norms as norms
 from fewshot.norms.batchnorm import BatchNorm
 from fewshot.norms.kernels import fused_kernels_allowed, primitive_kernels
+from fewshot.norms.swbn import SWBN
 
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """A list that gets one entry per call of ``BatchNorm._fused_batch_forward``."""
+    """A list that gets one entry per call of a layer's ``_fused_batch_forward`` (BatchNorm, SWBN)."""
     calls = []
-    original = BatchNorm._fused_batch_forward
+    for cls in (BatchNorm, SWBN):
 
-    def spy(self, x):
-        calls.append(tuple(x.shape))
-        return original(self, x)
+        def spy(self, x, original=cls._fused_batch_forward):
+            calls.append(tuple(x.shape))
+            return original(self, x)
 
-    monkeypatch.setattr(BatchNorm, "_fused_batch_forward", spy)
+        monkeypatch.setattr(cls, "_fused_batch_forward", spy)
     return calls
 
 
@@ -79,6 +80,11 @@ CASES = [
     ("batchnorm", "support", True, ("support", "query"), 0),
     ("batchnorm", "support", False, ("support", "query"), 0),
     ("batchnorm_transductive", "batch", True, (None,), 1),
+    ("swbn", "running", True, (None, None), 2),
+    ("swbn", "running", False, (None,), 0),
+    ("swbn", "batch", True, (None,), 1),
+    ("swbn", "batch", False, (None,), 1),
+    ("swbn", "support", True, ("support", "query"), 0),
 ]
 
 
@@ -93,11 +99,17 @@ def test_fused_and_exact_paths_give_equal_outputs_gradients_and_state(
     name, policy, training, phases, n_fused, dtype, channels_last, tol, momentum, make_layer, make_x, fused_calls
 ):
     kwargs = {} if name == "batchnorm_transductive" else {"policy": policy, "momentum": momentum}
+    if name == "swbn":  # two groups, a fast rate, and a W away from I, so the update and the whitening show
+        kwargs.update(group_size=3, alpha=0.05)
     layer = make_layer(name, 6, **kwargs).to(dtype).train(training)
     with torch.no_grad():  # non-trivial running state, so that eval reads something
         for key in ("running_mean", "running_var"):
             if getattr(layer, key, None) is not None:
                 getattr(layer, key).uniform_(0.5, 1.5)
+        if name == "swbn":
+            layer.whitening_matrix.add_(0.1 * torch.randn(layer.whitening_matrix.shape, dtype=dtype)).copy_(
+                0.5 * (layer.whitening_matrix + layer.whitening_matrix.mT)
+            )
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     xs = [make_x(7, 6, 5, 4, dtype=dtype, seed=s).contiguous(memory_format=fmt) for s in range(len(phases))]
     twin = copy.deepcopy(layer)
@@ -114,23 +126,31 @@ def test_fused_and_exact_paths_give_equal_outputs_gradients_and_state(
     assert all(out.is_contiguous(memory_format=fmt) for out in fused[0])
 
 
-def test_fused_path_has_exact_second_derivatives(make_layer, make_x, fused_calls):
-    layer = make_layer("batchnorm", 3).double()
+@pytest.mark.parametrize("name", ["batchnorm", "swbn"])
+def test_fused_path_has_exact_second_derivatives(name, make_layer, make_x, fused_calls):
+    layer = make_layer(name, 3).double()
     x = make_x(4, 3, 2, 2, dtype=torch.float64).requires_grad_()
     params = (x, layer.weight, layer.bias)
-    assert torch.autograd.gradgradcheck(lambda *_: layer(x), params)
+    with norms.frozen_stats(layer):  # every evaluation of the function sees the same state
+        assert torch.autograd.gradgradcheck(lambda *_: layer(x), params)
     assert fused_calls
 
 
-def test_fused_path_raises_the_layers_own_error_for_one_sample(make_layer, make_x):
-    layer = make_layer("batchnorm", 3)
+@pytest.mark.parametrize("name", ["batchnorm", "swbn"])
+def test_fused_path_raises_the_layers_own_error_for_one_sample(name, make_layer, make_x):
+    layer = make_layer(name, 3)
     with pytest.raises(ValueError, match="batch of 1 sample"):
         layer(make_x(1, 3))
 
 
-def test_second_order_meta_gradient_through_torch_func_grad_is_the_exact_paths(tiny_net, make_x, fused_calls):
+@pytest.mark.parametrize("norm", [BatchNorm, SWBN])
+def test_second_order_meta_gradient_through_torch_func_grad_is_the_exact_paths(norm, tiny_net, make_x, fused_calls):
     """Second-order MAML's meta-gradient: the fused kernel inside ``torch.func.grad`` equals the exact path."""
-    net = tiny_net(BatchNorm(5, policy="batch"), 5).double()
+    layer = norm(5, policy="batch")
+    if norm is SWBN:
+        with torch.no_grad():
+            layer.whitening_matrix.add_(0.05 * (torch.ones(5, 5) + torch.eye(5)))
+    net = tiny_net(layer, 5).double()
     params = dict(net.named_parameters())
     x, y = make_x(6, 1, 5, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
 
