@@ -1,6 +1,6 @@
 """``run_episode.py bench WHAT``: speed measurements. ``bench norms`` times the normalization layers,
 ``bench train`` the meta-training loop (episodes/s and the share of time outside the model step) and training
-steps side by side with the loops a user would write.
+steps side by side with the loops a user would write, ``bench eval`` evaluation against bare forward passes.
 
 Each ``bench`` subcommand is one entry of :data:`SUBCOMMANDS`: a function adding its parser to the ``bench``
 sub-parsers and setting ``func``. To add another, write ``_add_<name>(sub)`` and list it there.
@@ -22,7 +22,7 @@ from types import ModuleType
 
 from fewshot.errors import ConfigError
 
-__all__ = ["SUBCOMMANDS", "load_benchmark", "register", "run_norms", "run_train"]
+__all__ = ["SUBCOMMANDS", "load_benchmark", "register", "run_eval", "run_norms", "run_train"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -196,7 +196,48 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_train)
 
 
-SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {"norms": _add_norms, "train": _add_train}
+def run_eval(args: argparse.Namespace) -> int:
+    """``bench eval``: evaluation against the bare forwards of the same images; print the two times and the ratio."""
+    bench = load_benchmark("bench_eval")
+    try:
+        row = bench.run(
+            config=args.config, episodes=args.episodes, policy=args.policy, rounds=args.rounds, data_root=args.data_root
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    env = bench.environment()
+    if args.json:
+        print(json.dumps({"environment": env, "row": asdict(row)}, indent=2))
+    else:
+        print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
+        print(bench.format_table(row))
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "eval",
+        help="evaluation time against the bare forward passes of the same images",
+        description=(
+            "Times evaluate_episodes on the fixed test episode file of an experiment (as `eval` runs it) and the "
+            "bare backbone forwards of the same episodes' images, in alternating rounds, and prints both and their "
+            "ratio (benchmarks/bench_eval.py)."
+        ),
+    )
+    parser.add_argument("--config", default="configs/protonet/omniglot_vinyals_1shot.yaml", help="experiment file")
+    parser.add_argument("--episodes", type=int, default=600, help="episodes of the test episode file")
+    parser.add_argument("--policy", default=None, help="test-time norm policy (default: the config's eval.norm_policy)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each (median reported)")
+    parser.add_argument("--data-root", default=None, help="data root (default: the usual lookup)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the lines")
+    parser.set_defaults(func=run_eval)
+
+
+SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "norms": _add_norms,
+    "train": _add_train,
+    "eval": _add_eval,
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
