@@ -1,6 +1,7 @@
 """``run_episode.py bench WHAT``: speed measurements. ``bench norms`` times the normalization layers,
 ``bench train`` the meta-training loop (episodes/s and the share of time outside the model step) and training
-steps side by side with the loops a user would write, ``bench eval`` evaluation against bare forward passes.
+steps side by side with the loops a user would write, ``bench eval`` evaluation against bare forward passes,
+``bench maml`` time and memory per MAML meta-step.
 
 Each ``bench`` subcommand is one entry of :data:`SUBCOMMANDS`: a function adding its parser to the ``bench``
 sub-parsers and setting ``func``. To add another, write ``_add_<name>(sub)`` and list it there.
@@ -22,7 +23,7 @@ from types import ModuleType
 
 from fewshot.errors import ConfigError
 
-__all__ = ["SUBCOMMANDS", "load_benchmark", "register", "run_eval", "run_norms", "run_train"]
+__all__ = ["SUBCOMMANDS", "load_benchmark", "register", "run_eval", "run_maml", "run_norms", "run_train"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -233,7 +234,51 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_eval)
 
 
+def run_maml(args: argparse.Namespace) -> int:
+    """``bench maml``: time and peak memory per meta-step of every MAML config; print (or JSON), write the CSV."""
+    bench = load_benchmark("bench_maml")
+    out = Path(args.out)
+    if args.write and out.exists() and not args.force:  # fail before minutes of measuring
+        raise ConfigError(f"{out} already exists; pass --force to replace it, or --out to write elsewhere")
+    try:
+        rows = bench.run(steps=args.steps, only=_comma_list(args.configs) or None)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    env = bench.environment()
+    if args.json:
+        print(json.dumps({"environment": env, "rows": [asdict(r) for r in rows]}, indent=2))
+    else:
+        print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
+        print(bench.format_table(rows))
+    if args.write:
+        from fewshot.provenance import command_line
+
+        path = bench.write_csv(rows, out, env, command_line(), force=args.force)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _add_maml(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "maml",
+        help="seconds and peak memory per MAML meta-step for every configs/maml file, first and second order",
+        description=(
+            "Each MAML experiment file, first and second order, in a fresh child process: median seconds per "
+            "meta-step and peak resident memory above the pre-step level, on synthetic episodes of the file's "
+            "shape (benchmarks/bench_maml.py)."
+        ),
+    )
+    parser.add_argument("--steps", type=int, default=3, help="timed meta-steps per configuration (after 1 untimed)")
+    parser.add_argument("--configs", default="", help="comma list of config paths (default: configs/maml/*.yaml)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--write", action="store_true", help="also write the CSV (see --out)")
+    parser.add_argument("--out", default="results/bench_maml.csv", help="CSV path for --write")
+    parser.add_argument("--force", action="store_true", help="let --write replace an existing CSV")
+    parser.set_defaults(func=run_maml)
+
+
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "maml": _add_maml,
     "norms": _add_norms,
     "train": _add_train,
     "eval": _add_eval,
