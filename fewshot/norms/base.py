@@ -40,6 +40,9 @@ How to write a layer
 
    Write the math from primitive ops (mean, matmul, cholesky, solve_triangular, Newton–Schulz), never
    ``F.batch_norm``; keep it vmap-legal (no ``.item()``, no value-dependent branches, ``new_*`` factories).
+   A fused kernel may be added *beside* this exact path, used only where
+   :func:`fewshot.norms.kernels.fused_kernels_allowed` says so and only where its semantics are identical
+   (see ``BatchNorm.forward``); it hands its statistics to ``_select_stats(x, batch_stats)``.
    A layer that overrides ``forward`` (e.g. to fold the affine into its whitening matrix) starts with
    ``self._check_input_dim(x)`` and ``stats = self._select_stats(x)``: the latter makes the policy decision,
    checks the batch size, fills the support cache and calls ``_update_state``.
@@ -364,7 +367,12 @@ class NormLayer(nn.Module):
             )
         return "batch" if self._phase == "support" else "cached"
 
-    def _select_stats(self, x: Tensor) -> Any:
+    def _select_stats(self, x: Tensor, batch_stats: Any = None) -> Any:
+        """This forward's statistics per the policy; fills the support cache and updates the state.
+
+        ``batch_stats``: statistics of ``x`` already computed by a fused kernel (only where the source is the
+        batch and nothing caches them); ``None`` computes them with ``_batch_stats``.
+        """
         source = self._stats_source()
         if source == "running":
             return self._running_stats()
@@ -378,7 +386,7 @@ class NormLayer(nn.Module):
             return self._support_stats
         if not self.per_sample:
             self._check_batch_size(x)
-        stats = self._batch_stats(x)
+        stats = self._batch_stats(x) if batch_stats is None else batch_stats
         if self.policy == "support" and not self.per_sample:
             self._support_stats = stats
         if self._updates_state():

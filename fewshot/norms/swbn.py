@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from fewshot.norms import functional as FN
 from fewshot.norms import whitening_math as WM
 from fewshot.norms.base import NormLayer
+from fewshot.norms.kernels import fused_kernels_allowed
 from fewshot.norms.registry import NORM_LAYERS
 
 __all__ = ["SWBN", "SWBNStats", "scale_whitening_rate"]
@@ -237,16 +238,19 @@ class SWBN(NormLayer):
             w = WM.swbn_step(self.whitening_matrix, corr, alpha, self.criterion, self.tau)
             self.whitening_matrix.copy_(_cap_spectrum(w, math.inf if self.eps == 0 else self.eps**-0.5))
 
+    def _current_w(self, x: Tensor) -> Tensor:
+        """``W`` (G, g, g) for this forward: a copy of the buffer, or ``I`` when the layer keeps no state."""
+        g = self.group_size
+        if self.whitening_matrix is None:  # no state: plain BN with batch statistics
+            return torch.eye(g, dtype=x.dtype, device=x.device).expand(self.groups, g, g)
+        # A copy: the buffer is updated in place by later training forwards that share this graph.
+        return self.whitening_matrix.clone()
+
     def _whiten(self, x: Tensor, stats: SWBNStats, weight: Tensor | None, bias: Tensor | None) -> Tensor:
         """``weight ⊙ W diag(rstd)(x − μ) + bias`` as one grouped 1×1 product with a folded bias."""
         g = self.group_size
         rstd = torch.rsqrt(stats.var + self.eps).reshape(self.groups, 1, g)
-        if self.whitening_matrix is None:  # no state: plain BN with batch statistics
-            w = torch.eye(g, dtype=x.dtype, device=x.device).expand(self.groups, g, g)
-        else:
-            # A copy: the buffer is updated in place by later training forwards that share this graph.
-            w = self.whitening_matrix.clone()
-        matrix = w * rstd
+        matrix = self._current_w(x) * rstd
         if weight is not None:
             matrix = matrix * weight.reshape(self.groups, g, 1)
         shift = -(matrix @ stats.mean.reshape(self.groups, g, 1)).reshape(-1)
@@ -264,8 +268,30 @@ class SWBN(NormLayer):
         (one pass over ``x`` instead of two).
         """
         self._check_input_dim(x)
+        if self._stats_source() == "batch" and self.policy != "support" and fused_kernels_allowed():
+            return self._fused_batch_forward(x)
         stats = self._select_stats(x)
         return self._whiten(x, stats, self.weight, self.bias)
+
+    def _fused_batch_forward(self, x: Tensor) -> Tensor:
+        """Batch-statistics forward on torch's fused batch-norm kernel: ``weight ⊙ W x̂ + bias``, ``x̂`` = BN(x).
+
+        The same function as :meth:`_whiten` with batch statistics (``W diag(rstd)(x − μ) = W x̂``), used where
+        :func:`~fewshot.norms.kernels.fused_kernels_allowed` (the kernel's first and second derivatives are
+        exact there) and nothing caches the statistics (not the ``support`` policy). ``R_B`` for the W update is
+        the group second moment of ``x̂`` (equal to :func:`~fewshot.norms.whitening_math.correlation` of the
+        centred covariance), computed without autograd and only when the state is updated; the update runs in
+        :meth:`_select_stats` before ``W`` is read, as on the exact path.
+        """
+        self._check_batch_size(x)  # our message, before the kernel raises its own
+        x_hat, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, self.eps)
+        var = (invstd.double().pow(-2) - self.eps).clamp_min(0).to(invstd.dtype)
+        corr = WM.group_second_moment(x_hat.detach(), self.group_size) if self._updates_state() else None
+        self._select_stats(x, SWBNStats(mean, var, corr))
+        matrix = self._current_w(x)
+        if self.weight is not None:
+            matrix = matrix * self.weight.reshape(self.groups, self.group_size, 1)
+        return WM.apply_group_matrix(x_hat, matrix, self.bias)
 
 
 def _cap_spectrum(w: Tensor, cap: float) -> Tensor:
