@@ -6,14 +6,15 @@ protocol, split and the split's fingerprint. :meth:`FixedEpisodes.bind` resolves
 of a loaded :class:`~episodes.split.ClassSplit` and refuses a split that differs in any of those four fields,
 so two methods evaluated on "the same file" really saw the same images.
 
-File layout (``format_version`` 1; one header field per line, one episode per line)::
+File layout (``format_version`` 2; one header field per line, one episode per line)::
 
     {
       "format": "fewshot-fixed-episodes",
-      "format_version": 1,
+      "format_version": 2,
       "dataset": "omniglot", "protocol": "vinyals", "split": "test", "fingerprint": "…",
       "n_way": 5, "n_shot": 1, "n_query": 15, "seed": 0, "count": 600,
       "within_alphabet": false, "rotation_augment": false, "meta": {…},
+      "sha256": "…",
       "episodes": [
         {"index": 0, "classes": [5 sorted names], "rotation": [5 ints], "support": [5 lists of 1 id],
          "query": [5 lists of 15 ids]},
@@ -23,6 +24,11 @@ File layout (``format_version`` 1; one header field per line, one episode per li
 
 ``rotation[j]`` is the total number of counter-clockwise quarter turns applied to every stored image of
 ``classes[j]`` (its class rotation plus any augmentation), as in :class:`~episodes.sampler.EpisodeIndices`.
+
+``sha256`` (:meth:`FixedEpisodes.file_digest`) covers every other field, the request (dataset fingerprint,
+protocol, split, sizes, seed, count, options) and the episodes, computed when the file is written; :meth:`load`
+recomputes it, so a file edited by hand or damaged is refused with the command that regenerates it. Version 1
+files (without it) are refused the same way.
 """
 
 from __future__ import annotations
@@ -42,10 +48,13 @@ from episodes.sampler import EpisodeBuilder, EpisodeIndices, EpisodeSampler, spl
 from episodes.split import ClassSplit
 from fewshot.errors import ConfigError, DataError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "BoundEpisodes", "FixedEpisode", "FixedEpisodes", "make_fixed_episodes"]
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "BoundEpisodes", "FixedEpisode", "FixedEpisodes", "make_fixed_episodes",
+    "regenerate_command",
+]  # fmt: skip
 
 FORMAT = "fewshot-fixed-episodes"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _CONTENT_FIELDS = ("dataset", "protocol", "split", "fingerprint", "n_way", "n_shot", "n_query")
 _HEADER_FIELDS = (*_CONTENT_FIELDS, "seed", "count", "within_alphabet", "rotation_augment")
 
@@ -83,6 +92,26 @@ def _canonical(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
+def _digest(head: dict[str, Any], episodes: Sequence[FixedEpisode]) -> str:
+    """sha256 of the canonical JSON of a file's header fields (without ``sha256``) and its episodes."""
+    body = {**head, "episodes": [ep.to_dict() for ep in episodes]}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def regenerate_command(
+    dataset: str, protocol: str, split: str, n_way: int, n_shot: int, n_query: int, *, seed: int, count: int,
+    within_alphabet: bool = False, path: str | Path | None = None,
+) -> str:  # fmt: skip
+    """The ``run_episode.py episodes`` command that writes the fixed episodes of this request to ``path``."""
+    flags = [
+        f"--dataset {dataset}", f"--protocol {protocol}", f"--split {split}", f"--n-way {n_way}",
+        f"--n-shot {n_shot}", f"--n-query {n_query}", f"--seed {seed}", f"--count {count}",
+    ]  # fmt: skip
+    if within_alphabet:
+        flags.append("--within-alphabet")
+    return f"run_episode.py episodes {' '.join(flags)} --save {path or 'FILE'} --force"
+
+
 @dataclass(frozen=True)
 class FixedEpisodes:
     """A fixed set of evaluation episodes, tied to one split of one dataset (see the module docstring).
@@ -116,9 +145,14 @@ class FixedEpisodes:
 
     # --------------------------------------------------------------------------------------- serialization
     def header(self) -> dict[str, Any]:
-        """Everything but the episodes, as JSON data, in file order."""
+        """Everything but the episodes, as JSON data, in file order (``sha256`` last)."""
         fields = {k: getattr(self, k) for k in _HEADER_FIELDS}
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **fields, "meta": _canonical(self.meta)}
+        head = {"format": FORMAT, "format_version": FORMAT_VERSION, **fields, "meta": _canonical(self.meta)}
+        return {**head, "sha256": _digest(head, self.episodes)}
+
+    def file_digest(self) -> str:
+        """sha256 (hex) of the canonical JSON of the whole file but this digest: the request and the episodes."""
+        return self.header()["sha256"]
 
     def to_json(self) -> str:
         """The file's text: the header one field per line, then one episode per line."""
@@ -192,19 +226,22 @@ class FixedEpisodes:
                 f"fixed episodes file {str(path)!r} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
                 f"{exc.colno}); it is corrupt: regenerate it with `run_episode.py episodes ... --save FILE`"
             ) from None
-        return _from_dict(data, str(path))
+        fixed = _from_dict(data, str(path))
+        if data.get("sha256") != fixed.file_digest():
+            raise DataError(
+                f"fixed episodes file {str(path)!r} fails its integrity check (its content differs from the SHA-256 "
+                f"stored when it was written: edited by hand or damaged), so it is not used; regenerate it with "
+                f"`{fixed.regenerate_command()}`"
+            )
+        return fixed
 
     # ---------------------------------------------------------------------------------------------- binding
     def regenerate_command(self) -> str:
         """The ``run_episode.py episodes`` command that writes this file again from its dataset."""
-        flags = [
-            f"--dataset {self.dataset}", f"--protocol {self.protocol}", f"--split {self.split}",
-            f"--n-way {self.n_way}", f"--n-shot {self.n_shot}", f"--n-query {self.n_query}",
-            f"--seed {self.seed}", f"--count {self.count}",
-        ]  # fmt: skip
-        if self.within_alphabet:
-            flags.append("--within-alphabet")
-        return f"run_episode.py episodes {' '.join(flags)} --save {self.source or 'FILE'} --force"
+        return regenerate_command(
+            self.dataset, self.protocol, self.split, self.n_way, self.n_shot, self.n_query, seed=self.seed,
+            count=self.count, within_alphabet=self.within_alphabet, path=self.source,
+        )  # fmt: skip
 
     def check_split(self, split: ClassSplit) -> None:
         """Raise DataError unless ``split`` has this file's dataset, protocol, split and fingerprint."""
@@ -365,10 +402,17 @@ def _from_dict(data: Any, source: str) -> FixedEpisodes:
     if data.get("format") != FORMAT:
         raise bad(f'expected "format": {FORMAT!r}, got {data.get("format")!r}')
     version = data.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+    if version == 1:
         raise DataError(
-            f"fixed episodes file {source!r} has format_version {version!r}, but this fewshot reads versions "
-            f"1..{FORMAT_VERSION}; upgrade fewshot or regenerate the file with `run_episode.py episodes ... --save`"
+            f"fixed episodes file {source!r} has format_version 1: it predates integrity checks (no sha256), so "
+            "fewshot cannot tell whether it was edited; regenerate it (same content, same content hash) with "
+            "`run_episode.py episodes ... --save FILE --force`, or delete it if it is under _episode_sets/ (it is "
+            "regenerated on next use)"
+        )
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise DataError(
+            f"fixed episodes file {source!r} has format_version {version!r}, but this fewshot reads version "
+            f"{FORMAT_VERSION}; upgrade fewshot or regenerate the file with `run_episode.py episodes ... --save`"
         )
 
     def get(key: str, kind: type | tuple[type, ...]) -> Any:

@@ -4,7 +4,7 @@ Every message follows "what was expected, what came, how to fix it". The CLI tur
 messages and exit code 2 (user input) instead of tracebacks.
 """
 
-__all__ = ["FewshotError", "ConfigError", "DataError", "UnknownNameError"]
+__all__ = ["FewshotError", "ConfigError", "DataError", "StorageError", "UnknownNameError"]
 
 
 class FewshotError(Exception):
@@ -17,6 +17,13 @@ class ConfigError(FewshotError, ValueError):
 
 class DataError(FewshotError, ValueError):
     """A dataset, split file, cache or episode file is missing, corrupt or inconsistent."""
+
+
+class StorageError(FewshotError, OSError):
+    """The operating system refused a read or write (disk full, read-only folder, quota, permissions).
+
+    The message names the file or folder, says what was kept intact and how to continue.
+    """
 
 
 class UnknownNameError(FewshotError, KeyError):

@@ -1,5 +1,7 @@
 """``run_episode.py bench WHAT``: speed measurements. ``bench norms`` times the normalization layers,
-``bench train`` the meta-training loop (episodes/s and the share of time outside the model step).
+``bench train`` the meta-training loop (episodes/s and the share of time outside the model step) and training
+steps side by side with the loops a user would write, ``bench eval`` evaluation against bare forward passes,
+``bench maml`` time and memory per MAML meta-step.
 
 Each ``bench`` subcommand is one entry of :data:`SUBCOMMANDS`: a function adding its parser to the ``bench``
 sub-parsers and setting ``func``. To add another, write ``_add_<name>(sub)`` and list it there.
@@ -21,7 +23,7 @@ from types import ModuleType
 
 from fewshot.errors import ConfigError
 
-__all__ = ["SUBCOMMANDS", "load_benchmark", "register", "run_norms", "run_train"]
+__all__ = ["SUBCOMMANDS", "load_benchmark", "register", "run_eval", "run_maml", "run_norms", "run_train"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,18 +111,137 @@ def _add_norms(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """``bench train``: run the trainer on each setting, print the table (or JSON), optionally write the CSV."""
-    bench = load_benchmark("bench_train")
+    """``bench train``: the trainer's accounting and the side-by-side steps; print tables (or JSON), write CSVs."""
+    sections = _comma_list(args.sections)
+    unknown = sorted(set(sections) - set(TRAIN_SECTIONS))
+    if unknown or not sections:
+        raise ConfigError(
+            f"--sections takes a comma list of {', '.join(TRAIN_SECTIONS)}, got {args.sections!r}; "
+            "e.g. --sections steps"
+        )
+    outs = {"trainer": Path(args.out), "steps": Path(args.steps_out)}
+    for section in sections:
+        if args.write and outs[section].exists() and not args.force:  # fail before minutes of measuring
+            raise ConfigError(
+                f"{outs[section]} already exists; pass --force to replace it, or --out/--steps-out to write elsewhere"
+            )
+    results = {}
+    try:
+        if "trainer" in sections:
+            results["trainer"] = load_benchmark("bench_train").run(
+                protonet_episodes=args.protonet_episodes,
+                maml_episodes=args.maml_episodes,
+                warmup_steps=args.warmup_steps,
+                data_root=args.data_root,
+            )
+        if "steps" in sections:
+            results["steps"] = load_benchmark("bench_steps").run(
+                protonet_steps=args.protonet_steps,
+                maml_steps=args.maml_steps,
+                warmup=args.warmup_steps,
+                data_root=args.data_root,
+            )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    modules = {"trainer": "bench_train", "steps": "bench_steps"}
+    env = load_benchmark("bench_train").environment()
+    claims = load_benchmark("bench_steps").claims(results.get("steps", []))
+    if args.json:
+        payload = {k: [asdict(r) for r in rows] for k, rows in results.items()}
+        print(json.dumps({"environment": env, **payload, "claims": claims}, indent=2))
+    else:
+        print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
+        for section, rows in results.items():
+            print(load_benchmark(modules[section]).format_table(rows))
+        for line in claims:
+            print(line)
+    if args.write:
+        from fewshot.provenance import command_line
+
+        for section, rows in results.items():
+            bench = load_benchmark(modules[section])
+            path = bench.write_csv(rows, outs[section], env, command_line(), force=args.force)
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+TRAIN_SECTIONS = ("trainer", "steps")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="meta-training speed: the trainer's episodes/s, and training steps side by side with reference loops",
+        description=(
+            "Section 'trainer' runs the real trainer (real Omniglot, sampler, log and checkpoints) for a fixed "
+            "number of episodes of ProtoNet (BN and SWBN, 60-way 1-shot) and second-order MAML (5-way 1-shot, "
+            "meta-batch 32) and prints episodes/s and the fraction of loop time outside the model step. Section "
+            "'steps' times training steps on the same episodes, interleaved in one process: fewshot with BN (fused "
+            "and primitive-op), SWBN, IterNorm and DBN, and for ProtoNet a plain tuned loop and a learn2learn-style "
+            "default loop (benchmarks/bench_steps.py), on Omniglot 60w1s5q, miniImageNet 5w1s15q and 20w5s15q and "
+            "MAML Omniglot 5w1s mb32, and prints the ratios issue 13 asks for."
+        ),
+    )
+    parser.add_argument("--sections", default="trainer,steps", help="comma list: trainer, steps")
+    parser.add_argument("--protonet-episodes", type=int, default=600, help="trainer: timed ProtoNet episodes")
+    parser.add_argument("--maml-episodes", type=int, default=640, help="trainer: timed MAML episodes (multiple of 32)")
+    parser.add_argument("--protonet-steps", type=int, default=30, help="steps: timed ProtoNet steps per variant")
+    parser.add_argument("--maml-steps", type=int, default=5, help="steps: timed MAML meta-steps per variant")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed meta-steps first")
+    parser.add_argument("--data-root", default=None, help="data root (default: the usual lookup)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the tables")
+    parser.add_argument("--write", action="store_true", help="also write the CSVs (see --out, --steps-out)")
+    parser.add_argument("--out", default="results/bench_train.csv", help="CSV path of section trainer")
+    parser.add_argument("--steps-out", default="results/bench_train_steps.csv", help="CSV path of section steps")
+    parser.add_argument("--force", action="store_true", help="let --write replace existing CSVs")
+    parser.set_defaults(func=run_train)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``bench eval``: evaluation against the bare forwards of the same images; print the two times and the ratio."""
+    bench = load_benchmark("bench_eval")
+    try:
+        row = bench.run(
+            config=args.config, episodes=args.episodes, policy=args.policy, rounds=args.rounds, data_root=args.data_root
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    env = bench.environment()
+    if args.json:
+        print(json.dumps({"environment": env, "row": asdict(row)}, indent=2))
+    else:
+        print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
+        print(bench.format_table(row))
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "eval",
+        help="evaluation time against the bare forward passes of the same images",
+        description=(
+            "Times evaluate_episodes on the fixed test episode file of an experiment (as `eval` runs it) and the "
+            "bare backbone forwards of the same episodes' images, in alternating rounds, and prints both and their "
+            "ratio (benchmarks/bench_eval.py)."
+        ),
+    )
+    parser.add_argument("--config", default="configs/protonet/omniglot_vinyals_1shot.yaml", help="experiment file")
+    parser.add_argument("--episodes", type=int, default=600, help="episodes of the test episode file")
+    parser.add_argument("--policy", default=None, help="test-time norm policy (default: the config's eval.norm_policy)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each (median reported)")
+    parser.add_argument("--data-root", default=None, help="data root (default: the usual lookup)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the lines")
+    parser.set_defaults(func=run_eval)
+
+
+def run_maml(args: argparse.Namespace) -> int:
+    """``bench maml``: time and peak memory per meta-step of every MAML config; print (or JSON), write the CSV."""
+    bench = load_benchmark("bench_maml")
     out = Path(args.out)
     if args.write and out.exists() and not args.force:  # fail before minutes of measuring
         raise ConfigError(f"{out} already exists; pass --force to replace it, or --out to write elsewhere")
     try:
-        rows = bench.run(
-            protonet_episodes=args.protonet_episodes,
-            maml_episodes=args.maml_episodes,
-            warmup_steps=args.warmup_steps,
-            data_root=args.data_root,
-        )
+        rows = bench.run(steps=args.steps, only=_comma_list(args.configs) or None)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     env = bench.environment()
@@ -137,28 +258,31 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
+def _add_maml(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "train",
-        help="meta-training episodes/s of ProtoNet and MAML and the share of time outside the model step",
+        "maml",
+        help="seconds and peak memory per MAML meta-step for every configs/maml file, first and second order",
         description=(
-            "Runs the real trainer (real Omniglot, sampler, log and checkpoints) for a fixed number of episodes of "
-            "ProtoNet (BN and SWBN, 60-way 1-shot) and second-order MAML (5-way 1-shot, meta-batch 32), one after "
-            "the other, and prints episodes/s and the fraction of loop time spent outside the model step."
+            "Each MAML experiment file, first and second order, in a fresh child process: median seconds per "
+            "meta-step and peak resident memory above the pre-step level, on synthetic episodes of the file's "
+            "shape (benchmarks/bench_maml.py)."
         ),
     )
-    parser.add_argument("--protonet-episodes", type=int, default=600, help="timed ProtoNet episodes per setting")
-    parser.add_argument("--maml-episodes", type=int, default=640, help="timed MAML episodes (multiple of 32)")
-    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed meta-steps first, in a separate run")
-    parser.add_argument("--data-root", default=None, help="data root (default: the usual lookup)")
+    parser.add_argument("--steps", type=int, default=3, help="timed meta-steps per configuration (after 1 untimed)")
+    parser.add_argument("--configs", default="", help="comma list of config paths (default: configs/maml/*.yaml)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--write", action="store_true", help="also write the CSV (see --out)")
-    parser.add_argument("--out", default="results/bench_train.csv", help="CSV path for --write")
+    parser.add_argument("--out", default="results/bench_maml.csv", help="CSV path for --write")
     parser.add_argument("--force", action="store_true", help="let --write replace an existing CSV")
-    parser.set_defaults(func=run_train)
+    parser.set_defaults(func=run_maml)
 
 
-SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {"norms": _add_norms, "train": _add_train}
+SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "maml": _add_maml,
+    "norms": _add_norms,
+    "train": _add_train,
+    "eval": _add_eval,
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

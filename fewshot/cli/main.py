@@ -1,8 +1,10 @@
 """Argument parsing and dispatch for ``run_episode.py``.
 
 Each command module exposes ``register(subparsers)``, which adds its parser and sets ``func`` (a callable
-taking the parsed namespace and returning an exit code). Modules are imported lazily by name so that a
-broken optional module does not break unrelated commands, and so that ``--help`` stays fast.
+taking the parsed namespace and returning an exit code). Errors end in one line on stderr, never a traceback:
+a :class:`~fewshot.errors.FewshotError` exits with 2, any other ``OSError`` with 1, Ctrl-C or SIGTERM with 130.
+Modules are imported lazily by name so that a broken optional module does not break unrelated commands, and so
+that ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -65,6 +67,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FewshotError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the operating system refused: disk full, read-only folder, permissions, quota
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"error: {exc.strerror or exc}{where}; free space, fix the folder's permissions or choose another "
+            "location, then run the command again",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

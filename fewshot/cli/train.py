@@ -10,7 +10,10 @@ YAML values; ``norm=``, ``backbone=`` and ``learner=`` are shorthands). The run 
 ``runs/<name>/<UTC time>-<git sha>/`` (or ``--out``): config.yaml, env.json, train_log.csv, metrics.json and
 checkpoints/{last,best}.pt. ``--resume RUN`` continues a stopped run exactly where its ``last.pt`` left off
 (``RUN``, else ``--out``, else the latest run of the ``--config`` experiment); only the budget-like keys
-(train.episodes, train.max_minutes, ...) may change on resume. Ctrl-C once: finish the step, save, exit 130.
+(train.episodes upwards, train.max_minutes, ...) may change on resume, and each resumed session's changes are
+recorded in env.json. Ctrl-C or SIGTERM once: finish the step, save, exit 130. A run stopped before its first
+checkpoint is started again in place (by --resume or by the same command); a second process on the same run is
+refused (run lock). Checkpoints and config.yaml are verified on resume (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="meta-train a learner from a YAML config (checkpoints, budget, exact resume)",
         description="Meta-train a learner. Config = configs/defaults.yaml, then --config FILE, then the --set "
         "overrides; the run directory gets config.yaml, env.json, train_log.csv, metrics.json and "
-        "checkpoints/{last,best}.pt. Ctrl-C once stops after the current step and saves (resume with --resume).",
+        "checkpoints/{last,best}.pt. Ctrl-C or SIGTERM once stops after the current step and saves (resume with "
+        "--resume).",
     )
     add = parser.add_argument
     add("--config", default=None, metavar="FILE", help="experiment YAML (differences from configs/defaults.yaml)")

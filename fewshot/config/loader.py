@@ -61,7 +61,12 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
         hint = f"experiment configs live in {configs_dir()}" if what == "config file" else "is it a run directory?"
         raise ConfigError(f"{what} {str(path)!r} does not exist; check the path ({hint})") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} {str(path)!r}: {exc}") from None
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {str(path)!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save it as UTF-8 (YAML configs are text files)"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

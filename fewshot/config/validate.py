@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -102,9 +103,52 @@ def _check_norm_kwargs(norm: str, kwargs: Mapping[str, Any]) -> None:
         pass  # a value that depends on the channel count is checked when the backbone is built
 
 
+#: Numeric norm options checked at load (every norm layer takes eps and momentum; SWBN alpha and shrinkage).
+_NORM_NUMBERS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "eps": (lambda v: v > 0, "a number > 0 (added to variances before dividing)"),
+    "momentum": (lambda v: 0 <= v <= 1, "a number in [0, 1], or null (cumulative average)"),
+    "alpha": (lambda v: v >= 0, "a whitening rate >= 0"),
+    "shrinkage": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+}
+
+
+def _numbers(tree: Any, prefix: str) -> Iterable[tuple[str, float]]:
+    """Every int/float leaf of a config tree (dataclasses, dicts, lists) as ``(dotted key, value)``."""
+    if dataclasses.is_dataclass(tree):
+        tree = {f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)}
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            yield from _numbers(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from _numbers(v, f"{prefix}[{i}]")
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield prefix, tree
+
+
+def _check_numbers(cfg: ExperimentConfig) -> list[str]:
+    """Finiteness of every number in the config, and the ranges of norm options and learner step sizes."""
+    problems = [
+        f"{key} = {value!r}: expected a finite number" for key, value in _numbers(cfg, "") if not math.isfinite(value)
+    ]
+    if problems:
+        return problems
+    for name, (ok, want) in _NORM_NUMBERS.items():
+        value = cfg.model.norm_kwargs.get(name)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value)):
+            problems.append(f"model.norm_kwargs.{name} = {value!r}: expected {want}")
+    for name, value in cfg.learner.kwargs.items():
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if name.endswith("lr") and numeric and value <= 0:
+            problems.append(f"learner.kwargs.{name} = {value!r}: expected a positive learning rate")
+    return problems
+
+
 def _check_ranges(cfg: ExperimentConfig) -> list[str]:
     t, e = cfg.train, cfg.eval
-    problems: list[str] = []
+    problems: list[str] = _check_numbers(cfg)
+    if problems:  # the comparisons below are meaningless on NaN or infinity
+        return problems
 
     def need(ok: bool, key: str, value: Any, want: str) -> None:
         if not ok:
@@ -181,6 +225,10 @@ def _resolve_data(cfg: ExperimentConfig) -> Any:
     from episodes.pixels import PixelNorm
 
     PixelNorm.from_config(d.normalize)  # raises ConfigError naming data.normalize
+    _check_kwargs(
+        d.options, loader.load, "data.options", f"dataset {dataset!r} (its loader)",
+        reserved=("protocol", "split", "data_root"),
+    )  # fmt: skip
     return dataclasses.replace(d, dataset=dataset, protocol=protocol)
 
 

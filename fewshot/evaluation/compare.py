@@ -19,6 +19,7 @@ from fewshot.errors import ConfigError, DataError
 from fewshot.evaluation.run_eval import RunEvaluation, evaluate_run, load_run_config
 from fewshot.evaluation.stats import PairedComparison, paired_comparison
 from fewshot.registry import option_label
+from fewshot.training.run_dir import verify_run
 
 __all__ = ["SHARED_FIELDS", "Comparison", "run_label", "check_comparable", "compare_runs"]
 
@@ -143,6 +144,8 @@ def compare_runs(
 
     Raises:
         ConfigError: fewer than two runs, the same run twice, or runs that do not share the episode file.
+        DataError: a damaged checkpoint, a ``config.yaml`` edited after training, or runs scored on different
+            episode files.
     """
     dirs = [Path(d) for d in run_dirs]
     if len(dirs) < 2:
@@ -150,7 +153,9 @@ def compare_runs(
     resolved = [d.resolve() for d in dirs]
     if len(set(resolved)) != len(resolved):
         raise ConfigError("compare got the same run directory twice; pass distinct runs")
-    configs = [load_run_config(d) for d in dirs]
+    for d in dirs:
+        load_run_config(d)  # the clear "not a run directory" error first
+    configs = [verify_run(d) for d in dirs]  # checkpoints intact and config.yaml as trained
     request = {"n_way": n_way, "n_shot": n_shot, "n_query": n_query, "episodes": episodes}
     check_comparable(configs, [str(d) for d in dirs], ignore=[f"eval.{k}" for k, v in request.items() if v is not None])
     evaluations = tuple(

@@ -15,7 +15,8 @@ runs can be paired episode by episode::
      "ci_formula"}
 
 Files are written atomically (temp file + ``os.replace``). A summary is reused only when its episode hash,
-policy and checkpoint digest all match (:func:`find_reusable`).
+policy and checkpoint digest all match (:func:`find_reusable`). An evaluation folder whose summary cannot be read
+is reported by :func:`list_evals` (DataError), never dropped from a table.
 """
 
 from __future__ import annotations
@@ -129,9 +130,10 @@ def read_summary(folder: str | Path) -> dict[str, Any]:
         raise DataError(
             f"evaluation summary {str(path)!r} does not exist; run `run_episode.py eval --run RUN`"
         ) from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(
-            f"evaluation summary {str(path)!r} is unreadable ({exc}); delete its folder and re-run eval"
+            f"evaluation summary {str(path)!r} is unreadable ({exc}); it was damaged or edited: delete its folder "
+            "and re-run `run_episode.py eval`"
         ) from None
     if not isinstance(data, dict) or "mean" not in data or "episode_hash" not in data:
         raise DataError(
@@ -161,17 +163,16 @@ def read_episode_accuracies(folder: str | Path) -> np.ndarray:
 
 
 def list_evals(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every readable evaluation summary of a run, sorted by folder name (unreadable ones are skipped)."""
+    """Every evaluation summary of a run, sorted by folder name.
+
+    Raises:
+        DataError: a folder under ``eval/`` has no readable ``summary.json`` (an evaluation stopped half-way, or
+            a damaged or edited file); nothing is skipped silently.
+    """
     root = Path(run_dir) / EVAL_DIR
     if not root.is_dir():
         return []
-    out = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and (p / "summary.json").exists()):
-        try:
-            out.append(read_summary(folder))
-        except DataError:
-            continue
-    return out
+    return [read_summary(folder) for folder in sorted(p for p in root.iterdir() if p.is_dir())]
 
 
 def find_reusable(

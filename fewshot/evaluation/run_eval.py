@@ -4,7 +4,10 @@ The episodes come from the content-addressed episode sets shared by every run
 (:mod:`fewshot.training.episode_sets`): test split of the run's config, ``eval.seed``, and the run's
 ``eval`` way/shot/query/episodes unless overridden. Results go to ``<run>/eval/<key>/`` (see
 :mod:`fewshot.evaluation.outputs`). An existing evaluation is reused, without loading the model, when its
-episode-set content hash, policy and checkpoint digest (sha256 of the checkpoint file) all match.
+episode-set content hash, policy and checkpoint digest (sha256 of the checkpoint file) all match. Either way the
+checkpoint's own SHA-256 and its config are checked against ``config.yaml`` first
+(:func:`fewshot.training.run_dir.read_verified_checkpoint`), and the ``eval/`` folder is checked for writability
+before any episode is scored.
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ def resolve_request(
     """The run's ``eval`` section with any of the given overrides applied (``None`` keeps the config's)."""
     for name, value in (("n_way", n_way), ("n_shot", n_shot), ("n_query", n_query), ("episodes", episodes)):
         _positive(name, value)
+    if n_way == 1:
+        raise ConfigError("n_way must be >= 2 at evaluation too (a 1-way episode has nothing to classify), got 1")
     e = cfg.eval
     request = EvalRequest(
         n_way=e.n_way if n_way is None else n_way,
@@ -175,20 +180,23 @@ def evaluate_run(
         A :class:`RunEvaluation`.
 
     Raises:
-        ConfigError: bad overrides or policy. DataError: not a run directory, no checkpoint, missing data.
+        ConfigError: bad overrides or policy. DataError: not a run directory, no checkpoint, missing data, a
+            damaged checkpoint or a ``config.yaml`` edited after training. StorageError: ``eval/`` is not writable.
     """
     from fewshot.training.build import build_split
     from fewshot.training.episode_sets import get_episode_set
+    from fewshot.training.run_dir import check_writable, read_verified_checkpoint
 
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
+    load_run_config(run_dir)  # the clear "not a run directory" error first
+    ckpt = checkpoint_file(run_dir, checkpoint)
+    cfg, _ = read_verified_checkpoint(run_dir, ckpt.stem)
     request = resolve_request(cfg, n_way=n_way, n_shot=n_shot, n_query=n_query, episodes=episodes, policy=policy)
     split = build_split(cfg, cfg.data.test_split)
     eset = get_episode_set(
         split, request.n_way, request.n_shot, request.n_query, seed=request.seed, count=request.episodes,
         within_alphabet=request.within_alphabet, root=runs_root,
     )  # fmt: skip
-    ckpt = checkpoint_file(run_dir, checkpoint)
     ckpt_sha = file_sha256(ckpt)
     episode_hash = eset.content_hash
     folder = find_reusable(run_dir, episode_hash, request.policy, checkpoint, ckpt_sha) if reuse else None
@@ -196,6 +204,7 @@ def evaluate_run(
     learner = None
     with _threads(cfg.train.threads):
         if folder is None:
+            check_writable(run_dir / "eval", "evaluation results")  # before scoring, not after
             learner = _load_learner(run_dir, checkpoint, request.n_way)
             result = evaluate_episodes(
                 learner, eset.episodes, policy=request.policy, channels_last=cfg.train.channels_last,

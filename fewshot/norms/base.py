@@ -32,10 +32,17 @@ How to write a layer
      calls it under ``torch.no_grad()`` with detached ``stats`` and ``x``, right after ``_batch_stats`` and after
      incrementing ``num_batches_tracked``, and only when ``self.training and self.update_stats and
      self.track_running_stats``. Use ``self._ema_factor()`` (momentum, or ``1/num_batches_tracked`` when
-     ``momentum=None``) and :func:`fewshot.norms.functional.ema`. Never update state anywhere else.
+     ``momentum=None``) and :func:`fewshot.norms.functional.ema`. Never update state anywhere else: the base
+     (:meth:`NormLayer._apply_update`) skips an update whose batch statistics or resulting state hold a NaN or an
+     infinity, keeps the previous state and warns once per layer, so one bad batch never poisons the state. That
+     check reads tensor values, so state updates run in plain forwards (as MAML's separate no-grad update pass
+     does), never under ``vmap``.
 
    Write the math from primitive ops (mean, matmul, cholesky, solve_triangular, Newton–Schulz), never
    ``F.batch_norm``; keep it vmap-legal (no ``.item()``, no value-dependent branches, ``new_*`` factories).
+   A fused kernel may be added *beside* this exact path, used only where
+   :func:`fewshot.norms.kernels.fused_kernels_allowed` says so and only where its semantics are identical
+   (see ``BatchNorm.forward``); it hands its statistics to ``_select_stats(x, batch_stats)``.
    A layer that overrides ``forward`` (e.g. to fold the affine into its whitening matrix) starts with
    ``self._check_input_dim(x)`` and ``stats = self._select_stats(x)``: the latter makes the policy decision,
    checks the batch size, fills the support cache and calls ``_update_state``.
@@ -72,6 +79,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -84,6 +92,22 @@ __all__ = ["NormLayer", "POLICIES", "PHASES"]
 POLICIES: tuple[str, ...] = ("running", "batch", "support")
 PHASES: tuple[str, ...] = ("support", "query")
 _COMMON_OPTIONS = ("eps", "momentum", "affine", "track_running_stats", "policy", "device", "dtype")
+
+
+def _tensors(stats: Any) -> list[Tensor]:
+    """Every tensor in a (nested) tuple / NamedTuple / list / dict of statistics."""
+    if isinstance(stats, Tensor):
+        return [stats]
+    if isinstance(stats, (tuple, list)):
+        return [t for s in stats for t in _tensors(s)]
+    if isinstance(stats, dict):
+        return [t for s in stats.values() for t in _tensors(s)]
+    return []
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    floats = [t for t in tensors if t.is_floating_point() or t.is_complex()]
+    return not floats or bool(torch.stack([torch.isfinite(t).all() for t in floats]).all())
 
 
 def _detach(stats: Any) -> Any:
@@ -169,6 +193,8 @@ class NormLayer(nn.Module):
         self._policy = self._validate_policy(policy if policy is not None else self.fixed_policy or "running")
         self._phase: str | None = None
         self._support_stats: Any = None
+        self.label: str | None = None  # the layer's name in its model, for messages (the trainer sets it)
+        self.skipped_updates = 0  # state updates skipped because of non-finite values
         self._init_layer(factory_kwargs, **options)
 
         if self.affine:
@@ -341,7 +367,12 @@ class NormLayer(nn.Module):
             )
         return "batch" if self._phase == "support" else "cached"
 
-    def _select_stats(self, x: Tensor) -> Any:
+    def _select_stats(self, x: Tensor, batch_stats: Any = None) -> Any:
+        """This forward's statistics per the policy; fills the support cache and updates the state.
+
+        ``batch_stats``: statistics of ``x`` already computed by a fused kernel (only where the source is the
+        batch and nothing caches them); ``None`` computes them with ``_batch_stats``.
+        """
         source = self._stats_source()
         if source == "running":
             return self._running_stats()
@@ -355,14 +386,45 @@ class NormLayer(nn.Module):
             return self._support_stats
         if not self.per_sample:
             self._check_batch_size(x)
-        stats = self._batch_stats(x)
+        stats = self._batch_stats(x) if batch_stats is None else batch_stats
         if self.policy == "support" and not self.per_sample:
             self._support_stats = stats
         if self._updates_state():
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                self._update_state(_detach(stats), x.detach())
+                self._apply_update(_detach(stats), x.detach())
         return stats
+
+    def _apply_update(self, stats: Any, x: Tensor) -> None:
+        """The one place where running state changes: ``_update_state``, unless a value is non-finite.
+
+        A NaN or infinity in the batch statistics skips the update; one in the state ``_update_state`` produced
+        restores the previous state. Either way ``num_batches_tracked`` is unchanged, ``skipped_updates`` counts
+        it, and the first skip of the layer warns (naming it), so one bad batch never poisons the state.
+        """
+        if not _all_finite(_tensors(stats)):
+            self._skip_update("its batch statistics")
+            return
+        before = [getattr(self, k).clone() for k in self.state_buffers]
+        self.num_batches_tracked.add_(1)
+        self._update_state(stats, x)
+        if not _all_finite([getattr(self, k) for k in self.state_buffers]):
+            for key, old in zip(self.state_buffers, before, strict=True):
+                getattr(self, key).copy_(old)
+            self.num_batches_tracked.sub_(1)
+            self._skip_update("the state it would produce")
+
+    def _skip_update(self, what: str) -> None:
+        self.skipped_updates += 1
+        if self.skipped_updates == 1:
+            kind = type(self).__name__
+            name = f"{self.label!r} ({kind})" if self.label else f"{kind}({self.num_features})"
+            warnings.warn(
+                f"normalization layer {name}: NaN or infinity in {what}; this state update was skipped and the "
+                f"layer keeps its previous {', '.join(self.state_buffers)} (later skips of this layer are counted in "
+                "`skipped_updates`, not reported). Check the inputs and the learning rate (train.lr)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalize ``x`` (N, C) or (N, C, H, W); returns the same shape."""

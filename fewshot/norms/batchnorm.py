@@ -1,8 +1,12 @@
 """The BatchNorm family: ``batchnorm`` (PyTorch semantics, any policy) and ``batchnorm_transductive`` (TBN).
 
 Both normalize with the *biased* batch variance and (``batchnorm``) store the *unbiased* one in
-``running_var``, exactly like ``torch.nn.BatchNorm2d``, but are written from primitive ops (no
-``F.batch_norm``), so second-order meta-gradients are correct under ``torch.func`` transforms and ``vmap``.
+``running_var``, exactly like ``torch.nn.BatchNorm2d``. Two implementations of the same function, chosen per
+forward: torch's fused kernel (``torch.native_batch_norm``) for batch-statistics forwards wherever it is exact
+(:func:`fewshot.norms.kernels.fused_kernels_allowed`: plain autograd and ``torch.func.grad``, i.e. ProtoNet
+training and MAML's second-order inner loop), and a composition of primitive ops otherwise (``vmap``, the
+``support`` policy whose cached statistics must carry gradients, eval with running statistics), so second-order
+meta-gradients are correct everywhere.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from fewshot.norms import functional as FN
 from fewshot.norms import whitening_math as WM
 from fewshot.norms.base import NormLayer
 from fewshot.norms.functional import Moments
+from fewshot.norms.kernels import fused_kernels_allowed
 from fewshot.norms.registry import NORM_LAYERS
 
 __all__ = ["BatchNorm", "TransductiveBatchNorm"]
@@ -77,8 +82,12 @@ class BatchNorm(NormLayer):
         (``addcmul``) that keeps the memory format of ``x``. With the one-pass backward of
         :func:`~fewshot.norms.whitening_math.channel_moments` this is 2-2.5x faster than the textbook
         composition and still made of differentiable primitives (double backward and vmap stay exact).
+        Batch-statistics forwards outside ``vmap`` and the ``support`` policy take torch's fused kernel
+        instead (:meth:`_fused_batch_forward`, module docstring).
         """
         self._check_input_dim(x)
+        if self._stats_source() == "batch" and self.policy != "support" and fused_kernels_allowed():
+            return self._fused_batch_forward(x)
         stats = self._select_stats(x)
         scale = torch.rsqrt(stats.var + self.eps)
         if self.weight is not None:
@@ -87,6 +96,18 @@ class BatchNorm(NormLayer):
         if self.bias is not None:
             shift = shift + self.bias
         return torch.addcmul(FN.per_channel(shift, x), x, FN.per_channel(scale, x))
+
+    def _fused_batch_forward(self, x: Tensor) -> Tensor:
+        """Batch-statistics forward with torch's fused kernel; the state update stays :meth:`_update_state`'s.
+
+        The kernel returns the batch mean and ``1/sqrt(σ² + eps)`` (no gradient: nothing caches them, the
+        ``support`` policy takes the exact path); ``σ²`` is recovered in float64 for the running-state update.
+        """
+        self._check_batch_size(x)  # our message, before the kernel raises its own
+        y, mean, invstd = torch.native_batch_norm(x, self.weight, self.bias, None, None, True, 0.0, self.eps)
+        var = (invstd.double().pow(-2) - self.eps).clamp_min(0).to(invstd.dtype)
+        self._select_stats(x, Moments(mean, var))
+        return y
 
 
 @NORM_LAYERS.register("batchnorm_transductive")

@@ -1,7 +1,9 @@
 """Results tables: run directories → one pandas DataFrame → CSV, Markdown or LaTeX.
 
 One row per evaluation found under ``<run>/eval/*/summary.json``; a run without any evaluation still gets a
-row, with its accuracy cells left visibly empty, so nothing silently drops out of a table. Columns
+row, with its accuracy cells left visibly empty, so nothing silently drops out of a table; an evaluation whose
+summary cannot be read is an error, not a missing row. A run's checkpoints are verified (SHA-256, and
+``config.yaml`` against the config they were trained with) before its row is made. Columns
 (:data:`COLUMNS`, fixed, in this order):
 
 ============== ==========================================================================================
@@ -20,6 +22,8 @@ episodes       number of test episodes (n)
 seed           seed of the fixed test-episode file
 train_episodes training episodes actually done
 train_minutes  training wall time in minutes (validation and checkpointing included)
+status         how training ended: ``finished``, ``stopped_budget``, ``interrupted`` (Ctrl-C, SIGTERM, or a process
+               that died while ``running``), ``failed``, or ``running`` (its process holds the run lock now)
 run            the run directory's name
 ============== ==========================================================================================
 
@@ -49,7 +53,7 @@ __all__ = [
 
 COLUMNS = (
     "learner", "backbone", "norm", "dataset", "protocol", "way", "shot", "query", "policy",
-    "mean", "ci95", "episodes", "seed", "train_episodes", "train_minutes", "run",
+    "mean", "ci95", "episodes", "seed", "train_episodes", "train_minutes", "status", "run",
 )  # fmt: skip
 FORMATS = ("md", "csv", "latex")
 _SORT = ["dataset", "protocol", "way", "shot", "learner", "backbone", "norm", "policy", "run"]
@@ -88,8 +92,11 @@ def load_run_info(run_dir: str | Path) -> dict[str, Any]:
     """The resolved config (``config.yaml``) and ``metrics.json`` of a run, as plain dicts.
 
     Raises:
-        DataError: ``run_dir`` is not a run directory (no ``config.yaml``) or the YAML is unreadable.
+        DataError: ``run_dir`` is not a run directory (no ``config.yaml``), the YAML or ``metrics.json`` is
+            unreadable, or a checkpoint is damaged or disagrees with ``config.yaml``.
     """
+    from fewshot.training.run_dir import verify_run
+
     run = Path(run_dir)
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
@@ -103,13 +110,18 @@ def load_run_info(run_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"cannot read {str(cfg_path)!r}: {exc}") from None
     if not isinstance(cfg, dict):
         raise DataError(f"{str(cfg_path)!r} should hold a mapping of config sections, got {type(cfg).__name__}")
+    if any((run / "checkpoints").glob("*.pt")):  # archived runs keep no checkpoint: nothing to verify
+        verify_run(run)
     metrics: dict[str, Any] = {}
     metrics_path = run / "metrics.json"
     if metrics_path.is_file():
         try:
             metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"cannot read {str(metrics_path)!r}: {exc}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(
+                f"cannot read {str(metrics_path)!r} ({exc}); it was damaged or edited: restore it, or resume the run "
+                "(`run_episode.py train --resume RUN`) to write it again"
+            ) from None
     return {"config": cfg, "metrics": metrics if isinstance(metrics, dict) else {}}
 
 
@@ -120,6 +132,15 @@ def _get(cfg: dict, dotted: str) -> Any:
             return None
         value = value[part]
     return value
+
+
+def run_status(run_dir: str | Path, metrics: dict[str, Any]) -> str:
+    """The ``status`` column: ``metrics.json``'s status, with a ``running`` run whose process is gone shown as
+    ``interrupted`` (killed: resume it with ``--resume``)."""
+    from fewshot.training.run_dir import lock_held
+
+    status = metrics.get("status") or "unknown"
+    return "interrupted" if status == "running" and not lock_held(run_dir) else str(status)
 
 
 def _percent(value: Any) -> float:
@@ -150,6 +171,7 @@ def runs_table(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
             "protocol": _get(cfg, "data.protocol"),
             "train_episodes": metrics.get("episodes_done"),
             "train_minutes": None if seconds is None else round(float(seconds) / 60.0, 2),
+            "status": run_status(run, metrics),
             "run": run.name,
         }
         evals = list_evals(run)

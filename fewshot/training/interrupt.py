@@ -1,8 +1,9 @@
-"""Graceful Ctrl-C for long loops: the first SIGINT asks the loop to stop at its next safe point.
+"""Graceful stop for long loops: the first Ctrl-C (SIGINT) or SIGTERM asks the loop to stop at its next safe point.
 
-The training loop checks the event between steps, saves ``checkpoints/last.pt`` and exits, so an interrupted
-run can be resumed exactly. A second Ctrl-C raises ``KeyboardInterrupt`` at once (nothing is saved then,
-because the state may be in the middle of an update).
+The training loop checks the request between steps, saves ``checkpoints/last.pt`` and exits, so a run stopped
+by Ctrl-C, by ``kill`` (SIGTERM) or by a batch scheduler ending a job can be resumed exactly. A second signal
+raises ``KeyboardInterrupt`` at once (nothing is saved then, because the state may be in the middle of an
+update).
 """
 
 from __future__ import annotations
@@ -14,20 +15,24 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["stop_on_sigint"]
+__all__ = ["STOP_SIGNALS", "stop_on_signals"]
+
+#: The signals that ask for a graceful stop.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def stop_on_sigint(
+def stop_on_signals(
     message: str = "stopping at the next safe point (Ctrl-C again to abort now)",
 ) -> Iterator[threading.Event]:
-    """Inside the block the first Ctrl-C sets the yielded event (and writes ``message`` to stderr).
+    """Inside the block the first SIGINT or SIGTERM sets the yielded event (and writes the signal and ``message``
+    to stderr).
 
-    Outside the main thread signals cannot be caught; the event is then never set and Ctrl-C behaves as usual.
-    The previous SIGINT handler is restored on exit.
+    Outside the main thread signals cannot be caught; the event is then never set and the signals behave as
+    usual. The previous handlers are restored on exit.
 
     Example:
-        >>> with stop_on_sigint() as stop:
+        >>> with stop_on_signals() as stop:
         ...     while not stop.is_set():
         ...         break
     """
@@ -40,10 +45,11 @@ def stop_on_sigint(
         if flag.is_set():
             raise KeyboardInterrupt
         flag.set()
-        sys.stderr.write(f"\n{message}\n")
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: {message}\n")
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)

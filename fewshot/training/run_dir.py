@@ -6,21 +6,30 @@ Layout of a run (``runs/<name>/<UTC time>-<git short sha>/`` unless ``--out`` is
     env.json               torch/python/platform/threads/git/malloc tunables of the first session + resumes
     train_log.csv          episode, loss, acc, lr, elapsed_s, val_acc
     metrics.json           status, episodes_done, best_val_acc, best_episode, timings (written atomically)
-    checkpoints/last.pt    full training state (atomic), for resume
+    checkpoints/last.pt    full training state (atomic, SHA-256 verified), for resume
     checkpoints/best.pt    weights of the best validation episode (or of the final model without validation)
     eval/<set hash>/       evaluation outputs (written by the eval command)
+    .lock                  held (``flock``) by the process training the run; holds its pid
+
+Every checkpoint carries the resolved config it was trained with. :func:`read_verified_checkpoint` (used by
+``eval``, ``--resume``, ``compare``, ``table`` and :func:`load_run`) checks the checkpoint's SHA-256 and that
+``config.yaml`` still says what the checkpoint was trained with; a hand edit is refused with the keys named.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,7 +47,7 @@ from fewshot.config.loader import (
     read_config,
 )
 from fewshot.config.schema import ExperimentConfig
-from fewshot.errors import ConfigError, DataError
+from fewshot.errors import ConfigError, DataError, StorageError
 from fewshot.provenance import command_line
 from fewshot.training.checkpoint import load_checkpoint
 from fewshot.training.episode_sets import runs_root
@@ -51,13 +60,21 @@ __all__ = [
     "prepare_run_dir",
     "find_latest_run",
     "resume_config",
+    "check_resume_changes",
+    "never_checkpointed",
+    "check_writable",
+    "run_lock",
+    "lock_held",
+    "read_verified_checkpoint",
+    "verify_run",
     "write_json",
     "read_json",
     "write_env",
     "load_run",
 ]
 
-#: Config keys a resumed run may change (they do not alter what an episode computes).
+#: Config keys a resumed run may change (they do not alter what an episode computes); ``train.episodes`` may
+#: only grow. The checkpoint's config and ``config.yaml`` may differ in these keys only.
 RESUMABLE_KEYS = (
     "train.episodes",
     "train.max_minutes",
@@ -100,7 +117,8 @@ def prepare_run_dir(path: str | Path, *, resume: bool, create: bool = True) -> P
     """Check the run directory (new run: absent or empty; resume: holds a run) and create it for a new run.
 
     ``create=False`` only checks: the trainer checks before loading data and building the model, and creates
-    the directory afterwards, so a run that fails to start leaves nothing behind.
+    the directory afterwards, so a run that fails to start leaves nothing behind. A run that was stopped before
+    its first checkpoint (:func:`never_checkpointed`) may be started again in place as a new run.
 
     Raises:
         ConfigError: a new run in an existing non-empty directory (nothing a user saved is overwritten), or
@@ -115,7 +133,7 @@ def prepare_run_dir(path: str | Path, *, resume: bool, create: bool = True) -> P
                 "started by `run_episode.py train` (or drop --resume to start a new run)"
             )
         return path
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not never_checkpointed(path):
         raise ConfigError(
             f"refusing to start a new run in {str(path)!r}: it exists and is not empty; pass --resume to continue "
             "the run saved there, or choose another --out"
@@ -123,6 +141,100 @@ def prepare_run_dir(path: str | Path, *, resume: bool, create: bool = True) -> P
     if create:
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
     return path
+
+
+_RUN_FILES = frozenset({"config.yaml", "env.json", "metrics.json", "train_log.csv", "checkpoints", ".lock"})
+
+
+def never_checkpointed(path: str | Path) -> bool:
+    """Whether ``path`` holds a run stopped before its first checkpoint (nothing in it is worth keeping).
+
+    True when it holds ``config.yaml`` and nothing but the files the trainer writes at start (``env.json``,
+    ``metrics.json``, ``train_log.csv``, the lock and an ``checkpoints/`` folder without any ``.pt`` file).
+    """
+    path = Path(path)
+    if not (path / "config.yaml").is_file() or any(p.name not in _RUN_FILES for p in path.iterdir()):
+        return False
+    folder = path / "checkpoints"
+    return not folder.exists() or (folder.is_dir() and not any(folder.glob("*.pt")))
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Write and remove a probe file in ``folder`` (creating it, and removing again the folders created).
+
+    Called before work whose result would be lost otherwise (training, scoring evaluation episodes).
+
+    Raises:
+        StorageError: the folder cannot be created or written (read-only, permissions, quota, disk full).
+    """
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        for p in reversed(created):
+            p.mkdir()
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        try:
+            os.write(fd, b"fewshot")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot write {what} to {str(folder)!r} ({exc.strerror or exc}); nothing was started: make the folder "
+            "writable, free some space, or choose another location"
+        ) from None
+    finally:
+        for p in created:
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[Path]:
+    """Hold ``<run_dir>/.lock`` (an exclusive ``flock``, with this process's pid in the file) inside the block.
+
+    The operating system releases a ``flock`` when its process ends, however it ends, so the lock of a killed
+    run is stale by construction and the next process simply takes it.
+
+    Raises:
+        ConfigError: another live process holds the lock (the message gives its pid).
+    """
+    path = Path(run_dir) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            owner = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+            raise ConfigError(
+                f"run {str(run_dir)!r} is being trained by another process (pid {owner}, lock {str(path)!r}); two "
+                "processes must not write one run: wait for it to finish or stop it (Ctrl-C or `kill -TERM "
+                f"{owner}`), then resume"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def lock_held(run_dir: str | Path) -> bool:
+    """Whether a live process holds the run's lock (i.e. is training it now); never takes the lock."""
+    path = Path(run_dir) / ".lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also releases the shared lock just taken
+    return False
 
 
 def find_latest_run(name: str, root: str | Path | None = None) -> Path:
@@ -141,10 +253,10 @@ def resume_config(
 ) -> ExperimentConfig:
     """The config to resume ``run_dir`` with: its ``config.yaml``, checked against ``config_path`` + overrides.
 
-    Without ``config_path`` the overrides apply to the saved config. Only :data:`RESUMABLE_KEYS` may differ.
+    Without ``config_path`` the overrides apply to the saved config. See :func:`check_resume_changes`.
 
     Raises:
-        ConfigError: a key outside :data:`RESUMABLE_KEYS` differs; the message lists each key, saved vs given.
+        ConfigError: a change that would alter what was trained; the message lists each key, saved vs given.
     """
     saved_path = Path(run_dir) / "config.yaml"
     saved = read_config(saved_path)
@@ -152,15 +264,87 @@ def resume_config(
         new = load_config(config_path, overrides)
     else:
         new = config_from_dict(apply_overrides(config_to_dict(saved), overrides))
-    diffs = [d for d in diff_configs(config_to_dict(saved), config_to_dict(new)) if d[0] not in RESUMABLE_KEYS]
-    if diffs:
-        listed = "; ".join(f"{k}: run has {a!r}, given {b!r}" for k, a, b in diffs)
-        raise ConfigError(
-            f"cannot resume {str(run_dir)!r} with a different config ({listed}); resume with the run's own config "
-            f"(omit --config, or pass the same file and overrides), or start a new run. Keys that may change on "
-            f"resume: {', '.join(RESUMABLE_KEYS)}"
-        )
+    check_resume_changes(config_to_dict(saved), config_to_dict(new), run_dir)
     return new
+
+
+def check_resume_changes(run: Mapping[str, Any], new: Mapping[str, Any], run_dir: str | Path) -> dict[str, list[Any]]:
+    """The changes a resume makes to the run's config, after refusing those that would alter what was trained.
+
+    Only :data:`RESUMABLE_KEYS` may change, and ``train.episodes`` only upwards (a longer budget).
+
+    Args:
+        run: the run's config as a dict (its checkpoint's or its ``config.yaml``).
+        new: the config to resume with, as a dict.
+        run_dir: the run directory (for messages).
+
+    Returns:
+        ``{dotted key: [run's value, new value]}`` of the allowed changes (recorded in ``env.json``).
+
+    Raises:
+        ConfigError: naming every refused key with the run's value and the new one.
+    """
+    diffs = diff_configs(run, new)
+    refused = [d for d in diffs if d[0] not in RESUMABLE_KEYS]
+    old_episodes, new_episodes = _get(run, "train.episodes"), _get(new, "train.episodes")
+    if isinstance(old_episodes, int) and isinstance(new_episodes, int) and new_episodes < old_episodes:
+        refused.append(("train.episodes", old_episodes, new_episodes))
+    if refused:
+        listed = "; ".join(f"{k}: run has {a!r}, given {b!r}" for k, a, b in refused)
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r} with a different config ({listed}): that would change what was trained. "
+            "Resume with the run's own config (omit --config, or pass the same file and overrides), or start a new "
+            f"run. On resume only {', '.join(RESUMABLE_KEYS)} may change, and train.episodes only upwards"
+        )
+    return {k: [a, b] for k, a, b in diffs}
+
+
+def _get(tree: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = tree
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def read_verified_checkpoint(run_dir: str | Path, name: str) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """``config.yaml`` and ``checkpoints/<name>.pt`` of a run, after checking that they belong together.
+
+    The checkpoint's SHA-256 is checked (:func:`~fewshot.training.checkpoint.load_checkpoint`) and the config it
+    was trained with is compared with ``config.yaml``; they may differ only in :data:`RESUMABLE_KEYS` (a resumed
+    run's longer budget).
+
+    Raises:
+        DataError: the checkpoint is missing, damaged or edited, or ``config.yaml`` differs from it (every
+            differing key is named with both values, and what to do).
+        ConfigError: ``config.yaml`` is unreadable or invalid.
+    """
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir / "config.yaml")
+    path = run_dir / "checkpoints" / f"{name}.pt"
+    payload = load_checkpoint(path)
+    trained = payload.get("config")
+    if not isinstance(trained, Mapping):
+        raise DataError(f"checkpoint {str(path)!r} carries no config; it was not written by `run_episode.py train`")
+    diffs = [d for d in diff_configs(trained, config_to_dict(cfg)) if d[0] not in RESUMABLE_KEYS]
+    if diffs:
+        listed = "; ".join(f"{k}: trained with {a!r}, config.yaml says {b!r}" for k, a, b in diffs)
+        raise DataError(
+            f"{str(run_dir / 'config.yaml')!r} does not match the config {name}.pt was trained with ({listed}); "
+            "config.yaml was edited after training, so the run's record is wrong. Restore those values in "
+            "config.yaml; to try other settings, start a new run (`run_episode.py train --set KEY=VALUE`) or pass "
+            "evaluation options on the command line (`eval --n-shot ...`)"
+        )
+    return cfg, payload
+
+
+def verify_run(run_dir: str | Path) -> ExperimentConfig:
+    """The run's config after :func:`read_verified_checkpoint` of each checkpoint it has (none: config only)."""
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir / "config.yaml")
+    for name in ("last", "best"):
+        if (run_dir / "checkpoints" / f"{name}.pt").is_file():
+            cfg, _ = read_verified_checkpoint(run_dir, name)
+    return cfg
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -201,10 +385,18 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def write_env(run_dir: str | Path, *, resumed: bool = False) -> dict[str, Any]:
-    """Write ``env.json`` (first session) or append this session to its ``resumes`` list."""
+def write_env(
+    run_dir: str | Path, *, resumed: bool = False, config_changes: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write ``env.json`` (first session) or append this session to its ``resumes`` list.
+
+    ``config_changes`` (``{key: [old, new]}``, from :func:`check_resume_changes`) is recorded in the session's
+    entry, so the record says which budget each session ran with.
+    """
     path = Path(run_dir) / "env.json"
     env = _environment()
+    if resumed:
+        env["config_changes"] = dict(config_changes or {})
     if resumed and path.is_file():
         first = read_json(path)
         first.setdefault("resumes", []).append(env)
@@ -246,14 +438,14 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
 
     Raises:
         ValueError: ``checkpoint`` is neither ``"best"`` nor ``"last"``.
-        DataError: no config or no checkpoint in ``run_dir``.
+        DataError: no config or no checkpoint in ``run_dir``, a damaged or edited checkpoint, or a
+            ``config.yaml`` that differs from the checkpoint's config (see :func:`read_verified_checkpoint`).
     """
     from fewshot.training.build import build_learner
 
     if checkpoint not in ("best", "last"):
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     run_dir = Path(run_dir)
-    cfg = read_config(run_dir / "config.yaml")
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     if checkpoint == "best" and not path.is_file():
         path = run_dir / "checkpoints" / "last.pt"
@@ -261,7 +453,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
             warnings.warn(
                 f"run {str(run_dir)!r} has no best.pt (no validation finished yet); using last.pt", stacklevel=2
             )
-    payload = load_checkpoint(path)
+    cfg, payload = read_verified_checkpoint(run_dir, path.stem)
     shape = tuple(int(v) for v in payload["image_shape"])
     with torch.random.fork_rng(devices=[]):  # building initializes parameters: leave the caller's RNG alone
         learner = build_learner(cfg, cfg.train.n_way, shape)

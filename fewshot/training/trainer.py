@@ -7,13 +7,19 @@ numpy / Python RNG states and the log accumulators) is in ``checkpoints/last.pt`
 ``last.pt`` continues bit for bit: its final parameters equal those of an uninterrupted run.
 
 Stops: all ``train.episodes`` done (``finished``), the ``train.max_minutes`` budget spent (``stopped_budget``,
-checked between steps), or Ctrl-C (``interrupted``: the first Ctrl-C finishes the current step and saves
+checked between steps), or Ctrl-C / SIGTERM (``interrupted``: the first signal finishes the current step and saves
 ``last.pt``; a second one aborts at once). Time inside the model step (forward, backward, optimizer) and time
 outside it (sampling, logging, checkpointing) are measured separately and stored in ``metrics.json``.
+
+Faults: the run directory is checked for writability before any data is loaded; one process at a time holds
+the run (``.lock``, see :func:`~fewshot.training.run_dir.run_lock`); a write that fails (disk full, read-only
+folder, quota) raises :class:`~fewshot.errors.StorageError` while ``last.pt`` still holds the previous complete
+checkpoint; a run stopped before its first checkpoint is started again in place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -33,25 +39,37 @@ from tqdm import tqdm
 from episodes.split import ClassSplit
 from fewshot.config.loader import config_to_dict, save_config
 from fewshot.config.schema import ExperimentConfig
-from fewshot.errors import DataError
+from fewshot.errors import DataError, StorageError
 from fewshot.training.build import build_learner, build_split, build_train_sampler
-from fewshot.training.checkpoint import (
-    CHECKPOINT_FORMAT,
-    get_rng_state,
-    load_checkpoint,
-    save_checkpoint,
-    set_rng_state,
-)
+from fewshot.training.checkpoint import CHECKPOINT_FORMAT, get_rng_state, save_checkpoint, set_rng_state
 from fewshot.training.episode_sets import val_episode_set
 from fewshot.training.init_from import load_backbone_weights
-from fewshot.training.interrupt import stop_on_sigint
-from fewshot.training.run_dir import prepare_run_dir, write_env, write_json
+from fewshot.training.interrupt import stop_on_signals
+from fewshot.training.run_dir import (
+    check_resume_changes,
+    check_writable,
+    never_checkpointed,
+    prepare_run_dir,
+    read_verified_checkpoint,
+    run_lock,
+    write_env,
+    write_json,
+)
 from fewshot.training.state import StepInfo, TrainResult, TrainState
 from fewshot.training.train_log import TrainLog
 
 __all__ = ["StepInfo", "TrainResult", "train"]
 
 _clock = time.perf_counter  # the trainer's only clock (tests replace it to make budgets deterministic)
+
+
+def _label_norm_layers(model: torch.nn.Module) -> None:
+    """Give every normalization layer its module path as ``label``, so that its warnings name it."""
+    from fewshot.norms.base import NormLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, NormLayer):
+            module.label = name
 
 
 def _whitening_rate_hook() -> Callable[[torch.nn.Module, float], Any] | None:
@@ -81,11 +99,27 @@ class _Trainer:
         self._in_step = False
         self._rate_hook = _whitening_rate_hook() if cfg.train.whitening_rate_follows_lr else None
         self._rate_factor = 1.0
+        self._config_changes: dict[str, Any] = {}
+        self._saved_episode: int | None = None  # episode of the last complete last.pt
+        self.locks = contextlib.ExitStack()  # the run lock, held from setup until train() returns
+        self._locked = False
 
     # ------------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
+        restart = self.run_dir.is_dir() and never_checkpointed(self.run_dir)
+        if restart:
+            warnings.warn(
+                f"run {str(self.run_dir)!r} was stopped before its first checkpoint: nothing to resume, starting it "
+                "again from episode 0 in place",
+                stacklevel=3,
+            )
+            self.resume = False
         prepare_run_dir(self.run_dir, resume=self.resume, create=False)  # fail fast, before loading data
+        if self.run_dir.is_dir():
+            self._lock()  # before anything in the directory is read or replaced
+        check_writable(self.run_dir / "checkpoints", "the run's checkpoints")
+        payload = self._verified_last() if self.resume else None  # before loading any data
         train_split, val_split = self._given_splits
         train_split = train_split or build_split(cfg, cfg.data.train_split)
         if cfg.data.val_split is not None:
@@ -115,23 +149,38 @@ class _Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, (lambda k: gamma ** ((k * mb) // step)) if step else (lambda k: 1.0)
         )
-        if self.resume:
-            self._restore()
+        _label_norm_layers(self.learner)
+        if payload is not None:
+            self._restore(payload)
         prepare_run_dir(self.run_dir, resume=self.resume)
-        save_config(cfg, self.run_dir / "config.yaml")
-        if init_info is not None:
-            write_json(self.run_dir / "init_from.json", init_info)
-        write_env(self.run_dir, resumed=self.resume)
-        self.log = TrainLog(self.run_dir / "train_log.csv", self.state.episodes_done if self.resume else None)
+        if not self._locked:  # a new run's directory exists only now
+            self._lock()
+        if restart:
+            (self.run_dir / "train_log.csv").unlink(missing_ok=True)
+        with self._writing("config.yaml, env.json, init_from.json and train_log.csv"):
+            save_config(cfg, self.run_dir / "config.yaml")
+            if init_info is not None:
+                write_json(self.run_dir / "init_from.json", init_info)
+            write_env(self.run_dir, resumed=self.resume, config_changes=self._config_changes)
+            self.log = TrainLog(self.run_dir / "train_log.csv", self.state.episodes_done if self.resume else None)
         self._sync_whitening_rate()
 
-    def _restore(self) -> None:
-        payload = load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
+    def _lock(self) -> None:
+        self.locks.enter_context(run_lock(self.run_dir))
+        self._locked = True
+
+    def _verified_last(self) -> dict[str, Any]:
+        """``last.pt`` after its hash check, ``config.yaml`` vs its config, and the resume config vs its config."""
+        _, payload = read_verified_checkpoint(self.run_dir, "last")
         if payload.get("format") != CHECKPOINT_FORMAT:
             raise DataError(
                 f"{self.run_dir / 'checkpoints' / 'last.pt'} has checkpoint format {payload.get('format')!r}, "
                 f"this fewshot writes {CHECKPOINT_FORMAT}; resume it with the fewshot version that wrote it"
             )
+        self._config_changes = check_resume_changes(payload["config"], config_to_dict(self.cfg), self.run_dir)
+        return payload
+
+    def _restore(self, payload: dict[str, Any]) -> None:
         if payload["train_fingerprint"] != self.train_split.fingerprint:
             raise DataError(
                 f"cannot resume {str(self.run_dir)!r} exactly: the training split {self.cfg.data.train_split!r} "
@@ -144,6 +193,7 @@ class _Trainer:
         known = {f.name for f in fields(TrainState)}
         self.state = TrainState(**{k: v for k, v in payload["state"].items() if k in known})
         set_rng_state(payload["rng"])
+        self._saved_episode = self.state.episodes_done
 
     # ------------------------------------------------------------------------------------------- helpers
     def _lr(self) -> float:
@@ -171,8 +221,28 @@ class _Trainer:
             "config": config_to_dict(self.cfg),
         }
 
+    @contextlib.contextmanager
+    def _writing(self, what: str):  # noqa: ANN202 - a context manager
+        """Turn an OSError while writing ``what`` into a StorageError that says what is intact and how to go on."""
+        try:
+            yield
+        except OSError as exc:
+            if self._saved_episode is None:
+                kept = "there is no checkpoint yet; start the run again in place with the same command"
+            else:
+                kept = (
+                    f"checkpoints/last.pt still holds the last complete checkpoint (episode {self._saved_episode}); "
+                    f"continue with `run_episode.py train --resume {self.run_dir}`"
+                )
+            raise StorageError(
+                f"could not write {what} in {str(self.run_dir)!r} ({exc.strerror or exc}: disk full, read-only "
+                f"folder or quota); {kept} once the folder can be written again"
+            ) from exc
+
     def _save_last(self, status: str) -> None:
-        save_checkpoint(self._checkpoint_payload(status), self.run_dir / "checkpoints" / "last.pt")
+        with self._writing("checkpoints/last.pt"):
+            save_checkpoint(self._checkpoint_payload(status), self.run_dir / "checkpoints" / "last.pt")
+        self._saved_episode = self.state.episodes_done
 
     def _save_best(self, val_acc: float | None) -> None:
         payload = {
@@ -183,7 +253,8 @@ class _Trainer:
             "image_shape": list(self.train_split.image_shape),
             "config": config_to_dict(self.cfg),
         }
-        save_checkpoint(payload, self.run_dir / "checkpoints" / "best.pt")
+        with self._writing("checkpoints/best.pt"):
+            save_checkpoint(payload, self.run_dir / "checkpoints" / "best.pt")
         self.state.best_val_acc, self.state.best_episode = val_acc, self.state.episodes_done
 
     def metrics(self, status: str, error: str | None = None) -> dict[str, Any]:
@@ -211,7 +282,8 @@ class _Trainer:
 
     def _write_metrics(self, status: str, error: str | None = None) -> dict[str, Any]:
         m = self.metrics(status, error)
-        write_json(self.run_dir / "metrics.json", m)
+        with self._writing("metrics.json"):
+            write_json(self.run_dir / "metrics.json", m)
         return m
 
     def _validate(self) -> float:
@@ -235,9 +307,11 @@ class _Trainer:
     def _log_row(self, lr: float, val_acc: float | None) -> None:
         s = self.state
         n = s.log_count
-        self.log.write(
-            s.episodes_done, s.log_loss / n if n else None, s.log_acc / n if n else None, lr, s.train_seconds, val_acc
-        )
+        with self._writing("train_log.csv"):
+            self.log.write(
+                s.episodes_done, s.log_loss / n if n else None, s.log_acc / n if n else None, lr, s.train_seconds,
+                val_acc,
+            )  # fmt: skip
         s.log_loss, s.log_acc, s.log_count = 0.0, 0.0, 0
 
     # ----------------------------------------------------------------------------------------------- loop
@@ -301,7 +375,7 @@ class _Trainer:
         lr = self._lr()
         self._write_metrics("running")
         try:
-            with stop_on_sigint("stopping after this step, saving checkpoints/last.pt (Ctrl-C again: abort)") as stop:
+            with stop_on_signals("stopping after this step, saving checkpoints/last.pt (again: abort)") as stop:
                 while True:
                     t0 = _clock()
                     s.train_seconds = self._elapsed()
@@ -336,7 +410,8 @@ class _Trainer:
                 self._write_metrics("interrupted")
             raise
         except BaseException as exc:
-            self._write_metrics("failed", f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(StorageError):  # the disk may be what failed: keep the first error
+                self._write_metrics("failed", f"{type(exc).__name__}: {exc}")
             raise
         finally:
             bar.close()
@@ -385,9 +460,12 @@ def train(
         The :class:`TrainResult` (status ``finished`` or ``stopped_budget``).
 
     Raises:
-        KeyboardInterrupt: Ctrl-C or a callback raised it; ``last.pt`` was saved (status ``interrupted``) unless
-            the interrupt came in the middle of a step.
-        ConfigError: ``run_dir`` is not empty and ``resume`` is off, or there is nothing to resume.
+        KeyboardInterrupt: Ctrl-C, SIGTERM or a callback raised it; ``last.pt`` was saved (status
+            ``interrupted``) unless the interrupt came in the middle of a step.
+        ConfigError: ``run_dir`` is not empty and ``resume`` is off, there is nothing to resume, the resumed config
+            changes what was trained, or another process holds the run.
+        DataError: ``last.pt`` is damaged or edited, or ``config.yaml`` differs from it.
+        StorageError: the run directory cannot be written (checked before loading data) or a write failed.
     """
     trainer = _Trainer(
         cfg, Path(run_dir), resume=resume, quiet=quiet, callback=callback, train_split=train_split,
@@ -399,4 +477,5 @@ def train(
         trainer.setup()
         return trainer.run()
     finally:
+        trainer.locks.close()
         torch.set_num_threads(previous_threads)

@@ -56,7 +56,8 @@ def test_bench_train_prints_and_writes_csv(tmp_path, monkeypatch, capsys) -> Non
                           steps_per_second=300 / 120.5, overhead_fraction=0.5 / 120.5)  # fmt: skip
     monkeypatch.setattr(train_bench, "run", lambda **kw: [row])
     out = tmp_path / "bench_train.csv"
-    assert main(["bench", "train", "--protonet-episodes", "300", "--write", "--out", str(out)]) == 0
+    argv = ["bench", "train", "--sections", "trainer", "--protonet-episodes", "300", "--write", "--out", str(out)]
+    assert main(argv) == 0
     assert capsys.readouterr().out.startswith("# torch ")
     frame = pd.read_csv(out, comment="#")
     assert frame["episodes"].tolist() == [300] and frame["overhead_fraction"].iloc[0] == pytest.approx(

@@ -10,6 +10,7 @@ import yaml
 from PIL import Image
 
 from fewshot.cli.main import main
+from fewshot.training.checkpoint import load_checkpoint, save_checkpoint
 
 pytest.importorskip("fewshot.learners")
 
@@ -110,6 +111,12 @@ def test_train_eval_compare_table_study(dataset, capsys):
     cfg = yaml.safe_load((other / "config.yaml").read_text())
     cfg["eval"]["n_query"] = 3
     (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    code, _, err = run_cli(capsys, "compare", "--runs", runs["batchnorm"], other)  # a hand edit is refused
+    assert code == 2 and "eval.n_query: trained with 2, config.yaml says 3" in err
+    for ckpt in (other / "checkpoints").glob("*.pt"):  # as if trained with eval.n_query = 3
+        payload = load_checkpoint(ckpt)
+        payload["config"]["eval"]["n_query"] = 3
+        save_checkpoint(payload, ckpt)
     code, _, err = run_cli(capsys, "compare", "--runs", runs["batchnorm"], other)
     assert code == 2 and "eval.n_query is 2" in err and "but 3" in err
 

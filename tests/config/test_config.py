@@ -197,3 +197,44 @@ def test_a_run_recorded_before_a_key_existed_reads_with_the_earlier_behaviour(tm
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump(tree))
     with pytest.raises(ConfigError, match="train.lr"):
         read_config(tmp_path / "broken.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=.nan", r"train.lr = nan: expected a finite number"),
+        ("train.lr=.inf", r"train.lr = inf: expected a finite number"),
+        ("train.max_minutes=-.inf", r"train.max_minutes = -inf: expected a finite number"),
+        ("train.lr_gamma=.nan", r"train.lr_gamma = nan: expected a finite number"),
+        ("model.norm_kwargs={eps: .nan}", r"model.norm_kwargs.eps = nan: expected a finite number"),
+        ("model.norm_kwargs={eps: 0}", r"model.norm_kwargs.eps = 0: expected a number > 0"),
+        ("model.norm_kwargs={momentum: 1.5}", r"model.norm_kwargs.momentum = 1.5: expected a number in \[0, 1\]"),
+        ("learner.kwargs={inner_lr: -0.1}", r"learner.kwargs.inner_lr = -0.1: expected a positive learning rate"),
+        ("learner.kwargs={inner_lr: .inf}", r"learner.kwargs.inner_lr = inf: expected a finite number"),
+        ("train.lr=0", r"train.lr = 0.0: expected a positive learning rate"),
+        ("eval.n_way=1", r"eval.n_way = 1: expected n_way >= 2"),
+    ],
+)
+def test_every_numeric_setting_is_checked_for_finiteness_and_range(override, message):
+    extra = ["learner=maml"] if override.startswith("learner.") else []
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [*extra, override])
+
+
+def test_an_unknown_dataset_option_is_refused_at_load_naming_it():
+    with pytest.raises(ConfigError, match=r"'data.options.imag_size': dataset 'omniglot' .* did you mean 'image_size'"):
+        load_config(None, ["data.options={imag_size: 28}"])
+
+
+def test_a_non_utf8_config_file_gets_a_config_error(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml' is not UTF-8 text \(byte 0xe9 at offset 9\); save it as"):
+        load_config(path)
+
+
+def test_evaluation_refuses_one_way_episodes():
+    from fewshot.evaluation.run_eval import resolve_request
+
+    with pytest.raises(ConfigError, match="n_way must be >= 2 at evaluation too"):
+        resolve_request(load_config(None), n_way=1)

@@ -67,7 +67,8 @@ def test_rotation_augmented_episodes_round_trip(tmp_path):
 def test_file_content_and_loaded_object_round_trip(tmp_path, fixed):
     path = fixed.save(tmp_path / "eval.json")
     data = json.loads(path.read_text())
-    assert data["format"] == "fewshot-fixed-episodes" and data["format_version"] == 1
+    assert data["format"] == "fewshot-fixed-episodes" and data["format_version"] == 2
+    assert data["sha256"] == fixed.file_digest() and len(data["sha256"]) == 64
     assert (data["dataset"], data["protocol"], data["split"], data["fingerprint"]) == (
         "synthetic", "none", "test", "abc123",
     )  # fmt: skip
@@ -163,7 +164,8 @@ def test_corrupt_or_foreign_files_raise_data_error(tmp_path, fixed):
         return info.value
 
     assert "got 'something-else'" in str(edited(lambda d: d.update(format="something-else")))
-    assert "format_version 2" in str(edited(lambda d: d.update(format_version=2)))
+    assert "reads version 2" in str(edited(lambda d: d.update(format_version=3)))
+    assert "predates integrity checks" in str(edited(lambda d: d.update(format_version=1)))
     assert "missing field 'seed'" in str(edited(lambda d: d.pop("seed")))
     assert "holds 5" in str(edited(lambda d: d["episodes"].pop()))
     assert "sorted order" in str(edited(lambda d: d["episodes"][0]["classes"].reverse()))
@@ -172,6 +174,28 @@ def test_corrupt_or_foreign_files_raise_data_error(tmp_path, fixed):
     assert "repeats an image" in str(
         edited(lambda d: d["episodes"][2]["query"][0].__setitem__(0, d["episodes"][2]["support"][0][0]))
     )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d["episodes"][0]["support"][0].__setitem__(0, d["episodes"][0]["query"][1][0]),  # another image
+        lambda d: d["episodes"][3]["rotation"].__setitem__(0, (d["episodes"][3]["rotation"][0] + 1) % 4),
+        lambda d: d.update(seed=d["seed"] + 1),  # the request, not only the content
+        lambda d: d["meta"].update(image_size=8),
+        lambda d: d.update(sha256="0" * 64),
+    ],
+)
+def test_a_hand_edited_file_is_refused_with_the_regenerating_command(tmp_path, fixed, change):
+    path = fixed.save(tmp_path / "eval.json")
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"eval\.json' fails its integrity check .*edited by hand") as info:
+        FixedEpisodes.load(path)
+    assert "`run_episode.py episodes --dataset synthetic --protocol none --split test --n-way 3 --n-shot 2" in str(
+        info.value
+    ) and f"--save {path} --force`" in str(info.value)
 
 
 def test_make_fixed_episodes_validates_count_and_sizes():

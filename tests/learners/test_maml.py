@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import fewshot.norms as norms
 from fewshot import backbones, learners
 from fewshot.learners.maml import MAML
+from fewshot.norms.kernels import primitive_kernels
 from fewshot.norms.state import norm_layers
 
 
@@ -76,6 +77,24 @@ def test_first_order_differs_from_second_order_and_detaches_inner_gradient(tiny_
     learner.meta_loss([ep], policy="batch")[0].backward()
     for p, g in zip(learner.parameters(), manual, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("policy", ["batch", "running", "support"])
+def test_meta_gradient_and_norm_state_equal_with_fused_kernels_and_primitive_ops(
+    tiny_backbone, episode_factory, policy
+):
+    """BatchNorm's fused kernel in the inner loop (fewshot.norms.kernels) changes no meta-gradient or state."""
+    torch.manual_seed(0)
+    learner = _maml(tiny_backbone(hidden=6), inner_lr=0.5, inner_steps=2).double()
+    episodes = [episode_factory(s, n_shot=2, n_query=2, dtype=torch.float64) for s in (1, 2)]
+    twin = copy.deepcopy(learner)
+    learner.meta_loss(episodes, policy=policy)[0].backward()
+    with primitive_kernels():
+        twin.meta_loss(episodes, policy=policy)[0].backward()
+    for (name, p), q in zip(learner.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+    for (name, b), c in zip(learner.named_buffers(), twin.buffers(), strict=True):
+        torch.testing.assert_close(b, c, rtol=1e-10, atol=1e-12, msg=name)
 
 
 @pytest.mark.parametrize("norm", norms.names())

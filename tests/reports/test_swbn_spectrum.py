@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fewshot.training.checkpoint import save_checkpoint
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "swbn_spectrum.py"
 RUNS = REPO / "results" / "runs" / "protonet_omniglot_vinyals_1shot"
@@ -31,7 +33,7 @@ def _run(tmp_path: Path, config: Path, model: dict) -> Path:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(config, run / "config.yaml")
-    torch.save({"model": model}, run / "checkpoints" / "best.pt")
+    save_checkpoint({"model": model}, run / "checkpoints" / "best.pt")
     return run
 
 

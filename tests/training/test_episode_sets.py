@@ -57,3 +57,54 @@ def test_runs_root_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("FEWSHOT_RUNS")
     assert str(runs_root()) == "runs"
     assert runs_root(tmp_path / "x") == tmp_path / "x"
+
+
+def test_a_file_answering_another_request_under_this_name_is_refused(tmp_path, splits):
+    """A 5-shot file copied over the 1-shot name (a valid, unedited file) is refused, naming both values."""
+    import pytest
+
+    from fewshot.errors import DataError
+
+    split = splits[0]
+    one_shot = get_episode_set(split, 3, 1, 2, seed=5, count=4, root=tmp_path)
+    two_shot = get_episode_set(split, 3, 2, 2, seed=5, count=4, root=tmp_path)
+    original = one_shot.path.read_bytes()
+    one_shot.path.write_bytes(two_shot.path.read_bytes())
+    expected = r"holds other episodes than its name says \(n_shot: file has 2, expected 1\)"
+    with pytest.raises(DataError, match=expected) as info:
+        get_episode_set(split, 3, 1, 2, seed=5, count=4, root=tmp_path)
+    message = str(info.value)
+    assert str(one_shot.path) in message and "Delete it" in message
+    assert (
+        f"run_episode.py episodes --dataset omniglot --protocol vinyals --split train --n-way 3 --n-shot 1 "
+        f"--n-query 2 --seed 5 --count 4 --save {one_shot.path} --force" in message
+    )
+    one_shot.path.write_bytes(original)  # the genuine file is accepted again
+    assert get_episode_set(split, 3, 1, 2, seed=5, count=4, root=tmp_path).content_hash == one_shot.content_hash
+
+
+def test_a_version_1_file_is_upgraded_only_if_it_equals_its_regenerated_episodes(tmp_path, splits):
+    import json
+
+    import pytest
+
+    from fewshot.errors import DataError
+
+    split = splits[0]
+    made = get_episode_set(split, 3, 1, 2, seed=5, count=4, root=tmp_path)
+
+    def as_version_1(change=None) -> None:
+        data = json.loads(made.path.read_text())
+        data["format_version"] = 1
+        del data["sha256"]
+        if change:
+            change(data)
+        made.path.write_text(json.dumps(data))
+
+    as_version_1()
+    again = get_episode_set(split, 3, 1, 2, seed=5, count=4, root=tmp_path)
+    assert again.content_hash == made.content_hash
+    assert json.loads(made.path.read_text())["format_version"] == 2  # rewritten with its digest
+    as_version_1(lambda d: d["episodes"][0]["rotation"].__setitem__(0, 3 - d["episodes"][0]["rotation"][0]))
+    with pytest.raises(DataError, match=r"its episodes differ from those its request gives \(edited by hand\)"):
+        get_episode_set(split, 3, 1, 2, seed=5, count=4, root=tmp_path)

@@ -1,0 +1,243 @@
+"""Training steps side by side: fewshot's learners (per norm layer) against the loops a user would write.
+
+The second half of ``python run_episode.py bench train`` (the first, :mod:`benchmarks.bench_train`, runs the
+real trainer). For each setting below the same episodes are drawn once from the setting's training sampler,
+then every variant takes one training step on each of them, interleaved round-robin (the order rotates every
+episode) in one process, so machine load hits all variants alike. A step is what the trainer's step does:
+``zero_grad``, ``learner.meta_loss(meta_batch, policy=train.norm_policy)``, ``backward``, ``Adam.step``.
+
+Settings (the experiment files of the accuracy runs; real data from the data root):
+
+* ``protonet omniglot 60w1s5q``: ``configs/protonet/omniglot_vinyals_1shot.yaml``;
+* ``protonet miniimagenet 5w1s15q``: ``configs/protonet/miniimagenet_1shot.yaml`` with ``train.n_way=5``;
+* ``protonet miniimagenet 20w5s15q``: ``configs/protonet/miniimagenet_5shot.yaml``;
+* ``maml omniglot 5w1s15q mb32 2nd-order``: ``configs/maml/omniglot_vinyals_5w1s.yaml``.
+
+Variants: ``batchnorm`` (fewshot's BN; torch's fused kernel where exact, see :mod:`fewshot.norms.kernels`),
+``batchnorm[primitive]`` (the same inside ``primitive_kernels()``: fewshot's BN before issue 13),
+``swbn``, ``iternorm[group_size=16]`` and ``dbn[group_size=16]`` (SWBN's default group size), and for ProtoNet
+the two loops of :mod:`benchmarks.reference_loops`: ``plain`` (tuned) and ``default`` (learn2learn-style).
+
+Reported per variant: median wall and CPU milliseconds per step, ``vs_batchnorm`` (time / fewshot BN's time),
+and for ProtoNet ``speed_vs_plain`` (the plain loop's time / this variant's: ≥ 1 means at least as fast).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks._results import environment, rows_to_csv, write_result
+from benchmarks.reference_loops import REFERENCE_LOOPS, ReferenceProtoNet
+
+__all__ = [
+    "SETTINGS",
+    "StepRow",
+    "StepSetting",
+    "Variant",
+    "claims",
+    "environment",
+    "format_table",
+    "run",
+    "to_csv",
+    "variants",
+    "write_csv",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+BN = "batchnorm"
+
+
+@dataclass(frozen=True)
+class StepSetting:
+    """A setting: a label, an experiment file and ``--set`` overrides."""
+
+    label: str
+    config: str
+    overrides: tuple[str, ...] = ()
+
+    def resolve(self, *extra: str):  # noqa: ANN201 - an ExperimentConfig
+        from fewshot.config import load_config
+
+        return load_config(REPO / self.config, [*self.overrides, *extra])
+
+
+SETTINGS: tuple[StepSetting, ...] = (
+    StepSetting("protonet omniglot 60w1s5q", "configs/protonet/omniglot_vinyals_1shot.yaml"),
+    StepSetting("protonet miniimagenet 5w1s15q", "configs/protonet/miniimagenet_1shot.yaml", ("train.n_way=5",)),
+    StepSetting("protonet miniimagenet 20w5s15q", "configs/protonet/miniimagenet_5shot.yaml"),
+    StepSetting("maml omniglot 5w1s15q mb32 2nd-order", "configs/maml/omniglot_vinyals_5w1s.yaml"),
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What takes the steps: a fewshot norm (``norm`` + options) or a reference loop (``reference``)."""
+
+    label: str
+    norm: str | None = None
+    norm_kwargs: tuple[tuple[str, object], ...] = ()
+    primitive: bool = False
+    reference: str | None = None
+
+
+def variants(learner: str) -> list[Variant]:
+    """The variants measured for ``learner`` (``"protonet"`` also gets the reference loops)."""
+    out = [
+        Variant(BN, BN),
+        Variant(f"{BN}[primitive]", BN, primitive=True),
+        Variant("swbn", "swbn"),
+        Variant("iternorm[group_size=16]", "iternorm", (("group_size", 16),)),
+        Variant("dbn[group_size=16]", "dbn", (("group_size", 16),)),
+    ]
+    if learner == "protonet":
+        out += [Variant(name, reference=name) for name in REFERENCE_LOOPS]
+    return out
+
+
+@dataclass
+class StepRow:
+    """One variant on one setting: median step times and ratios measured in the same run."""
+
+    setting: str
+    variant: str
+    steps: int
+    ms: float
+    cpu_ms: float
+    vs_batchnorm: float = float("nan")
+    speed_vs_plain: float = float("nan")
+
+
+def _norm_override(norm: str, kwargs: tuple[tuple[str, object], ...]) -> list[str]:
+    return [f"norm={norm}", *(f"model.norm_kwargs.{k}={v}" for k, v in kwargs)]
+
+
+def _fewshot_step(cfg, split, variant: Variant) -> Callable[[list], None]:  # noqa: ANN001
+    from fewshot.norms.kernels import primitive_kernels
+    from fewshot.training.build import build_learner
+
+    torch.manual_seed(cfg.seed)
+    learner = build_learner(cfg, cfg.train.n_way, split.image_shape)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    policy = cfg.train.norm_policy
+
+    def step(batch: list) -> None:
+        with primitive_kernels() if variant.primitive else nullcontext():
+            optimizer.zero_grad(set_to_none=True)
+            loss, _ = learner.meta_loss(batch, policy=policy)
+            loss.backward()
+            optimizer.step()
+
+    return step
+
+
+def _reference_step(variant: Variant, in_channels: int, lr: float) -> Callable[[list], None]:
+    loop = ReferenceProtoNet(in_channels, channels_last=REFERENCE_LOOPS[variant.reference], lr=lr)
+    return lambda batch: loop.step(batch[0])
+
+
+def measure(setting: StepSetting, steps: int, warmup: int, data_root: str | None = None) -> list[StepRow]:
+    """Median step time of every variant on ``steps`` meta-batches of ``setting`` (after ``warmup`` untimed)."""
+    from fewshot.training.build import build_split, build_train_sampler
+
+    extra = [f"data.data_root={data_root!r}"] if data_root is not None else []
+    base = setting.resolve(*extra)
+    split = build_split(base, base.data.train_split)
+    sampler = build_train_sampler(base, split)
+    mb = base.train.meta_batch
+    batches = [[sampler[i * mb + j] for j in range(mb)] for i in range(warmup + steps)]
+    fns: dict[str, Callable[[list], None]] = {}
+    for v in variants(base.learner.name):
+        if v.reference is not None:
+            fns[v.label] = _reference_step(v, split.image_shape[0], base.train.lr)
+        else:
+            fns[v.label] = _fewshot_step(setting.resolve(*extra, *_norm_override(v.norm, v.norm_kwargs)), split, v)
+    labels = list(fns)
+    wall: dict[str, list[float]] = {k: [] for k in labels}
+    cpu: dict[str, list[float]] = {k: [] for k in labels}
+    for i, batch in enumerate(batches):
+        r = i % len(labels)
+        for k in labels[r:] + labels[:r]:
+            c0, t0 = time.process_time(), time.perf_counter()
+            fns[k](batch)
+            if i >= warmup:
+                wall[k].append((time.perf_counter() - t0) * 1e3)
+                cpu[k].append((time.process_time() - c0) * 1e3)
+    rows = [StepRow(setting.label, k, steps, statistics.median(wall[k]), statistics.median(cpu[k])) for k in labels]
+    ms = {r.variant: r.ms for r in rows}
+    for r in rows:
+        r.vs_batchnorm = r.ms / ms[BN]
+        if "plain" in ms:
+            r.speed_vs_plain = ms["plain"] / r.ms
+    return rows
+
+
+def run(
+    *, protonet_steps: int = 30, maml_steps: int = 5, warmup: int = 2, data_root: str | None = None
+) -> list[StepRow]:
+    """:func:`measure` every setting of :data:`SETTINGS`."""
+    if protonet_steps < 1 or maml_steps < 1 or warmup < 0:
+        raise ValueError(
+            f"step counts must be >= 1 and warmup >= 0, got protonet {protonet_steps}, maml {maml_steps}, "
+            f"warmup {warmup}"
+        )
+    rows: list[StepRow] = []
+    for s in SETTINGS:
+        steps = protonet_steps if s.label.startswith("protonet") else maml_steps
+        rows += measure(s, steps, warmup, data_root)
+    return rows
+
+
+#: The targets of issue 13: (variant, reference variant, bound on the time ratio, learner prefix).
+_TARGETS = (
+    (BN, "plain", 1.0, "protonet"),
+    ("swbn", BN, 1.25, "protonet"),
+    ("swbn", BN, 1.30, "maml"),
+)
+
+
+def claims(rows: Sequence[StepRow]) -> list[str]:
+    """One line per target of issue 13 and setting: the measured ratio and whether it holds."""
+    ms = {(r.setting, r.variant): r.ms for r in rows}
+    lines = []
+    for setting in dict.fromkeys(r.setting for r in rows):
+        for variant, ref, bound, learner in _TARGETS:
+            if not setting.startswith(learner) or (setting, ref) not in ms:
+                continue
+            ratio = ms[(setting, variant)] / ms[(setting, ref)]
+            verdict = "holds" if ratio <= bound else "MISSED"
+            lines.append(f"{setting}: {variant} / {ref} step time {ratio:.3f} (target <= {bound:.2f}): {verdict}")
+        for other in ("iternorm[group_size=16]", "dbn[group_size=16]"):
+            if (setting, other) in ms:
+                ratio = ms[(setting, "swbn")] / ms[(setting, other)]
+                verdict = "holds" if ratio < 1 else "MISSED"
+                lines.append(f"{setting}: swbn / {other} {ratio:.3f} (target < 1): {verdict}")
+    return lines
+
+
+def format_table(rows: Sequence[StepRow]) -> str:
+    """Human-readable table, one line per setting and variant."""
+    lines = [f"{'setting':38} {'variant':26} {'steps':>5} {'ms':>9} {'cpu ms':>9} {'vs BN':>7} {'speed vs plain':>14}"]
+    for r in rows:
+        lines.append(
+            f"{r.setting:38} {r.variant:26} {r.steps:5d} {r.ms:9.1f} {r.cpu_ms:9.1f} {r.vs_batchnorm:7.3f} "
+            f"{r.speed_vs_plain:14.3f}"
+        )
+    return "\n".join(lines)
+
+
+def to_csv(rows: Sequence[StepRow], env: dict[str, str], command: str) -> str:
+    """CSV text: the command and environment lines, then one row per setting and variant."""
+    formats = {"ms": ".1f", "cpu_ms": ".1f", "vs_batchnorm": ".4f", "speed_vs_plain": ".4f"}
+    return rows_to_csv(rows, StepRow, env, command, formats)
+
+
+def write_csv(rows: Sequence[StepRow], path: Path, env: dict[str, str], command: str, force: bool = False) -> Path:
+    """Write :func:`to_csv` to ``path`` atomically; never replaces an existing file unless ``force``."""
+    return write_result(path, to_csv(rows, env, command), force=force)
