@@ -22,11 +22,9 @@ from fewshot.learners import classifier as classifier
 from fewshot.learners import maml as maml
 from fewshot.learners import protonet as protonet
 from fewshot.learners._registry import LEARNERS as LEARNERS
-from fewshot.learners.base import PREDICT_POLICIES as PREDICT_POLICIES
-from fewshot.learners.base import TRAIN_POLICIES as TRAIN_POLICIES
 from fewshot.learners.base import Learner as Learner
 
-__all__ = ["LEARNERS", "Learner", "PREDICT_POLICIES", "TRAIN_POLICIES", "create", "names"]
+__all__ = ["LEARNERS", "Learner", "create", "names"]
 
 
 def names(pattern: str | None = None) -> list[str]:

@@ -10,23 +10,22 @@ How the inner loop is written. ``params = dict(named_parameters())``; every forw
 the outer ``backward()`` differentiates through ``torch.func.grad``. First order: the inner gradient is taken at
 detached parameters, so the query gradient at the adapted parameters is applied to the meta-parameters as is.
 
-How normalization state is handled. torch.func cannot mutate buffers captured by a transformed function, and
-the SWBN specification (norms-spec §2.14) asks for one whitening-matrix update per outer iteration at the initial
-weights rather than one per inner forward. So every differentiable pass (inner steps and query) runs inside
-``fewshot.norms.frozen_stats`` and reads a snapshot of the buffers taken at the start of the meta-batch; the
-state update (running moments, SWBN's whitening matrix, Kalman EMAs) happens in a separate plain ``no_grad``
-forward at the meta-parameters in train mode: by default once per meta-step, on the supports of the whole
-meta-batch concatenated (``norm_state_update="meta_batch"``, the recommendation of norms-spec §2.14: one W update
-per outer iteration, so SWBN's rate α means the same per optimizer step whatever the meta-batch), or once per task
-on its support set (``"task"``: 32 updates per meta-step at meta-batch 32, fewshot 0.1.0's only behaviour; the MAML
-runs under results/ made with 0.1.0 used it). The snapshot also keeps the outer backward valid when a layer reads
-its state in a differentiable pass (as SWBN does) and the update then writes it.
+How normalization state is handled: statistics in, next state out, nothing written during the forwards. Every
+forward reads the model's buffers through ``functional_call``'s buffer dictionary and runs inside
+``fewshot.norms.frozen_stats``. The inner loop's support loss returns, as the ``aux`` output of
+``torch.func.grad``, the batch statistics its forward collected (``fewshot.norms.collect``); those of the first
+inner step are the task's support statistics at the meta-parameters. After the meta-batch, the next state is
+computed from them and committed once (``fewshot.norms.next_state`` / ``commit``): by default one update per
+meta-step from the tasks' statistics merged (``norm_state_update="meta_batch"``, norms-spec §2.14: one W update per
+outer iteration, so SWBN's rate α means the same per optimizer step whatever the meta-batch), or one update per
+task in task order (``"task"``: 32 updates per meta-step at meta-batch 32, fewshot 0.1.0's behaviour). Every task
+of the meta-step reads the same state, whatever the option. Under the ``support`` policy, the statistics of a
+support forward at the adapted parameters are passed to the query forward (``fewshot.norms.using``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +43,8 @@ from fewshot.learners.base import (
     predict_norm_policy,
     rowwise,
 )
+from fewshot.norms.flow import NormStats
+from fewshot.norms.policy import Policy
 from fewshot.norms.state import norm_layers
 
 __all__ = ["MAML"]
@@ -60,7 +61,7 @@ class _Adaptation:
     ``rowwise_query`` scores query rows independently of each other (meta-test, non-transductive policies).
     """
 
-    norm_policy: str
+    norm_policy: Policy
     steps: int
     lr: float
     second_order: bool
@@ -79,9 +80,9 @@ def _positive_float(name: str, value: object) -> float:
     return float(value)
 
 
-def _query_runner(rowwise_query: bool, norm_policy: str) -> Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]:
+def _query_runner(rowwise_query: bool, norm_policy: Policy) -> Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]:
     """How to apply a forward to the query: batch-invariantly (see ``rowwise``) unless statistics are per batch."""
-    if rowwise_query and norm_policy != "batch":
+    if rowwise_query and norm_policy is not Policy.TRANSDUCTIVE:
         return rowwise
     return lambda fn, x: fn(x)
 
@@ -95,10 +96,10 @@ class MAML(Learner):
     ``inner_lr`` on the support cross-entropy; the task's loss is the query cross-entropy at the adapted
     parameters, and ``meta_loss`` returns the mean over the meta-batch.
 
-    Normalization policies in ``meta_loss``: ``"batch"`` (transductive: every forward normalizes with its own
+    Normalization policies in ``meta_loss``: ``"transductive"`` (every forward normalizes with its own
     batch statistics, the reference MAML behaviour), ``"running"`` (train mode: batch statistics as well) and
     ``"support"`` (the support set's statistics applied to the query: each query forward is preceded by a
-    support forward at the same adapted parameters in task phase ``"support"``). ``predict`` adapts with
+    support forward at the same adapted parameters, whose statistics it collects). ``predict`` adapts with
     ``eval_inner_steps`` / ``eval_inner_lr`` in eval mode, with norm state frozen: ``"transductive"`` → batch
     statistics (the query scored as one batch), ``"support"`` → support statistics, ``"running"`` → running
     statistics for every forward. See the module docstring for how norm state is updated.
@@ -125,7 +126,7 @@ class MAML(Learner):
     Example:
         >>> backbone = fewshot.backbones.create("conv4_maml")  # doctest: +SKIP
         >>> learner = MAML(backbone, n_way=5, image_size=28)  # doctest: +SKIP
-        >>> loss, metrics = learner.meta_loss(episodes, policy="batch")  # doctest: +SKIP
+        >>> loss, metrics = learner.meta_loss(episodes, policy="transductive")  # doctest: +SKIP
         >>> loss.backward()  # doctest: +SKIP
     """
 
@@ -210,42 +211,51 @@ class MAML(Learner):
         )
 
     # ----------------------------------------------------------------- one task
-    @contextmanager
-    def _phase(self, norm_policy: str, phase: str) -> Iterator[None]:
-        with norms.task_phase(self, phase) if norm_policy == "support" else nullcontext():
-            yield
-
     def _score_query(
-        self, forward: Callable[[Tensor], Tensor], xs: Tensor, xq: Tensor, norm_policy: str, rowwise_query: bool
+        self, forward: Callable[[Tensor], Tensor], xs: Tensor, xq: Tensor, norm_policy: Policy, rowwise_query: bool
     ) -> Tensor:
-        """Query outputs of ``forward``; under the support policy, preceded by a support forward (same params)."""
+        """Query outputs of ``forward``; under the support policy, with the statistics of ``forward(xs)``."""
         run = _query_runner(rowwise_query, norm_policy)
-        if norm_policy != "support":
+        if norm_policy is not Policy.SUPPORT:
             return run(forward, xq)
-        with norms.task_phase(self, "support"):
+        with norms.collect(self) as support_stats:
             forward(xs)
-        with norms.task_phase(self, "query"):
+        with norms.using(self, support_stats):
             return run(forward, xq)
 
     def _inner_loop(
-        self, loss_fn: Callable[[Params], Tensor], adapt: Params, steps: int, lr: float, second_order: bool
-    ) -> Params:
-        """``steps`` SGD steps ``θ ← θ − lr·∇loss_fn(θ)`` on the dict ``adapt``; returns the adapted dict.
+        self, loss_fn: Callable[[Params], tuple[Tensor, NormStats]], adapt: Params, steps: int, lr: float,
+        second_order: bool,
+    ) -> tuple[Params, NormStats]:
+        """``steps`` SGD steps ``θ ← θ − lr·∇loss_fn(θ)`` on the dict ``adapt``.
 
-        Second order: ``torch.func.grad`` at the live parameters, so the outer backward differentiates through
-        the inner gradient. First order: the gradient is taken at detached parameters and detached itself.
+        ``loss_fn`` returns ``(loss, norm statistics of its forward)``. Second order: ``torch.func.grad`` at the
+        live parameters, so the outer backward differentiates through the inner gradient. First order: the
+        gradient is taken at detached parameters and detached itself.
+
+        Returns:
+            The adapted dict, and the norm statistics of the first step (at ``adapt``; ``{}`` when ``steps`` is 0).
         """
-        grad_fn = torch.func.grad(loss_fn)
-        for _ in range(steps):
+        grad_fn = torch.func.grad(loss_fn, has_aux=True)
+        first: NormStats = {}
+        for step in range(steps):
             if second_order:
-                grads = grad_fn(adapt)
+                grads, stats = grad_fn(adapt)
             else:  # first order: the inner gradient is a constant for the outer backward
-                grads = {k: g.detach() for k, g in grad_fn({k: v.detach() for k, v in adapt.items()}).items()}
+                grads, stats = grad_fn({k: v.detach() for k, v in adapt.items()})
+                grads = {k: g.detach() for k, g in grads.items()}
+            if step == 0:
+                first = stats
             adapt = {k: adapt[k] - lr * grads[k] for k in adapt}
-        return adapt
+        return adapt, first
 
-    def _task_logits(self, episode: Episode, adapt: Params, fixed: Params, buffers: Params, how: _Adaptation) -> Tensor:
-        """Adapt on the support set, return query logits ``(n_query_total, n_way)``."""
+    def _task_logits(
+        self, episode: Episode, adapt: Params, fixed: Params, buffers: Params, how: _Adaptation
+    ) -> tuple[Tensor, NormStats]:
+        """Adapt on the support set; query logits ``(n_query_total, n_way)`` and the support's norm statistics.
+
+        The statistics are those of the support forward at the meta-parameters (what a state update reads).
+        """
         xs, ys, xq = self.prepare(episode.support_x), episode.support_y, self.prepare(episode.query_x)
         if self.anil:
             return self._anil_logits(xs, ys, xq, adapt, fixed, buffers, how)
@@ -253,16 +263,17 @@ class MAML(Learner):
         def net(params: Params, x: Tensor) -> Tensor:
             return functional_call(self, (params, fixed, buffers), (x,), strict=True)
 
-        def support_loss(params: Params) -> Tensor:
-            with self._phase(how.norm_policy, "support"):
-                return F.cross_entropy(net(params, xs), ys)
+        def support_loss(params: Params) -> tuple[Tensor, NormStats]:
+            with norms.collect(self) as stats:
+                loss = F.cross_entropy(net(params, xs), ys)
+            return loss, stats
 
-        adapted = self._inner_loop(support_loss, adapt, how.steps, how.lr, how.second_order)
-        return self._score_query(lambda x: net(adapted, x), xs, xq, how.norm_policy, how.rowwise_query)
+        adapted, stats = self._inner_loop(support_loss, adapt, how.steps, how.lr, how.second_order)
+        return self._score_query(lambda x: net(adapted, x), xs, xq, how.norm_policy, how.rowwise_query), stats
 
     def _anil_logits(
         self, xs: Tensor, ys: Tensor, xq: Tensor, adapt: Params, fixed: Params, buffers: Params, how: _Adaptation
-    ) -> Tensor:
+    ) -> tuple[Tensor, NormStats]:
         """ANIL: backbone features once per task at the meta-parameters, inner loop on the head only."""
         norm_policy, rowwise_query = how.norm_policy, how.rowwise_query
         strip = len("backbone.")
@@ -280,14 +291,14 @@ class MAML(Learner):
             p = {**head_fixed, **params}
             return F.linear(f, p["head.weight"], p["head.bias"])
 
-        with self._phase(norm_policy, "support"):
+        with norms.collect(self) as stats:
             support_f = features(xs)
-        with self._phase(norm_policy, "query"):  # under the support policy, uses the statistics cached just above
+        with norms.using(self, stats):  # under the support policy, the statistics collected just above
             query_f = run(features, xq)
-        adapted = self._inner_loop(
-            lambda p: F.cross_entropy(head_logits(p, support_f), ys), adapt, how.steps, how.lr, how.second_order
+        adapted, _ = self._inner_loop(
+            lambda p: (F.cross_entropy(head_logits(p, support_f), ys), {}), adapt, how.steps, how.lr, how.second_order
         )
-        return run(lambda f: head_logits(adapted, f), query_f)
+        return run(lambda f: head_logits(adapted, f), query_f), stats
 
     # ----------------------------------------------------------------- the learner API
     def meta_loss(self, episodes: Sequence[Episode], *, policy: str = "running") -> tuple[Tensor, dict[str, float]]:
@@ -295,45 +306,43 @@ class MAML(Learner):
 
         Args:
             episodes: the meta-batch; each episode must be ``n_way``-way.
-            policy: norm statistics policy during meta-training: ``"batch"``, ``"running"`` or ``"support"``.
+            policy: norm statistics policy during meta-training: ``"transductive"``, ``"running"`` or ``"support"``.
 
         Returns:
             ``(loss, metrics)``: the differentiable scalar loss (second order unless ``first_order``) and its float
             value with the post-adaptation query accuracy.
         """
-        check_train_policy(policy)
+        policy = check_train_policy(policy)
         episodes = self._episodes(episodes)
         for ep in episodes:
             check_episode(ep, self.n_way)
-        losses, correct, total = [], 0, 0
-        with self.mode(training=True, norm_policy=policy, frozen=False):
+        losses, task_stats, correct, total = [], [], 0, 0
+        how = _Adaptation(policy, self.inner_steps, self.inner_lr, second_order=not self.first_order, rowwise_query=False)
+        with self.mode(training=True, norm_policy=policy, frozen=True):
             adapt, fixed = self._split_parameters()
-            # A snapshot: the state updates below write the real buffers in place (see module docstring).
-            buffers = {k: b.clone() for k, b in self.named_buffers()}
-            update_state = any(layer.track_running_stats for layer in norm_layers(self))
-            per_task = update_state and self.norm_state_update == "task"
+            buffers = dict(self.named_buffers())
             for ep in episodes:
-                with norms.frozen_stats(self):
-                    logits = self._task_logits(
-                        ep, adapt, fixed, buffers, _Adaptation(policy, self.inner_steps, self.inner_lr,
-                                                               second_order=not self.first_order, rowwise_query=False),
-                    )  # fmt: skip
+                logits, stats = self._task_logits(ep, adapt, fixed, buffers, how)
+                task_stats.append(stats)
                 losses.append(F.cross_entropy(logits, ep.query_y))
                 correct += int((logits.argmax(-1) == ep.query_y).sum())
                 total += ep.query_y.shape[0]
-                if per_task:
-                    self._update_norm_state(ep.support_x, policy)
-            if update_state and not per_task:
-                self._update_norm_state(torch.cat([ep.support_x for ep in episodes]), policy)
+        self._commit_norm_state(buffers, task_stats)
         loss = torch.stack(losses).mean()
         return loss, {"loss": loss.item(), "acc": correct / total}
 
-    @torch.no_grad()
-    def _update_norm_state(self, support_x: Tensor, policy: str) -> None:
-        """One plain train-mode forward of ``support_x`` at the meta-parameters: updates the norm state once."""
-        with self._phase(policy, "support"):
-            self.backbone(self.prepare(support_x))
-        self.clear_task_state()
+    def _commit_norm_state(self, buffers: Params, task_stats: list[NormStats]) -> None:
+        """The meta-step's one state change: next state from the tasks' support statistics, committed (guarded)."""
+        if not any(layer.track_running_stats for layer in norm_layers(self)):
+            return
+        if self.norm_state_update == "task":
+            state: Params = dict(buffers)
+            for stats in task_stats:
+                state.update(norms.next_state(self, stats, state))
+            norms.commit(self, {k: v for k, v in state.items() if v is not buffers[k]})
+            return
+        merged = norms.merge(self, task_stats)
+        norms.commit(self, norms.next_state(self, merged, buffers), merged)
 
     def predict(self, episode: Episode, *, policy: str = "running") -> Tensor:
         """Adapt on the support set and return query logits ``(n_way * n_query, n_way)``; changes no model state.
@@ -350,7 +359,7 @@ class MAML(Learner):
                 episode, adapt, fixed, dict(self.named_buffers()),
                 _Adaptation(norm_policy, self.eval_inner_steps, self.eval_inner_lr, second_order=False,
                             rowwise_query=True),
-            )  # fmt: skip
+            )[0]  # fmt: skip
 
     def extra_repr(self) -> str:
         return (
