@@ -213,6 +213,12 @@ def claims(rows: Sequence[StepRow]) -> list[str]:
             ratio = ms[(setting, variant)] / ms[(setting, ref)]
             verdict = "holds" if ratio <= bound else "MISSED"
             lines.append(f"{setting}: {variant} / {ref} step time {ratio:.3f} (target <= {bound:.2f}): {verdict}")
+        if setting.startswith("maml") and (setting, f"{BN}[primitive]") in ms:
+            speedup = ms[(setting, f"{BN}[primitive]")] / ms[(setting, BN)]
+            verdict = "holds" if speedup >= 1.3 else "MISSED"
+            lines.append(
+                f"{setting}: meta-step speed-up over the primitive-op BN {speedup:.3f} (target >= 1.30): {verdict}"
+            )
         for other in ("iternorm[group_size=16]", "dbn[group_size=16]"):
             if (setting, other) in ms:
                 ratio = ms[(setting, "swbn")] / ms[(setting, other)]
