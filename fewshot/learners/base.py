@@ -35,6 +35,7 @@ __all__ = [
     "MIN_QUERY_ROWS",
 ]
 
+
 def check_train_policy(policy: object) -> Policy:
     """The meta-training norm policy ``policy`` names (a :class:`~fewshot.norms.policy.Policy` or its name)."""
     return Policy.parse(policy, where="meta-training norm policy (train.norm_policy)")

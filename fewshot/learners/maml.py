@@ -224,7 +224,11 @@ class MAML(Learner):
             return run(forward, xq)
 
     def _inner_loop(
-        self, loss_fn: Callable[[Params], tuple[Tensor, NormStats]], adapt: Params, steps: int, lr: float,
+        self,
+        loss_fn: Callable[[Params], tuple[Tensor, NormStats]],
+        adapt: Params,
+        steps: int,
+        lr: float,
         second_order: bool,
     ) -> tuple[Params, NormStats]:
         """``steps`` SGD steps ``θ ← θ − lr·∇loss_fn(θ)`` on the dict ``adapt``.
@@ -317,7 +321,9 @@ class MAML(Learner):
         for ep in episodes:
             check_episode(ep, self.n_way)
         losses, task_stats, correct, total = [], [], 0, 0
-        how = _Adaptation(policy, self.inner_steps, self.inner_lr, second_order=not self.first_order, rowwise_query=False)
+        how = _Adaptation(
+            policy, self.inner_steps, self.inner_lr, second_order=not self.first_order, rowwise_query=False
+        )
         with self.mode(training=True, norm_policy=policy, frozen=True):
             adapt, fixed = self._split_parameters()
             buffers = dict(self.named_buffers())

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import fewshot.norms as norms
-from fewshot.norms.policy import Policy
 from episodes.episode import Episode
 from fewshot.learners._registry import LEARNERS
 from fewshot.learners.base import (
@@ -23,6 +22,7 @@ from fewshot.learners.base import (
     predict_norm_policy,
     rowwise,
 )
+from fewshot.norms.policy import Policy
 
 __all__ = ["ProtoNet"]
 

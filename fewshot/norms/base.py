@@ -33,7 +33,7 @@ How to write a layer
      value-dependent branches); include a ``count`` (:func:`fewshot.norms.sufficient.count_of`) when the update
      needs it;
    * ``_running_stats(state)``: the same structure read from a state dict;
-   * ``_normalize(x, S)`` (before the affine) or ``_apply(x, S, state, params)`` (the whole output);
+   * ``_normalize(x, S)`` (before the affine) or ``_apply_stats(x, S, state, params)`` (the whole output);
    * ``_next_state(state, S, factor) -> {buffer: tensor}``: pure, under no_grad, with
      :func:`fewshot.norms.functional.ema`;
    * ``_merge_stats(parts)``: Chan's merge of several batches' statistics (:mod:`fewshot.norms.sufficient`).
@@ -214,7 +214,7 @@ class NormLayer(nn.Module):
         """Normalize ``x`` (N, C[, H, W]) with ``stats``; returns ``x_hat`` of the same shape, before the affine."""
         raise NotImplementedError(f"{type(self).__name__} must implement _normalize(x, stats)")
 
-    def _apply(self, x: Tensor, stats: Any, state: dict[str, Tensor], params: dict[str, Tensor]) -> Tensor:
+    def _apply_stats(self, x: Tensor, stats: Any, state: dict[str, Tensor], params: dict[str, Tensor]) -> Tensor:
         """``apply``'s math; the default is ``_normalize`` followed by the per-channel affine."""
         return FN.affine(self._normalize(x, stats), params["weight"], params["bias"])
 
@@ -344,7 +344,7 @@ class NormLayer(nn.Module):
         """
         if params is None:
             params = {"weight": self.weight, "bias": self.bias}
-        return self._apply(x, stats, self.state() if state is None else state, params)
+        return self._apply_stats(x, stats, self.state() if state is None else state, params)
 
     @torch.no_grad()
     def update(self, state: dict[str, Tensor], stats: Any) -> dict[str, Tensor]:
@@ -497,7 +497,7 @@ class NormLayer(nn.Module):
             f"momentum={self.momentum}",
             f"affine={self.affine}",
             f"track_running_stats={self.track_running_stats}",
-            f"policy={self.policy!r}",
+            f"policy={self.policy.value!r}",
         ]
         parts += [f"{k}={getattr(self, k)!r}" for k in self.hparams]
         return ", ".join(parts)

@@ -88,7 +88,9 @@ class BatchNorm(NormLayer):
             "running_var": FN.ema(state["running_var"], unbiased_var, factor),
         }
 
-    def _apply(self, x: Tensor, stats: BatchMoments, state: dict[str, Tensor], params: dict[str, Tensor]) -> Tensor:
+    def _apply_stats(
+        self, x: Tensor, stats: BatchMoments, state: dict[str, Tensor], params: dict[str, Tensor]
+    ) -> Tensor:
         """Normalization and affine folded into ``scale = weight / sqrt(σ² + eps)``, ``shift = bias − μ·scale``.
 
         One ``addcmul`` pass that keeps the memory format of ``x``; with the one-pass backward of

@@ -103,7 +103,9 @@ class BatchWhitening(NormLayer):
             "running_wm": FN.ema(state["running_wm"], stats.matrix, factor),
         }
 
-    def _apply(self, x: Tensor, stats: WhiteningStats, state: dict[str, Tensor], params: dict[str, Tensor]) -> Tensor:
+    def _apply_stats(
+        self, x: Tensor, stats: WhiteningStats, state: dict[str, Tensor], params: dict[str, Tensor]
+    ) -> Tensor:
         """``weight ⊙ W (x − μ) + bias`` as one grouped 1×1 product with a folded bias."""
         weight, bias = params["weight"], params["bias"]
         matrix = stats.matrix

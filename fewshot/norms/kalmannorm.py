@@ -18,8 +18,8 @@ from fewshot.norms import whitening_math as WM
 from fewshot.norms.base import NormLayer
 from fewshot.norms.flow import current_flow
 from fewshot.norms.functional import Moments
-from fewshot.norms.sufficient import count_of, merge_moments
 from fewshot.norms.registry import NORM_LAYERS
+from fewshot.norms.sufficient import count_of, merge_moments
 
 __all__ = ["KalmanNorm", "KalmanStats", "kalman_fuse", "propagate_moments", "rectified_gaussian_moments"]
 
@@ -264,7 +264,6 @@ class KalmanNorm(NormLayer):
         if self.bias is not None:
             mean = mean + self.bias
         return y, Moments(mean, scale * scale * stats.obs_var)
-
 
     def predict(self, posterior: Moments | tuple[Tensor, Tensor], conv: nn.Module) -> Moments:
         """The prior for this layer's input from the previous layer's posterior, through ReLU and ``conv``.

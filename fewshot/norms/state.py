@@ -5,8 +5,8 @@
   context manager that restores the previous policies.
 
 Statistics passed between forwards (support → query, tasks → one state update) are values, not switches:
-see :mod:`fewshot.norms.flow`. Both act on every :class:`~fewshot.norms.base.NormLayer` in ``model.modules()`` (the model itself
-included) and restore what they changed even when the block raises; they nest.
+see :mod:`fewshot.norms.flow`. Both act on every :class:`~fewshot.norms.base.NormLayer` in ``model.modules()``
+(the model itself included) and restore what they changed even when the block raises; they nest.
 """
 
 from __future__ import annotations

@@ -62,9 +62,7 @@ def merge_moments(parts: Sequence[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tenso
     return count, mean, var
 
 
-def merge_covariances(
-    parts: Sequence[tuple[Tensor, Tensor, Tensor]], group_size: int
-) -> tuple[Tensor, Tensor, Tensor]:
+def merge_covariances(parts: Sequence[tuple[Tensor, Tensor, Tensor]], group_size: int) -> tuple[Tensor, Tensor, Tensor]:
     """Merge ``(count, mean (C,), biased group covariance (G, g, g))`` of disjoint batches (Chan's rule, §module).
 
     Args:

@@ -260,7 +260,7 @@ class SWBN(NormLayer):
         # A copy: the buffer is updated in place by later training forwards that share this graph.
         return state["whitening_matrix"].clone()
 
-    def _apply(self, x: Tensor, stats: SWBNStats, state: dict[str, Tensor], params: dict[str, Tensor]) -> Tensor:
+    def _apply_stats(self, x: Tensor, stats: SWBNStats, state: dict[str, Tensor], params: dict[str, Tensor]) -> Tensor:
         """``weight ⊙ W diag(rstd)(x − μ) + bias`` as one grouped 1×1 product with a folded bias."""
         g = self.group_size
         rstd = torch.rsqrt(stats.var + self.eps).reshape(self.groups, 1, g)

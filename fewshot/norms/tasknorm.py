@@ -19,11 +19,12 @@ __all__ = ["ContextMoments", "TaskNorm", "pooled_moments"]
 
 
 class ContextMoments(NamedTuple):
-    """Per-channel moments of the context (support) set and its size ``|D|`` (number of examples)."""
+    """Per-channel moments of the context (support) set and its size ``|D|`` (examples; a 0-dim tensor, so the
+    statistics are values ``torch.func`` transforms can return)."""
 
     mean: Tensor
     var: Tensor
-    size: int
+    size: Tensor
 
 
 def pooled_moments(alpha: Tensor, context: FN.Moments, instance: FN.Moments) -> FN.Moments:
@@ -105,7 +106,7 @@ class TaskNorm(NormLayer):
 
     def _batch_stats(self, x: Tensor) -> ContextMoments:
         moments = FN.batch_moments(x)
-        return ContextMoments(moments.mean, moments.var, x.shape[0])
+        return ContextMoments(moments.mean, moments.var, torch.full((), x.shape[0], dtype=x.dtype, device=x.device))
 
     def _normalize(self, x: Tensor, stats: ContextMoments) -> Tensor:
         context = FN.Moments(stats.mean, stats.var)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewshot.norms import NormLayer, create, task_phase
+from fewshot.norms import NormLayer, collect, create, using
 from fewshot.norms import functional as FN
 
 
@@ -24,14 +24,14 @@ class CenterOnly(NormLayer):
     def _batch_stats(self, x):
         return (FN.batch_moments(x).mean,)
 
-    def _running_stats(self):
-        return (self.running_mean,)
+    def _running_stats(self, state):
+        return (state["running_mean"],)
 
     def _normalize(self, x, stats):
         return x - FN.per_channel(stats[0], x) + self.shift
 
-    def _update_state(self, stats, x):
-        self.running_mean.copy_(FN.ema(self.running_mean, stats[0], self._ema_factor()))
+    def _next_state(self, state, stats, factor):
+        return {"running_mean": FN.ema(state["running_mean"], stats[0], factor)}
 
     def _load_running_moments(self, mean, var):
         self.running_mean.copy_(mean)
@@ -113,8 +113,8 @@ def test_set_phase_validates():
 def test_support_cache_keeps_the_graph_so_query_gradients_reach_the_support(make_x):
     layer = create("batchnorm", 3, policy="support", dtype=torch.float64)
     support = make_x(4, 3, 2, 2, dtype=torch.float64).requires_grad_()
-    with task_phase(layer, "support"):
+    with collect(layer) as support_stats:
         layer(support)
-    with task_phase(layer, "query"):
+    with using(layer, support_stats):
         layer(make_x(2, 3, 2, 2, dtype=torch.float64, seed=1)).pow(3).sum().backward()
     assert support.grad is not None and support.grad.abs().sum() > 0

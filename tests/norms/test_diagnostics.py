@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot.norms import collect_whiteness, create, frozen_stats, set_policy, task_phase, whiteness
+from fewshot.norms import collect, collect_whiteness, create, frozen_stats, set_policy, whiteness
 
 # Four samples (rows) of three channels: each column has mean 0 and entries ±1, and the columns are orthogonal,
 # so the biased channel covariance is exactly the identity.
@@ -97,5 +97,5 @@ def test_collect_whiteness_removes_hooks_on_error_and_works_in_a_task_phase(make
     with pytest.raises(RuntimeError, match="outside a task phase"):
         collect_whiteness(model, make_x(6, 1, 3, 3))
     assert all(not m._forward_hooks for m in model.modules())
-    with task_phase(model, "support"):
+    with collect(model):
         assert set(collect_whiteness(model, make_x(6, 1, 3, 3))) == {"1", "4.0"}
