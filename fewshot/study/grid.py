@@ -9,6 +9,8 @@ A grid file (``configs/study/<name>.yaml``)::
     cells:                                   # in file order; a lower priority runs earlier
       - {name: batchnorm, set: [norm=batchnorm], seeds: [0, 1, 2], priority: 0}
       - {name: layernorm, set: [norm=layernorm], priority: 1}
+      - {name: pre_bn, config: classifier/miniimagenet_pretrain.yaml, evaluate: false}  # a training stage only
+      - {name: fine_bn, config: protonet/miniimagenet_finetune.yaml, after: pre_bn}     # starts from pre_bn
     evaluation:                              # the support-size sweep at meta-test (each cell may override keys)
       ways: [5, 20]
       shots: [1, 2, 3, 5, 10]
@@ -19,7 +21,12 @@ A grid file (``configs/study/<name>.yaml``)::
       spectrum_every: 1000                   # training episodes between records of W's spectrum (0: never)
       whiteness_episodes: 20                 # test episodes per (way, K, policy) for whiteness/conditioning
 
-A *cell* is one experiment (config + overrides); a *run* is a cell at one seed. Every run has a fixed folder
+A *cell* is one experiment (config + overrides); a *run* is a cell at one seed. A cell with ``after: OTHER``
+is a second training stage: its run at seed ``s`` starts from the backbone of OTHER's run at seed ``s``
+(``model.init_from`` is set to that run's folder) and is started only once that run is finished. OTHER must be
+defined earlier in the file, with the same seeds and a priority no higher, so run order puts it first. A cell
+with ``evaluate: false`` is trained only (e.g. a pre-training stage); its training episodes count in the
+budget of the cells that start from it. Every run has a fixed folder
 (:attr:`PlannedRun.run_dir`), so a sweep stopped anywhere resumes where it left off, and each run is an
 independent command (``sweep --grid FILE --only CELL/seedS``) that another machine can execute. Budgets are
 training episodes: a cell whose resolved config has ``train.max_minutes`` set is refused, because a time budget
@@ -32,6 +39,7 @@ first.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
 from collections.abc import Mapping, Sequence
@@ -53,7 +61,7 @@ __all__ = [
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _GRID_KEYS = ("name", "config", "set", "seeds", "cells", "evaluation", "diagnostics")
-_CELL_KEYS = ("name", "config", "set", "seeds", "priority", "evaluation")
+_CELL_KEYS = ("name", "config", "set", "seeds", "priority", "evaluation", "after", "evaluate")
 _POLICIES = ("running", "support", "transductive")
 
 
@@ -71,7 +79,7 @@ class EvaluationSpec:
     policies: tuple[str, ...] = ("running", "support", "transductive")
 
     def settings(self) -> list[tuple[int, int, str]]:
-        """Every ``(way, shot, policy)`` in a fixed order (way, then shot, then policy)."""
+        """Every ``(way, shot, policy)`` in a fixed order (way, then shot, then policy); none without ways."""
         return [(w, k, p) for w in self.ways for k in self.shots for p in self.policies]
 
 
@@ -95,6 +103,7 @@ class CellSpec:
     priority: int
     position: int
     evaluation: EvaluationSpec
+    after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,11 @@ class PlannedRun:
     @property
     def target_episodes(self) -> int:
         return self.cfg.train.episodes
+
+    @property
+    def after_dir(self) -> Path | None:
+        """The folder of the run this one starts from (``after:``), or ``None``."""
+        return None if self.cell.after is None else Path(self.cfg.model.init_from)
 
 
 def is_grid_file(path: str | Path) -> bool:
@@ -246,15 +260,34 @@ def load_grid(path: str | Path) -> GridSpec:
         priority = raw.get("priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ConfigError(f"{cw}: priority must be an integer (lower runs first), got {priority!r}")
+        cell_seeds = _int_list(raw["seeds"], f"{cw}: seeds", 0) if "seeds" in raw else seeds
+        after = raw.get("after")
+        if after is not None:
+            earlier = {c.name: c for c in cells}
+            if after not in earlier:
+                raise ConfigError(
+                    f"{cw}: after: {after!r} is not a cell defined earlier in the file; a second stage names the "
+                    f"earlier cell it starts from (earlier cells: {', '.join(earlier) or 'none'})"
+                )
+            if earlier[after].seeds != cell_seeds or earlier[after].priority > priority:
+                raise ConfigError(
+                    f"{cw}: after: {after!r} needs the same seeds ({list(earlier[after].seeds)}) and a priority no "
+                    f"higher than {priority}, so that its runs exist and run first"
+                )
+        evaluate = raw.get("evaluate", True)
+        if not isinstance(evaluate, bool):
+            raise ConfigError(f"{cw}: evaluate must be true or false, got {evaluate!r}")
+        cell_eval = _evaluation(raw.get("evaluation"), evaluation, f"{cw}: evaluation")
         cells.append(
             CellSpec(
                 name=raw["name"],
                 config=_resolve_config(raw["config"], f"{cw}: config") if "config" in raw else config,
                 overrides=shared + _str_list(raw.get("set"), f"{cw}: set"),
-                seeds=_int_list(raw["seeds"], f"{cw}: seeds", 0) if "seeds" in raw else seeds,
+                seeds=cell_seeds,
                 priority=priority,
                 position=i,
-                evaluation=_evaluation(raw.get("evaluation"), evaluation, f"{cw}: evaluation"),
+                evaluation=cell_eval if evaluate else dataclasses.replace(cell_eval, ways=()),
+                after=after,
             )
         )
     names = [c.name for c in cells]
@@ -275,6 +308,8 @@ def plan_runs(grid: GridSpec, root: str | Path | None = None) -> list[PlannedRun
     for cell in grid.cells:
         for seed in cell.seeds:
             overrides = (*cell.overrides, f"seed={seed}", f"name={grid.name}_{cell.name}")
+            if cell.after is not None:
+                overrides = (*overrides, f"model.init_from={base / cell.after / f'seed{seed}'}")
             try:
                 cfg = load_config(cell.config, overrides)
             except ConfigError as exc:

@@ -51,8 +51,8 @@ N_RESAMPLES = 10_000
 
 
 def _reference(grid: GridSpec, runs: Sequence[PlannedRun]) -> str:
-    for run in runs:
-        if run.cfg.model.norm == "batchnorm" and not run.cfg.model.norm_kwargs:
+    for run in runs:  # the first evaluated BN cell (a pre-training stage is not evaluated)
+        if run.cfg.model.norm == "batchnorm" and not run.cfg.model.norm_kwargs and run.cell.evaluation.settings():
             return run.cell.name
     return grid.cells[0].name
 

@@ -2,7 +2,7 @@
 
 States:
 
-* ``todo``: no run folder yet.
+* ``todo``: no run folder yet (a second stage whose first stage is not finished notes what it waits for).
 * ``running``: a sweep process holds the run's lock (``<run>.lock`` beside the folder: host, pid, start time).
   On the same host a lock whose process is gone is stale and does not count.
 * ``stopped``: the folder holds a run below its episode target and nobody is running it (interrupted, stopped at
@@ -28,7 +28,9 @@ from fewshot.evaluation.outputs import EVAL_DIR
 from fewshot.study.grid import PlannedRun
 from fewshot.training.run_dir import read_json
 
-__all__ = ["STATES", "RunStatus", "lock_path", "read_lock", "run_lock", "run_status", "format_status"]
+__all__ = [
+    "STATES", "RunStatus", "lock_path", "read_lock", "run_lock", "run_status", "format_status", "waits_for",
+]  # fmt: skip
 
 STATES = ("todo", "running", "stopped", "failed", "finished")
 
@@ -127,6 +129,19 @@ def _evals_done(run: PlannedRun) -> int:
     return len(wanted & found)
 
 
+def waits_for(run: PlannedRun) -> str | None:
+    """Why a second-stage run (``after:``) cannot start yet, or ``None`` when its first stage is finished."""
+    folder = run.after_dir
+    if folder is None:
+        return None
+    if (
+        read_json(folder / "metrics.json").get("status") == "finished"
+        and (folder / "checkpoints" / "best.pt").is_file()
+    ):
+        return None
+    return f"waits for {run.cell.after}/seed{run.seed} to finish (it starts from that run's backbone)"
+
+
 def run_status(run: PlannedRun) -> RunStatus:
     """The :class:`RunStatus` of ``run`` from its folder and lock."""
     total = len(run.cell.evaluation.settings())
@@ -135,7 +150,7 @@ def run_status(run: PlannedRun) -> RunStatus:
     if not folder.is_dir() or not any(folder.iterdir()):
         if lock is not None:
             return RunStatus(run, "running", 0, 0.0, 0, total, f"starting, pid {lock['pid']} on {lock['host']}")
-        return RunStatus(run, "todo", 0, 0.0, 0, total)
+        return RunStatus(run, "todo", 0, 0.0, 0, total, waits_for(run) or "")
     metrics = read_json(folder / "metrics.json")
     done = int(metrics.get("episodes_done", 0))
     minutes = float(metrics.get("train_seconds", 0.0)) / 60.0

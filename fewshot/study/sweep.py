@@ -21,7 +21,7 @@ from typing import Any
 from fewshot.config.loader import load_config
 from fewshot.study.grid import GridSpec, PlannedRun
 from fewshot.study.spectrum import append_spectrum
-from fewshot.study.status import run_lock, run_status
+from fewshot.study.status import run_lock, run_status, waits_for
 
 __all__ = ["SweepOutcome", "train_planned", "evaluate_planned", "diagnose_planned", "run_sweep"]
 
@@ -102,7 +102,8 @@ def evaluate_planned(run: PlannedRun, *, runs_root: str | Path | None = None, lo
 
 
 def diagnose_planned(run: PlannedRun, n_episodes: int, *, runs_root: str | Path | None = None) -> Path | None:
-    """Write ``diagnostics/whiteness.csv`` of a finished run (skipped when it exists for the same checkpoint)."""
+    """Write ``diagnostics/whiteness.csv`` of a finished run (skipped when it exists for the same checkpoint, and for
+    a cell that is not evaluated)."""
     import csv
 
     from fewshot.evaluation.outputs import file_sha256
@@ -112,7 +113,7 @@ def diagnose_planned(run: PlannedRun, n_episodes: int, *, runs_root: str | Path 
     from fewshot.training.episode_sets import get_episode_set
     from fewshot.training.run_dir import load_run
 
-    if n_episodes < 1:
+    if n_episodes < 1 or not run.cell.evaluation.settings():
         return None
     path = run.run_dir / WHITENESS_FILE
     sha = file_sha256(checkpoint_file(run.run_dir))
@@ -167,6 +168,10 @@ def run_sweep(
             continue
         if status.state == "running":
             log(f"[sweep] {run.key}: skipped, {status.note}")
+            busy.append(run.key)
+            continue
+        if status.state == "todo" and waits_for(run):
+            log(f"[sweep] {run.key}: skipped, {waits_for(run)}")
             busy.append(run.key)
             continue
         done_before = status.state == "finished" and status.evals_done == status.evals_total

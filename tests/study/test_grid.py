@@ -39,10 +39,16 @@ def test_maml_grid_is_2042_meta_steps_of_32_tasks(tmp_path):
     assert all(r.target_episodes % r.cfg.train.meta_batch == 0 for r in runs)
 
 
-def test_miniimagenet_grid_has_bn_both_swbn_and_two_others(tmp_path):
+def test_miniimagenet_grid_has_two_stages_for_bn_both_swbn_and_two_others(tmp_path):
     runs = plan_runs(load_grid(configs_dir() / "study" / "miniimagenet_protonet.yaml"), tmp_path)
-    assert [r.cell.name for r in runs][:3] == ["batchnorm", "swbn", "swbn_rho0.1"] and len(runs) == 5
-    assert {r.cfg.data.dataset for r in runs} == {"miniimagenet"} and runs[0].cell.evaluation.queries == 15
+    stages = [r.cell.name for r in runs]
+    assert stages[:6] == ["pre_batchnorm", "batchnorm", "pre_swbn", "swbn", "pre_swbn_rho0.1", "swbn_rho0.1"]
+    assert len(runs) == 10 and {r.cfg.data.dataset for r in runs} == {"miniimagenet"}
+    pre, fine = runs[0], runs[1]
+    assert pre.cfg.learner.name == "classifier" and pre.cell.evaluation.settings() == [] and pre.after_dir is None
+    assert fine.cfg.learner.name == "protonet" and fine.after_dir == pre.run_dir
+    assert fine.cfg.model.init_from == str(pre.run_dir) and fine.cell.evaluation.queries == 15
+    assert [r.cfg.model.norm_kwargs for r in runs[4:6]] == [{"shrinkage": 0.1}] * 2
 
 
 @pytest.mark.parametrize(
@@ -53,6 +59,9 @@ def test_miniimagenet_grid_has_bn_both_swbn_and_two_others(tmp_path):
         ("cells: [{name: a}, {name: a}]\nset: [train.max_minutes=null]\n", "repeated: \\['a'\\]"),
         ("cells: [{name: a}]\nevaluation: {policies: [query]}\n", "policies must be"),
         ("cells: []\n", "non-empty 'cells:' list"),
+        ("cells: [{name: b, after: a}, {name: a}]\n", "not a cell defined earlier"),
+        ("cells: [{name: a, seeds: [0, 1]}, {name: b, after: a}]\n", "needs the same seeds"),
+        ("cells: [{name: a, evaluate: no-thanks}]\n", "evaluate must be true or false"),
     ],
 )
 def test_bad_grids_are_refused_with_the_reason(tmp_path, text, match):

@@ -136,3 +136,27 @@ def test_locks_running_state_and_plan(write_grid, toy_root, capsys):
     assert float(row[3]) == pytest.approx(seconds, abs=1e-3) and float(row[6]) == pytest.approx(
         2 * seconds / 60, abs=0.05
     )
+
+
+def test_a_second_stage_waits_for_its_first_and_starts_from_its_backbone(write_grid, toy_root):
+    stages = (
+        "cells:\n"
+        "  - {name: pre, set: [learner.name=classifier, 'learner.kwargs={n_classes: 6}'], evaluate: false}\n"
+        "  - {name: fine, after: pre}\n"
+    )
+    grid_path = write_grid(toy_root, norms=(), seeds=(0,), episodes=4, extra="")
+    text = grid_path.read_text().replace("cells:\n\n", stages)
+    grid_path.write_text(text)
+    grid = load_grid(grid_path)
+    pre, fine = plan_runs(grid)
+    assert (pre.key, fine.key) == ("pre/seed0", "fine/seed0")
+
+    outcome = run_sweep(grid, [fine], log=lambda _: None)  # the first stage has not run: the second waits
+    assert outcome.busy == ("fine/seed0",) and not fine.run_dir.exists()
+    assert "waits for pre/seed0" in run_status(fine).note
+
+    outcome = run_sweep(grid, [pre, fine], log=lambda _: None)
+    assert outcome.trained == ("pre/seed0", "fine/seed0") and outcome.evaluated == ("fine/seed0",)
+    assert (run_status(pre).evals_total, run_status(fine).evals_done) == (0, 4)
+    record = json.loads((fine.run_dir / "init_from.json").read_text())
+    assert record["path"] == str(pre.run_dir / "checkpoints" / "best.pt")
