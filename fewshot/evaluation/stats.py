@@ -18,9 +18,11 @@ Across training seeds (:func:`hierarchical_bootstrap`): the accuracy of a cell i
 per-seed means on the same episode file; its 95% interval is the percentile interval of a two-level bootstrap
 that resamples seeds, then episodes within each drawn seed, so both sources of variation are in it.
 
-The Student t distribution function is computed without scipy, from the regularized incomplete beta function
-``I_x(a, b)`` evaluated by its continued fraction (modified Lentz algorithm; Press, Teukolsky, Vetterling and
-Flannery, *Numerical Recipes*, 3rd ed., §6.4): for ``t ≥ 0``, ``P(|T| > t) = I_{ν/(ν+t²)}(ν/2, 1/2)``.
+The t distribution comes from :mod:`scipy.stats` (``ttest_1samp`` on the differences, identical to ``ttest_rel``).
+The sign-flip test and the two-level bootstrap draw their resamples with numpy, each for a stated reason: the
+committed Monte Carlo p-values (``results/compare_*.csv``) are reproduced only by this generator stream, and
+``scipy.stats.bootstrap`` resamples one level. ``scipy.stats.permutation_test`` is the reference the sign-flip
+test is checked against in the tests; ``python scripts/check_results_stats.py`` recomputes the committed tables.
 """
 
 from __future__ import annotations
@@ -36,9 +38,6 @@ __all__ = [
     "MeanCI",
     "PairedComparison",
     "mean_ci",
-    "regularized_incomplete_beta",
-    "student_t_cdf",
-    "t_test_two_sided_p",
     "paired_t_test",
     "sign_flip_test",
     "paired_comparison",
@@ -147,83 +146,6 @@ def mean_ci(values: Sequence[float] | np.ndarray) -> MeanCI:
     return MeanCI(mean=mean, std=std, ci95=Z_95 * std / math.sqrt(n), n=n)
 
 
-def _beta_continued_fraction(a: float, b: float, x: float) -> float:
-    """Continued fraction of I_x(a, b) (Numerical Recipes §6.4, modified Lentz); converges for x < (a+1)/(a+b+2)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = 1.0
-    d = 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            return h
-    raise ArithmeticError(f"incomplete beta continued fraction did not converge for a={a}, b={b}, x={x}")
-
-
-def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function ``I_x(a, b)`` for ``a, b > 0`` and ``0 ≤ x ≤ 1``.
-
-    Uses the continued fraction directly when ``x < (a+1)/(a+b+2)`` and the symmetry
-    ``I_x(a, b) = 1 − I_{1−x}(b, a)`` otherwise, so that it converges quickly (Numerical Recipes §6.4).
-
-    Example:
-        >>> round(regularized_incomplete_beta(2.0, 3.0, 0.4), 10)  # = 0.5248 in closed form
-        0.5248
-    """
-    if not (a > 0 and b > 0):
-        raise ValueError(f"incomplete beta needs a > 0 and b > 0, got a={a}, b={b}")
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"incomplete beta needs 0 <= x <= 1, got x={x}")
-    if x == 0.0 or x == 1.0:
-        return x
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
-
-
-def t_test_two_sided_p(t: float, df: float) -> float:
-    """Two-sided p-value ``P(|T| ≥ |t|)`` of Student's t with ``df`` degrees of freedom.
-
-    Example:
-        >>> round(t_test_two_sided_p(2.0, 10), 4)
-        0.0734
-    """
-    if not df > 0:
-        raise ValueError(f"degrees of freedom must be > 0, got {df}; a paired t-test needs at least 2 episodes")
-    if math.isnan(t):
-        return math.nan
-    if math.isinf(t):
-        return 0.0
-    return regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
-
-
-def student_t_cdf(t: float, df: float) -> float:
-    """Distribution function ``P(T ≤ t)`` of Student's t with ``df`` degrees of freedom.
-
-    Example:
-        >>> round(student_t_cdf(1.0, 1), 12)  # Cauchy: 1/2 + arctan(1)/π
-        0.75
-    """
-    tail = 0.5 * t_test_two_sided_p(t, df)
-    return 1.0 - tail if t >= 0 else tail
-
-
 def _differences(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> np.ndarray:
     arr_a, arr_b = _as_1d(a, "a"), _as_1d(b, "b")
     if arr_a.shape != arr_b.shape:
@@ -235,7 +157,7 @@ def _differences(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarra
 
 
 def paired_t_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> tuple[float, int, float]:
-    """Two-sided paired t-test of ``mean(b − a) = 0``.
+    """Two-sided paired t-test of ``mean(b − a) = 0`` (``scipy.stats.ttest_1samp`` on the differences).
 
     Args:
         a: ``(n,)`` per-episode values of the reference.
@@ -255,12 +177,14 @@ def paired_t_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarr
     if n < 2:
         raise ValueError(f"a paired t-test needs at least 2 paired episodes, got {n}")
     mean = float(d.mean())
-    sd = float(d.std(ddof=1))
     if float(np.ptp(d)) <= 1e-12 * max(1.0, float(np.abs(d).max())):  # all differences equal up to rounding
-        t = 0.0 if abs(mean) <= 1e-12 else math.copysign(math.inf, mean)
-    else:
-        t = mean / (sd / math.sqrt(n))
-    return t, n - 1, t_test_two_sided_p(t, n - 1)
+        if abs(mean) <= 1e-12:
+            return 0.0, n - 1, 1.0
+        return math.copysign(math.inf, mean), n - 1, 0.0
+    import scipy.stats  # here, not at the top: it takes 1-2 s to import and only comparisons need it
+
+    result = scipy.stats.ttest_1samp(d, 0.0)
+    return float(result.statistic), n - 1, float(result.pvalue)
 
 
 def sign_flip_test(
@@ -278,6 +202,13 @@ def sign_flip_test(
     not change the statistic). Otherwise ``n_resamples`` random patterns are drawn with a generator seeded by
     ``seed`` and ``p = (1 + #{extreme}) / (1 + n_resamples)``, which is never zero (Phipson and Smyth,
     "Permutation p-values should never be zero", Stat. Appl. Genet. Mol. Biol., 2010).
+
+    This is ``scipy.stats.permutation_test((d,), statistic, permutation_type="samples")`` with the statistic
+    ``|Σ d_i|`` and ``alternative="greater"`` (the tests check that their exact p-values are equal), written here
+    for two reasons (docs/statistics.md): scipy draws its Monte Carlo patterns by another generator path, which
+    would move the committed Monte Carlo p-values within their Monte Carlo error; and scipy counts ties up to a
+    tolerance relative to the observed statistic, which misses them when ``Σ d_i`` is 0 in exact arithmetic
+    but ~1e-17 in floating point. The tolerance here is absolute, ``1e-9 · max(1, Σ|d_i|)``.
 
     Args:
         a: ``(n,)`` per-episode values of the reference.
@@ -394,6 +325,10 @@ def hierarchical_bootstrap(
     and Hinkley, *Bootstrap Methods and their Application*, 1997, §3.8, resampling at both stages). With one seed
     it is the ordinary episode bootstrap (≈ ``1.96 · s / √E``); identical values give a zero-width interval. The
     generator is ``numpy.random.default_rng(seed)``, so a table made twice is identical.
+
+    The draws are written here because ``scipy.stats.bootstrap`` resamples one level (the observations of each
+    sample, independently); the interval is the plain percentile interval (``numpy.quantile``), since scipy's
+    BCa correction is defined for that one-level design, not for the nested one.
 
     With few seeds the seed stage can only reflect the seeds that were run: with ``S`` seeds its variance is
     ``(S − 1)/S`` of the seed-to-seed variance and there are few distinct seed draws (10 for ``S = 3``), so the

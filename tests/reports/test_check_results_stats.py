@@ -1,0 +1,41 @@
+"""scripts/check_results_stats.py: the committed compare/accuracy CSVs are reproduced from their per-episode files."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "check_results_stats.py"
+
+
+@pytest.fixture(scope="module")
+def check():
+    spec = importlib.util.spec_from_file_location("check_results_stats", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_committed_results_are_reproduced(check, capsys):
+    assert check.main([]) == 0, capsys.readouterr().out
+
+
+def test_a_changed_printed_value_is_reported(check, tmp_path, capsys):
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "results" / "runs", results / "runs")
+    lines = (ROOT / "results" / "compare_maml_omniglot_v02.csv").read_text().splitlines(keepends=True)
+    first_row = next(i for i, line in enumerate(lines) if line.startswith("omniglot,"))
+    lines[first_row] = lines[first_row].replace(",9.36117e-05,0.00019999,", ",9.36117e-05,0.0002,")
+    (results / "compare_maml_omniglot_v02.csv").write_text("".join(lines[: first_row + 1]))
+    head = (ROOT / "results" / "accuracy.csv").read_text().splitlines(keepends=True)[:3]
+    (results / "accuracy.csv").write_text("".join(head).replace(",89.4800,0.5910,", ",89.4800,0.5911,"))
+    assert check.main(["--results", str(results)]) == 1
+    out = capsys.readouterr().out
+    assert "compare_maml_omniglot_v02.csv row 1 p_perm: committed 0.0002, recomputed 0.00019999" in out
+    assert "accuracy.csv row 1 ci95: committed 0.5911, recomputed 0.5910" in out
+    assert "2 printed value(s) differ" in out
