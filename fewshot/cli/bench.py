@@ -277,7 +277,45 @@ def _add_maml(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_maml)
 
 
+def run_data(args: argparse.Namespace) -> int:
+    """``bench data``: first decode into an empty cache and cached load per split; print, write the CSV."""
+    bench = load_benchmark("bench_data")
+    out = Path(args.out)
+    if args.write and out.exists() and not args.force:
+        raise ConfigError(f"{out} already exists; pass --force to replace it, or --out to write elsewhere")
+    rows = bench.run(args.dataset, args.protocol, _comma_list(args.splits), data_root=args.data_root)
+    env = bench.environment()
+    print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    print(bench.format_table(rows))
+    if args.write:
+        from fewshot.provenance import command_line
+
+        path = bench.write_csv(rows, out, env, command_line(), force=args.force)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "data",
+        help="first decode and cached load time of each split of a dataset",
+        description=(
+            "Loads each split once into an empty private decode cache (the first decode) and once from it (every "
+            "later process), and prints both times (benchmarks/bench_data.py)."
+        ),
+    )
+    parser.add_argument("--dataset", default="miniimagenet", help="dataset (default miniimagenet)")
+    parser.add_argument("--protocol", default="ravi", help="protocol (default ravi)")
+    parser.add_argument("--splits", default="train,val,test", help="comma list of splits")
+    parser.add_argument("--data-root", default=None, help="data root (default: the usual lookup)")
+    parser.add_argument("--write", action="store_true", help="also write the CSV (see --out)")
+    parser.add_argument("--out", default="results/bench_data.csv", help="CSV path for --write")
+    parser.add_argument("--force", action="store_true", help="let --write replace an existing CSV")
+    parser.set_defaults(func=run_data)
+
+
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "data": _add_data,
     "maml": _add_maml,
     "norms": _add_norms,
     "train": _add_train,
