@@ -55,9 +55,7 @@ def run_norms(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    if args.write and out.exists() and not args.force:  # fail before minutes of measuring
-        raise ConfigError(f"{out} already exists; pass --force to replace it, or --out to write elsewhere")
+    out = _check_out(args)
     try:
         rows = bench.run(
             datasets=_comma_list(args.datasets),
@@ -234,18 +232,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_eval)
 
 
-def run_maml(args: argparse.Namespace) -> int:
-    """``bench maml``: time and peak memory per meta-step of every MAML config; print (or JSON), write the CSV."""
-    bench = load_benchmark("bench_maml")
+def _check_out(args: argparse.Namespace) -> Path:
+    """The ``--out`` path; with ``--write``, refuse an existing file without ``--force`` before measuring."""
     out = Path(args.out)
     if args.write and out.exists() and not args.force:  # fail before minutes of measuring
         raise ConfigError(f"{out} already exists; pass --force to replace it, or --out to write elsewhere")
-    try:
-        rows = bench.run(steps=args.steps, only=_comma_list(args.configs) or None)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    return out
+
+
+def _report_rows(bench: ModuleType, rows: list, args: argparse.Namespace, out: Path) -> int:
+    """Print the environment and the table (or JSON with ``--json``); with ``--write`` write the CSV."""
     env = bench.environment()
-    if args.json:
+    if getattr(args, "json", False):
         print(json.dumps({"environment": env, "rows": [asdict(r) for r in rows]}, indent=2))
     else:
         print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
@@ -256,6 +254,17 @@ def run_maml(args: argparse.Namespace) -> int:
         path = bench.write_csv(rows, out, env, command_line(), force=args.force)
         print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def run_maml(args: argparse.Namespace) -> int:
+    """``bench maml``: time and peak memory per meta-step of every MAML config; print (or JSON), write the CSV."""
+    bench = load_benchmark("bench_maml")
+    out = _check_out(args)
+    try:
+        rows = bench.run(steps=args.steps, only=_comma_list(args.configs) or None)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return _report_rows(bench, rows, args, out)
 
 
 def _add_maml(sub: argparse._SubParsersAction) -> None:
@@ -280,19 +289,9 @@ def _add_maml(sub: argparse._SubParsersAction) -> None:
 def run_data(args: argparse.Namespace) -> int:
     """``bench data``: first decode into an empty cache and cached load per split; print, write the CSV."""
     bench = load_benchmark("bench_data")
-    out = Path(args.out)
-    if args.write and out.exists() and not args.force:
-        raise ConfigError(f"{out} already exists; pass --force to replace it, or --out to write elsewhere")
+    out = _check_out(args)
     rows = bench.run(args.dataset, args.protocol, _comma_list(args.splits), data_root=args.data_root)
-    env = bench.environment()
-    print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
-    print(bench.format_table(rows))
-    if args.write:
-        from fewshot.provenance import command_line
-
-        path = bench.write_csv(rows, out, env, command_line(), force=args.force)
-        print(f"wrote {path}", file=sys.stderr)
-    return 0
+    return _report_rows(bench, rows, args, out)
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
