@@ -4,10 +4,8 @@ synthetic image-folder dataset (16x16 grey images, a handful of classes, a few d
 import json
 import shutil
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from fewshot.cli.main import main
 from fewshot.training.checkpoint import load_checkpoint, save_checkpoint
@@ -16,19 +14,11 @@ pytest.importorskip("fewshot.learners")
 
 
 @pytest.fixture
-def dataset(tmp_path, monkeypatch):
-    """train/ and test/ folders of 6 classes x 6 images: class c is a bright bar at row 2c plus noise."""
+def dataset(tmp_path, monkeypatch, bar_dataset):
+    """train/, val/ and test/ folders of 6 bar classes x 6 images (tests/conftest.py) under ``data/toy``."""
     monkeypatch.setenv("FEWSHOT_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
-    rng = np.random.default_rng(0)
-    for split in ("train", "val", "test"):
-        for c in range(6):
-            folder = tmp_path / "data" / "toy" / split / f"{split}{c}"
-            folder.mkdir(parents=True)
-            for i in range(6):
-                img = rng.integers(0, 60, size=(16, 16)).astype(np.uint8)
-                img[2 * c : 2 * c + 2, :] = 255
-                Image.fromarray(img, mode="L").save(folder / f"{i}.png")
+    bar_dataset(tmp_path / "data" / "toy", ("train", "val", "test"))
     return tmp_path
 
 

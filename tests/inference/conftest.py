@@ -1,7 +1,7 @@
 """Fixtures for the inference tests: a toy image-folder dataset, tiny trained ProtoNet and MAML runs (trained once
 per session, a few seconds each), and folders of "your own" images drawn like the toy classes.
 
-Toy class ``c``: a 16x16 grey image of dark noise with a bright bar at rows ``2c, 2c+1``.
+Toy class ``c``: the bar images of tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -9,31 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from fewshot.cli.main import main
-
-
-def bar_image(c: int, seed: int, size: int = 16) -> np.ndarray:
-    """uint8 ``(size, size)``: dark noise (0..59) with rows ``2c, 2c+1`` at 255."""
-    img = np.random.default_rng(seed).integers(0, 60, size=(size, size)).astype(np.uint8)
-    img[2 * c : 2 * c + 2, :] = 255
-    return img
-
-
-def write_classes(folder: Path, classes: dict[str, int], per_class: int, seed: int) -> dict[str, list[Path]]:
-    """``folder/<name>/<i>.png`` for each ``name: bar row``; returns the files per class."""
-    files = {}
-    for k, (name, c) in enumerate(sorted(classes.items())):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        files[name] = []
-        for i in range(per_class):
-            path = folder / name / f"{i}.png"
-            Image.fromarray(bar_image(c, seed + 100 * k + i), mode="L").save(path)
-            files[name].append(path)
-    return files
 
 
 def _overrides(data: Path, extra: tuple[str, ...]) -> list[str]:
@@ -53,15 +32,13 @@ MAML = ("learner.name=maml", "learner.kwargs={inner_steps: 1, eval_inner_steps: 
 
 
 @pytest.fixture(scope="session")
-def toy(tmp_path_factory):
+def toy(tmp_path_factory, bar_dataset):
     """``{"root", "data", "protonet", "maml"}``: the toy dataset and two trained run folders (session-wide)."""
     root = tmp_path_factory.mktemp("inference")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FEWSHOT_RUNS", str(root / "runs"))
         mp.setenv("FEWSHOT_CACHE", str(root / "cache"))
-        data = root / "data"
-        for split, offset in (("train", 0), ("test", 1000)):
-            write_classes(data / split, {f"{split}{c}": c for c in range(6)}, per_class=6, seed=offset)
+        data = bar_dataset(root / "data", ("train", "test"))
         runs = {}
         for name, extra in (("protonet", ()), ("maml", MAML)):
             runs[name] = root / "runs" / name
@@ -71,7 +48,7 @@ def toy(tmp_path_factory):
 
 
 @pytest.fixture
-def own_images(tmp_path):
+def own_images(tmp_path, bar_image, write_classes):
     """Your own images: ``support/{a,b,c}/`` (2 each, bars 0, 3, 6) and ``query/`` (one of each class, flat, named
     ``q_<class>.png``, plus ``query/held/`` with one more of class b)."""
     support = write_classes(tmp_path / "support", {"a": 0, "b": 3, "c": 6}, per_class=2, seed=5000)

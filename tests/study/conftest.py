@@ -1,26 +1,17 @@
-"""A tiny synthetic image-folder dataset and a 2-layer x 2-seed grid on it (a few episodes per run)."""
+"""A tiny synthetic image-folder dataset (the bar classes of tests/conftest.py) and a 2-layer x 2-seed grid on it
+(a few episodes per run)."""
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 
 @pytest.fixture
-def toy_root(tmp_path, monkeypatch):
-    """train/ and test/ folders of 6 classes x 8 images: class c is a bright bar at row 2c plus noise."""
+def toy_root(tmp_path, monkeypatch, bar_dataset):
+    """train/ and test/ folders of 6 bar classes x 8 images (tests/conftest.py) under ``data/toy``."""
     monkeypatch.setenv("FEWSHOT_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for c in range(6):
-            folder = tmp_path / "data" / "toy" / split / f"{split}{c}"
-            folder.mkdir(parents=True)
-            for i in range(8):
-                img = rng.integers(0, 60, size=(16, 16)).astype(np.uint8)
-                img[2 * c : 2 * c + 2, :] = 255
-                Image.fromarray(img, mode="L").save(folder / f"{i}.png")
+    bar_dataset(tmp_path / "data" / "toy", ("train", "test"), per_class=8)
     return tmp_path
 
 

@@ -1,0 +1,59 @@
+"""Fixtures shared by every test folder: the toy "bar" image-folder dataset used by the end-to-end tests.
+
+Toy class ``c``: a 16x16 grey image of dark noise (0..59) with a bright bar (255) at rows ``2c, 2c+1``, so a
+few episodes of training separate the classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def bar_image(c: int, seed: int, size: int = 16) -> np.ndarray:
+    """uint8 ``(size, size)``: dark noise (0..59) with rows ``2c, 2c+1`` at 255."""
+    img = np.random.default_rng(seed).integers(0, 60, size=(size, size)).astype(np.uint8)
+    img[2 * c : 2 * c + 2, :] = 255
+    return img
+
+
+def write_classes(folder: Path, classes: dict[str, int], per_class: int, seed: int) -> dict[str, list[Path]]:
+    """``folder/<name>/<i>.png`` for each ``name: bar row``; returns the files per class."""
+    files = {}
+    for k, (name, c) in enumerate(sorted(classes.items())):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        files[name] = []
+        for i in range(per_class):
+            path = folder / name / f"{i}.png"
+            Image.fromarray(bar_image(c, seed + 100 * k + i), mode="L").save(path)
+            files[name].append(path)
+    return files
+
+
+def write_bar_dataset(folder: Path, splits: tuple[str, ...], n_classes: int = 6, per_class: int = 6) -> Path:
+    """``folder/<split>/<split><c>/<i>.png`` for ``c < n_classes``: an image-folder dataset whose splits share no
+    class name and no image (each split draws from its own seeds). Returns ``folder``."""
+    for s, split in enumerate(splits):
+        write_classes(folder / split, {f"{split}{c}": c for c in range(n_classes)}, per_class, seed=1000 * s)
+    return folder
+
+
+@pytest.fixture(name="bar_dataset", scope="session")
+def bar_dataset_fixture():
+    """:func:`write_bar_dataset`, as a fixture (test modules do not import conftest modules)."""
+    return write_bar_dataset
+
+
+@pytest.fixture(name="bar_image", scope="session")
+def bar_image_fixture():
+    """:func:`bar_image`, as a fixture."""
+    return bar_image
+
+
+@pytest.fixture(name="write_classes", scope="session")
+def write_classes_fixture():
+    """:func:`write_classes`, as a fixture."""
+    return write_classes
