@@ -18,17 +18,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._results import environment, rows_to_csv, write_result  # noqa: E402
 from fewshot.evaluation.compare import run_label  # noqa: E402
-from fewshot.evaluation.run_eval import load_run_config  # noqa: E402
-from fewshot.training.checkpoint import load_checkpoint  # noqa: E402
-
-SUFFIX = ".whitening_matrix"
+from fewshot.study.spectrum import spectrum_rows as layer_spectrum  # noqa: E402
+from fewshot.training.run_dir import read_verified_checkpoint  # noqa: E402
 
 
 @dataclass
@@ -47,20 +43,19 @@ class Row:
 def spectrum_rows(run_dir: Path, checkpoint: str = "best") -> list[Row]:
     """One :class:`Row` per ``whitening_matrix`` buffer of ``run_dir/checkpoints/{checkpoint}.pt``.
 
+    The checkpoint is read by the verifying loader (its SHA-256, and its config against ``config.yaml``); the
+    singular values are those of :func:`fewshot.study.spectrum.spectrum_rows`, the sweep's record over training.
+
     Raises:
         ValueError: the checkpoint holds no SWBN layer (the message names the run and its norm).
+        DataError: the checkpoint is damaged, edited, or does not belong to ``config.yaml``.
     """
-    cfg = load_run_config(run_dir)
-    model = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")["model"]
-    rows = []
-    for key, w in model.items():
-        if not key.endswith(SUFFIX):
-            continue
-        s = torch.linalg.svdvals(w.double())  # (groups, g)
-        rows.append(
-            Row(run_dir.name, run_label(cfg), key.removesuffix(SUFFIX), w.shape[0], w.shape[-1],
-                float(s.max()), float(s.flatten().median()))
-        )  # fmt: skip
+    cfg, payload = read_verified_checkpoint(run_dir, checkpoint)
+    rows = [
+        Row(run_dir.name, run_label(cfg), r["layer"], r["groups"], r["group_size"], r["sv_max"], r["sv_median"])
+        for r in layer_spectrum(payload["model"], episode=0)
+        if r["buffer"] == "whitening_matrix"
+    ]
     if not rows:
         raise ValueError(
             f"run {str(run_dir)!r} has no SWBN whitening matrix (its norm is {cfg.model.norm!r}); "

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fewshot.config.loader import config_to_dict, read_config
+from fewshot.errors import DataError
 from fewshot.training.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +35,7 @@ def _run(tmp_path: Path, config: Path, model: dict) -> Path:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(config, run / "config.yaml")
-    save_checkpoint({"model": model}, run / "checkpoints" / "best.pt")
+    save_checkpoint({"model": model, "config": config_to_dict(read_config(config))}, run / "checkpoints" / "best.pt")
     return run
 
 
@@ -49,4 +51,11 @@ def test_rows_hold_max_and_median_singular_values_per_layer(spectrum, tmp_path):
 def test_run_without_swbn_is_refused_naming_its_norm(spectrum, tmp_path):
     run = _run(tmp_path, BN_CONFIG, {"a.norm.running_mean": torch.zeros(6)})
     with pytest.raises(ValueError, match="no SWBN whitening matrix.*'batchnorm'.*norm=swbn"):
+        spectrum.spectrum_rows(run)
+
+
+def test_a_checkpoint_that_does_not_belong_to_config_yaml_is_refused(spectrum, tmp_path):
+    run = _run(tmp_path, SWBN_CONFIG, {"a.norm.whitening_matrix": torch.eye(3)[None]})
+    shutil.copy(BN_CONFIG, run / "config.yaml")  # config.yaml now says batchnorm; the checkpoint was swbn
+    with pytest.raises(DataError, match="does not match the config best.pt was trained with.*model.norm"):
         spectrum.spectrum_rows(run)
