@@ -3,8 +3,8 @@
 States:
 
 * ``todo``: no run folder yet (a second stage whose first stage is not finished notes what it waits for).
-* ``running``: a sweep process holds the run's lock (``<run>.lock`` beside the folder: host, pid, start time).
-  On the same host a lock whose process is gone is stale and does not count.
+* ``running``: a sweep process holds the run's lock (``<run>.lock`` beside the folder, an ``flock`` recording
+  pid, host and start time; the operating system releases it when that process ends, however it ends).
 * ``stopped``: the folder holds a run below its episode target and nobody is running it (interrupted, stopped at
   ``--until-episodes``, or killed); the next sweep resumes it from ``checkpoints/last.pt``.
 * ``failed``: the trainer recorded an error (``metrics.json`` status ``failed``); the sweep skips it until the
@@ -14,18 +14,14 @@ States:
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-from fewshot.errors import ConfigError
 from fewshot.evaluation.outputs import EVAL_DIR
 from fewshot.study.grid import PlannedRun
+from fewshot.training.file_lock import LockOwner, hold_lock, lock_owner
 from fewshot.training.run_dir import read_json
 
 __all__ = [
@@ -63,56 +59,26 @@ def lock_path(run: PlannedRun) -> Path:
     return run.run_dir.with_name(run.run_dir.name + ".lock")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_lock(run: PlannedRun) -> dict | None:
-    """The live lock of ``run`` (``{"host", "pid", "started"}``), or ``None`` if absent or stale."""
-    path = lock_path(run)
-    try:
-        lock = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    if lock.get("host") == socket.gethostname() and not _alive(int(lock.get("pid", -1))):
-        return None  # the process that took it is gone
-    return lock
+def read_lock(run: PlannedRun) -> LockOwner | None:
+    """Who holds ``run``'s lock, or ``None`` if no live process does (a dead process's lock is released)."""
+    return lock_owner(lock_path(run))
 
 
 @contextmanager
 def run_lock(run: PlannedRun) -> Iterator[None]:
-    """Hold ``run``'s lock inside the block (a stale lock of a dead process on this host is taken over).
+    """Hold ``run``'s lock inside the block (:func:`~fewshot.training.file_lock.hold_lock`; the file is removed
+    on release).
 
     Raises:
-        ConfigError: another live process (or another host) holds it.
+        ConfigError: another live process holds it.
     """
     path = lock_path(run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    held = read_lock(run)
-    if held is not None:
-        raise ConfigError(
-            f"run {run.key} is being run by pid {held.get('pid')} on {held.get('host')} since {held.get('started')} "
-            f"(lock {path}); wait for it, or delete the lock file if that process is gone"
-        )
-    path.unlink(missing_ok=True)  # stale
-    body = {"host": socket.gethostname(), "pid": os.getpid(),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        raise ConfigError(f"run {run.key} was locked by another process just now ({path}); try again") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(body, f)
-    try:
+
+    def busy(owner: LockOwner) -> str:
+        return f"run {run.key} is being run by {owner} (lock {path}); wait for it, or stop that process"
+
+    with hold_lock(path, busy, remove=True):
         yield
-    finally:
-        path.unlink(missing_ok=True)
 
 
 def _evals_done(run: PlannedRun) -> int:
@@ -149,14 +115,14 @@ def run_status(run: PlannedRun) -> RunStatus:
     folder = run.run_dir
     if not folder.is_dir() or not any(folder.iterdir()):
         if lock is not None:
-            return RunStatus(run, "running", 0, 0.0, 0, total, f"starting, pid {lock['pid']} on {lock['host']}")
+            return RunStatus(run, "running", 0, 0.0, 0, total, f"starting, pid {lock.pid} on {lock.host}")
         return RunStatus(run, "todo", 0, 0.0, 0, total, waits_for(run) or "")
     metrics = read_json(folder / "metrics.json")
     done = int(metrics.get("episodes_done", 0))
     minutes = float(metrics.get("train_seconds", 0.0)) / 60.0
     evals = _evals_done(run)
     if lock is not None:
-        return RunStatus(run, "running", done, minutes, evals, total, f"pid {lock['pid']} on {lock['host']}")
+        return RunStatus(run, "running", done, minutes, evals, total, f"pid {lock.pid} on {lock.host}")
     if metrics.get("status") == "failed":
         return RunStatus(run, "failed", done, minutes, evals, total, str(metrics.get("error", ""))[:120])
     if done >= run.target_episodes and (folder / "checkpoints" / "best.pt").is_file():

@@ -19,8 +19,6 @@ Every checkpoint carries the resolved config it was trained with. :func:`read_ve
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import platform
@@ -51,6 +49,7 @@ from fewshot.errors import ConfigError, DataError, StorageError
 from fewshot.provenance import command_line
 from fewshot.training.checkpoint import load_checkpoint
 from fewshot.training.episode_sets import runs_root
+from fewshot.training.file_lock import LockOwner, hold_lock, lock_owner
 
 __all__ = [
     "RESUMABLE_KEYS",
@@ -192,49 +191,27 @@ def check_writable(folder: str | Path, what: str) -> None:
 
 @contextlib.contextmanager
 def run_lock(run_dir: str | Path) -> Iterator[Path]:
-    """Hold ``<run_dir>/.lock`` (an exclusive ``flock``, with this process's pid in the file) inside the block.
-
-    The operating system releases a ``flock`` when its process ends, however it ends, so the lock of a killed
-    run is stale by construction and the next process simply takes it.
+    """Hold ``<run_dir>/.lock`` (:func:`~fewshot.training.file_lock.hold_lock`) inside the block.
 
     Raises:
-        ConfigError: another live process holds the lock (the message gives its pid).
+        ConfigError: another live process holds the lock (the message gives its pid and host).
     """
     path = Path(run_dir) / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            owner = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
-            raise ConfigError(
-                f"run {str(run_dir)!r} is being trained by another process (pid {owner}, lock {str(path)!r}); two "
-                "processes must not write one run: wait for it to finish or stop it (Ctrl-C or `kill -TERM "
-                f"{owner}`), then resume"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-        yield path
-    finally:
-        os.close(fd)  # releases the flock
+
+    def busy(owner: LockOwner) -> str:
+        return (
+            f"run {str(run_dir)!r} is being trained by another process ({owner}, lock {str(path)!r}); two "
+            "processes must not write one run: wait for it to finish or stop it (Ctrl-C or `kill -TERM "
+            f"{owner.pid}` on {owner.host}), then resume"
+        )
+
+    with hold_lock(path, busy) as held:
+        yield held
 
 
 def lock_held(run_dir: str | Path) -> bool:
     """Whether a live process holds the run's lock (i.e. is training it now); never takes the lock."""
-    path = Path(run_dir) / ".lock"
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # also releases the shared lock just taken
-    return False
+    return lock_owner(Path(run_dir) / ".lock") is not None
 
 
 def find_latest_run(name: str, root: str | Path | None = None) -> Path:

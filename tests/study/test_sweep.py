@@ -3,6 +3,7 @@ resume (bit-exact), skip on re-run, status, locks, plan, and the report (table, 
 
 import json
 import os
+import socket
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,8 @@ from fewshot.evaluation.outputs import read_episode_accuracies
 from fewshot.study.grid import load_grid, plan_runs
 from fewshot.study.status import lock_path, run_status
 from fewshot.study.sweep import run_sweep
+from fewshot.training.checkpoint import load_checkpoint
+from fewshot.training.file_lock import hold_lock
 
 pytest.importorskip("fewshot.learners")
 
@@ -117,12 +120,12 @@ def test_locks_running_state_and_plan(write_grid, toy_root, capsys):
     grid = load_grid(grid_path)
     (run,) = plan_runs(grid)
     lock = lock_path(run)
-    lock.parent.mkdir(parents=True)
-    lock.write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "started": "now"}))
-    assert run_status(run).state == "running"
-    outcome = run_sweep(grid, [run], log=lambda _: None)
-    assert outcome.busy == ("batchnorm/seed0",) and not run.run_dir.exists()
-    lock.write_text(json.dumps({"host": os.uname().nodename, "pid": 2**22 + 12345, "started": "then"}))  # dead
+    with hold_lock(lock, str):  # another sweep process holds it (a second open file description: flock conflicts)
+        status = run_status(run)
+        assert (status.state, status.note) == ("running", f"starting, pid {os.getpid()} on {socket.gethostname()}")
+        outcome = run_sweep(grid, [run], log=lambda _: None)
+        assert outcome.busy == ("batchnorm/seed0",) and not run.run_dir.exists()
+    lock.write_text(f"{2**22 + 12345} {socket.gethostname()} then\n")  # left by a dead process: no flock on it
     assert run_status(run).state == "todo"
     assert main(["sweep", "--grid", str(grid_path), "--until-episodes", "2", "--no-eval"]) == 0
     status = run_status(run)
