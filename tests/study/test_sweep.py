@@ -22,7 +22,7 @@ pytest.importorskip("fewshot.learners")
 
 
 def _weights(run_dir):
-    return torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)["model"]
+    return load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"]
 
 
 class _StopAt:
