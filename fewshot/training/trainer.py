@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from episodes.split import ClassSplit
-from fewshot.config.loader import config_to_dict, save_config
+from fewshot.config.loader import config_to_dict, save_config, with_current_names
 from fewshot.config.schema import ExperimentConfig
 from fewshot.errors import DataError, StorageError
 from fewshot.norms import NormLayer, notify_lr_scale
@@ -168,7 +168,9 @@ class _Trainer:
                 f"{self.run_dir / 'checkpoints' / 'last.pt'} has checkpoint format {payload.get('format')!r}, "
                 f"this fewshot writes {CHECKPOINT_FORMAT}; resume it with the fewshot version that wrote it"
             )
-        self._config_changes = check_resume_changes(payload["config"], config_to_dict(self.cfg), self.run_dir)
+        self._config_changes = check_resume_changes(
+            with_current_names(payload["config"]), config_to_dict(self.cfg), self.run_dir
+        )
         return payload
 
     def _restore(self, payload: dict[str, Any]) -> None:
