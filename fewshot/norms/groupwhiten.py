@@ -36,7 +36,8 @@ class GroupWhitening(NormLayer):
     so train and eval modes agree and every statistics policy gives the same result (``per_sample = True``).
 
     Note the whitened dimension here is the *number of groups* ``G`` (rows decorrelated from each other), while
-    in SWBN, DBN and IterNorm it is the group size; hence its own option is ``groups`` (``group_size = C // groups`` is accepted too). The ridge ``eps·I`` (absent
+    in SWBN, DBN and IterNorm it is the group size; hence its own option is ``groups``
+    (``group_size = C // groups`` is accepted too). The ridge ``eps·I`` (absent
     from the official code) makes ``groups=1`` exactly LayerNorm with the same ``eps`` and keeps constant
     samples finite. With ``T = 5`` the output is under-whitened like IterNorm (diagonal ≈ 0.59 for 64
     isotropic groups); use ``T ≥ 10`` when whiteness itself matters.
