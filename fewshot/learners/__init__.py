@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from torch import nn
@@ -22,11 +21,10 @@ from fewshot.learners import classifier as classifier
 from fewshot.learners import maml as maml
 from fewshot.learners import protonet as protonet
 from fewshot.learners._registry import LEARNERS as LEARNERS
-from fewshot.learners.base import PREDICT_POLICIES as PREDICT_POLICIES
-from fewshot.learners.base import TRAIN_POLICIES as TRAIN_POLICIES
 from fewshot.learners.base import Learner as Learner
+from fewshot.registry import accepted_options, check_options
 
-__all__ = ["LEARNERS", "Learner", "PREDICT_POLICIES", "TRAIN_POLICIES", "create", "names"]
+__all__ = ["LEARNERS", "Learner", "create", "names"]
 
 
 def names(pattern: str | None = None) -> list[str]:
@@ -49,11 +47,6 @@ def create(name: str, backbone: nn.Module, **kwargs: Any) -> Learner:
         TypeError: a keyword that is not an option of that learner (the message lists its options).
     """
     cls = LEARNERS.get(name)
-    accepted = [p for p in inspect.signature(cls).parameters if p != "backbone"]
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise TypeError(
-            f"learner {LEARNERS.canonical(name)!r} got unknown option(s) {', '.join(map(repr, unknown))}; "
-            f"its options are: {', '.join(accepted)}"
-        )
+    accepted, _ = accepted_options(cls, exclude=("backbone",))
+    check_options(kwargs, accepted, owner=f"learner {LEARNERS.canonical(name)!r}")
     return cls(backbone, **kwargs)

@@ -4,14 +4,13 @@ A learner wraps a backbone and implements two calls (see docs/ARCHITECTURE.md an
 
 * ``meta_loss(episodes, *, policy)``: the differentiable mean loss over a meta-batch of episodes, in train
   mode, with the normalization statistics policy ``policy`` used during meta-training (``"running"``,
-  ``"batch"`` or ``"support"``), plus ``{"loss", "acc"}`` metrics;
-* ``predict(episode, *, policy)``: meta-test logits for the query set, with ``policy`` in
-  ``"transductive"`` / ``"support"`` / ``"running"``; it changes no parameter, buffer or norm state, and
-  restores train/eval modes and norm policies afterwards.
+  ``"transductive"`` or ``"support"``, :class:`fewshot.norms.Policy`), plus ``{"loss", "acc"}`` metrics;
+* ``predict(episode, *, policy)``: meta-test logits for the query set, with the same policies; it changes no
+  parameter, buffer or norm state, and restores train/eval modes and norm policies afterwards.
 
-Nothing about an episode is kept on the learner between calls (support statistics cached by norm layers are
-cleared when a query phase ends). Shared here: policy validation and mapping, the mode contexts, the
-channels-last input conversion, episode checks and accuracy.
+Nothing about an episode is kept on the learner between calls: support statistics are values passed from the
+support forward to the query forward (``fewshot.norms.collect`` / ``using``). Shared here: policy parsing, the
+mode contexts, the channels-last input conversion, episode checks and accuracy.
 """
 
 from __future__ import annotations
@@ -24,11 +23,9 @@ from torch import Tensor, nn
 
 import fewshot.norms as norms
 from episodes.episode import Episode
-from fewshot.norms.state import norm_layers
+from fewshot.norms.policy import Policy
 
 __all__ = [
-    "TRAIN_POLICIES",
-    "PREDICT_POLICIES",
     "Learner",
     "accuracy",
     "check_episode",
@@ -38,33 +35,15 @@ __all__ = [
     "MIN_QUERY_ROWS",
 ]
 
-#: Norm statistics policies accepted by ``meta_loss`` (they are the norm layers' own policies).
-TRAIN_POLICIES: tuple[str, ...] = ("running", "batch", "support")
 
-#: Meta-test policies accepted by ``predict`` → the norm layers' policy used for them.
-#: ``transductive``: every forward normalizes with its own batch statistics (the query is scored as one batch);
-#: ``support``: the support set's statistics are applied to the query; ``running``: eval-mode running statistics.
-PREDICT_POLICIES: dict[str, str] = {"transductive": "batch", "support": "support", "running": "running"}
+def check_train_policy(policy: object) -> Policy:
+    """The meta-training norm policy ``policy`` names (a :class:`~fewshot.norms.policy.Policy` or its name)."""
+    return Policy.parse(policy, where="meta-training norm policy (train.norm_policy)")
 
 
-def check_train_policy(policy: str) -> str:
-    """Validate a meta-training norm policy; returns it."""
-    if policy not in TRAIN_POLICIES:
-        raise ValueError(
-            f"meta-training norm policy must be one of {', '.join(map(repr, TRAIN_POLICIES))}, got {policy!r}; "
-            "set train.norm_policy accordingly"
-        )
-    return policy
-
-
-def predict_norm_policy(policy: str) -> str:
-    """The norm layers' policy for meta-test ``policy`` (``transductive`` → ``batch``, others unchanged)."""
-    if policy not in PREDICT_POLICIES:
-        raise ValueError(
-            f"meta-test policy must be one of {', '.join(map(repr, PREDICT_POLICIES))}, got {policy!r}; "
-            "set eval.norm_policy accordingly"
-        )
-    return PREDICT_POLICIES[policy]
+def predict_norm_policy(policy: object) -> Policy:
+    """The meta-test norm policy ``policy`` names (a :class:`~fewshot.norms.policy.Policy` or its name)."""
+    return Policy.parse(policy, where="meta-test norm policy (eval.norm_policy)")
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
@@ -186,8 +165,7 @@ class Learner(nn.Module):
     def mode(self, *, training: bool, norm_policy: str, frozen: bool) -> Iterator[None]:
         """Run the block in train or eval mode with norm ``norm_policy`` (optionally with frozen norm state).
 
-        Every module's ``training`` flag and every norm layer's policy are restored on exit, also on error, and
-        support statistics cached by norm layers are dropped.
+        Every module's ``training`` flag and every norm layer's policy are restored on exit, also on error.
         """
         saved_modes = [(m, m.training) for m in self.modules()]
         with ExitStack() as stack:
@@ -200,9 +178,3 @@ class Learner(nn.Module):
             finally:
                 for m, flag in saved_modes:
                     m.training = flag
-                self.clear_task_state()
-
-    def clear_task_state(self) -> None:
-        """Drop the support statistics cached by norm layers (the only per-task state a model holds)."""
-        for layer in norm_layers(self):
-            layer.clear_support_stats()

@@ -105,7 +105,7 @@ class Classifier(ProtoNet):
 
         Args:
             episodes: class-balanced mini-batches (support and query images alike are training images).
-            policy: ``"running"`` or ``"batch"`` (batch statistics over the episode's images); ``"support"`` has
+            policy: ``"running"`` or ``"transductive"`` (batch statistics over the episode's images); ``"support"`` has
                 no meaning without a support/query split and is refused.
 
         Returns:
@@ -115,7 +115,7 @@ class Classifier(ProtoNet):
         if policy == "support":
             raise ValueError(
                 "the classifier learner trains on whole mini-batches; train.norm_policy='support' has no support "
-                "set to take statistics from; use 'running' (or 'batch')"
+                "set to take statistics from; use 'running' (or 'transductive')"
             )
         episodes = self._episodes(episodes)
         for ep in episodes:

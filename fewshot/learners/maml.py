@@ -10,23 +10,25 @@ How the inner loop is written. ``params = dict(named_parameters())``; every forw
 the outer ``backward()`` differentiates through ``torch.func.grad``. First order: the inner gradient is taken at
 detached parameters, so the query gradient at the adapted parameters is applied to the meta-parameters as is.
 
-How normalization state is handled. torch.func cannot mutate buffers captured by a transformed function, and
-the SWBN specification (norms-spec §2.14) asks for one whitening-matrix update per outer iteration at the initial
-weights rather than one per inner forward. So every differentiable pass (inner steps and query) runs inside
-``fewshot.norms.frozen_stats`` and reads a snapshot of the buffers taken at the start of the meta-batch; the
-state update (running moments, SWBN's whitening matrix, Kalman EMAs) happens in a separate plain ``no_grad``
-forward at the meta-parameters in train mode: by default once per meta-step, on the supports of the whole
-meta-batch concatenated (``norm_state_update="meta_batch"``, the recommendation of norms-spec §2.14: one W update
-per outer iteration, so SWBN's rate α means the same per optimizer step whatever the meta-batch), or once per task
-on its support set (``"task"``: 32 updates per meta-step at meta-batch 32, fewshot 0.1.0's only behaviour; the MAML
-runs under results/ made with 0.1.0 used it). The snapshot also keeps the outer backward valid when a layer reads
-its state in a differentiable pass (as SWBN does) and the update then writes it.
+How normalization state is handled: state in, next state out, nothing written during the tasks' forwards.
+Every forward reads the model's buffers through ``functional_call``'s buffer dictionary and runs with state
+updates off, so every task of the meta-step reads the same state and the outer backward sees no buffer written
+under it (no snapshot is needed). After the meta-batch, the next state is computed as a value by
+``fewshot.norms.advance`` (one gradient-free train-mode forward of the backbone at the meta-parameters, on copies
+of the buffers) and written once by ``fewshot.norms.commit``: by default one update per meta-step on the
+meta-batch's support sets joined (``norm_state_update="meta_batch"``, norms-spec §2.14: one W update per outer
+iteration, so SWBN's rate α means the same per optimizer step whatever the meta-batch), or one update per task in
+task order, each from the state the previous one produced (``"task"``: fewshot 0.1.0's behaviour). Why a state
+pass rather than merging the tasks' statistics: beyond the first norm layer, a layer's input in a forward of the
+joined supports differs from its inputs in the tasks' forwards, so merged per-task statistics are not the
+statistics of the joined supports (docs/norm-state.md; tested). Under the ``support`` policy, the statistics of a
+support forward at the adapted parameters are passed to the query forward (``fewshot.norms.collect``/``using``).
+With ``vmap_tasks=True`` the meta-batch's tasks run as one ``torch.func.vmap`` over tasks of equal shapes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +46,7 @@ from fewshot.learners.base import (
     predict_norm_policy,
     rowwise,
 )
+from fewshot.norms.policy import Policy
 from fewshot.norms.state import norm_layers
 
 __all__ = ["MAML"]
@@ -60,7 +63,7 @@ class _Adaptation:
     ``rowwise_query`` scores query rows independently of each other (meta-test, non-transductive policies).
     """
 
-    norm_policy: str
+    norm_policy: Policy
     steps: int
     lr: float
     second_order: bool
@@ -79,9 +82,9 @@ def _positive_float(name: str, value: object) -> float:
     return float(value)
 
 
-def _query_runner(rowwise_query: bool, norm_policy: str) -> Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]:
+def _query_runner(rowwise_query: bool, norm_policy: Policy) -> Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]:
     """How to apply a forward to the query: batch-invariantly (see ``rowwise``) unless statistics are per batch."""
-    if rowwise_query and norm_policy != "batch":
+    if rowwise_query and norm_policy is not Policy.TRANSDUCTIVE:
         return rowwise
     return lambda fn, x: fn(x)
 
@@ -95,10 +98,10 @@ class MAML(Learner):
     ``inner_lr`` on the support cross-entropy; the task's loss is the query cross-entropy at the adapted
     parameters, and ``meta_loss`` returns the mean over the meta-batch.
 
-    Normalization policies in ``meta_loss``: ``"batch"`` (transductive: every forward normalizes with its own
+    Normalization policies in ``meta_loss``: ``"transductive"`` (every forward normalizes with its own
     batch statistics, the reference MAML behaviour), ``"running"`` (train mode: batch statistics as well) and
     ``"support"`` (the support set's statistics applied to the query: each query forward is preceded by a
-    support forward at the same adapted parameters in task phase ``"support"``). ``predict`` adapts with
+    support forward at the same adapted parameters, whose statistics it collects). ``predict`` adapts with
     ``eval_inner_steps`` / ``eval_inner_lr`` in eval mode, with norm state frozen: ``"transductive"`` → batch
     statistics (the query scored as one batch), ``"support"`` → support statistics, ``"running"`` → running
     statistics for every forward. See the module docstring for how norm state is updated.
@@ -121,11 +124,14 @@ class MAML(Learner):
         channels_last: convert input images to the channels-last memory format.
         norm_state_update: when ``meta_loss`` updates the norm layers' state (see the module docstring):
             ``"meta_batch"`` (once per call, on all support sets concatenated) or ``"task"`` (once per task).
+        vmap_tasks: run the meta-batch's tasks as one ``torch.func.vmap`` over tasks instead of a Python loop
+            (the tasks must have equal shapes; batch statistics are per task, as in the loop). Same losses and
+            gradients as the loop to rounding (tested in float64 for BN and SWBN, second order).
 
     Example:
         >>> backbone = fewshot.backbones.create("conv4_maml")  # doctest: +SKIP
         >>> learner = MAML(backbone, n_way=5, image_size=28)  # doctest: +SKIP
-        >>> loss, metrics = learner.meta_loss(episodes, policy="batch")  # doctest: +SKIP
+        >>> loss, metrics = learner.meta_loss(episodes, policy="transductive")  # doctest: +SKIP
         >>> loss.backward()  # doctest: +SKIP
     """
 
@@ -146,6 +152,7 @@ class MAML(Learner):
         head_init: str = "normal",
         channels_last: bool = False,
         norm_state_update: str = "meta_batch",
+        vmap_tasks: bool = False,
     ) -> None:
         super().__init__(backbone, channels_last=channels_last)
         self.n_way = _positive_int("n_way", n_way, 2)
@@ -164,6 +171,7 @@ class MAML(Learner):
                 f"{norm_state_update!r}; 'meta_batch' updates norm state once per meta-step, 'task' once per task"
             )
         self.norm_state_update = norm_state_update
+        self.vmap_tasks = bool(vmap_tasks)
         if head_init not in _HEAD_INITS:
             raise ValueError(f"maml head_init must be one of {', '.join(map(repr, _HEAD_INITS))}, got {head_init!r}")
         backbone_channels = getattr(backbone, "in_channels", None)
@@ -210,21 +218,16 @@ class MAML(Learner):
         )
 
     # ----------------------------------------------------------------- one task
-    @contextmanager
-    def _phase(self, norm_policy: str, phase: str) -> Iterator[None]:
-        with norms.task_phase(self, phase) if norm_policy == "support" else nullcontext():
-            yield
-
     def _score_query(
-        self, forward: Callable[[Tensor], Tensor], xs: Tensor, xq: Tensor, norm_policy: str, rowwise_query: bool
+        self, forward: Callable[[Tensor], Tensor], xs: Tensor, xq: Tensor, norm_policy: Policy, rowwise_query: bool
     ) -> Tensor:
-        """Query outputs of ``forward``; under the support policy, preceded by a support forward (same params)."""
+        """Query outputs of ``forward``; under the support policy, with the statistics of ``forward(xs)``."""
         run = _query_runner(rowwise_query, norm_policy)
-        if norm_policy != "support":
+        if norm_policy is not Policy.SUPPORT:
             return run(forward, xq)
-        with norms.task_phase(self, "support"):
+        with norms.collect(self) as support_stats:
             forward(xs)
-        with norms.task_phase(self, "query"):
+        with norms.using(self, support_stats):
             return run(forward, xq)
 
     def _inner_loop(
@@ -232,8 +235,8 @@ class MAML(Learner):
     ) -> Params:
         """``steps`` SGD steps ``θ ← θ − lr·∇loss_fn(θ)`` on the dict ``adapt``; returns the adapted dict.
 
-        Second order: ``torch.func.grad`` at the live parameters, so the outer backward differentiates through
-        the inner gradient. First order: the gradient is taken at detached parameters and detached itself.
+        Second order: ``torch.func.grad`` at the live parameters, so the outer backward differentiates through the
+        inner gradient. First order: the gradient is taken at detached parameters and detached itself.
         """
         grad_fn = torch.func.grad(loss_fn)
         for _ in range(steps):
@@ -244,9 +247,10 @@ class MAML(Learner):
             adapt = {k: adapt[k] - lr * grads[k] for k in adapt}
         return adapt
 
-    def _task_logits(self, episode: Episode, adapt: Params, fixed: Params, buffers: Params, how: _Adaptation) -> Tensor:
-        """Adapt on the support set, return query logits ``(n_query_total, n_way)``."""
-        xs, ys, xq = self.prepare(episode.support_x), episode.support_y, self.prepare(episode.query_x)
+    def _task_logits(
+        self, xs: Tensor, ys: Tensor, xq: Tensor, adapt: Params, fixed: Params, buffers: Params, how: _Adaptation
+    ) -> Tensor:
+        """Adapt on the (prepared) support images ``xs``; query logits ``(n_query_total, n_way)``."""
         if self.anil:
             return self._anil_logits(xs, ys, xq, adapt, fixed, buffers, how)
 
@@ -254,7 +258,9 @@ class MAML(Learner):
             return functional_call(self, (params, fixed, buffers), (x,), strict=True)
 
         def support_loss(params: Params) -> Tensor:
-            with self._phase(how.norm_policy, "support"):
+            if how.norm_policy is not Policy.SUPPORT:
+                return F.cross_entropy(net(params, xs), ys)
+            with norms.collect(self):  # the support forward normalizes with its own statistics
                 return F.cross_entropy(net(params, xs), ys)
 
         adapted = self._inner_loop(support_loss, adapt, how.steps, how.lr, how.second_order)
@@ -264,14 +270,13 @@ class MAML(Learner):
         self, xs: Tensor, ys: Tensor, xq: Tensor, adapt: Params, fixed: Params, buffers: Params, how: _Adaptation
     ) -> Tensor:
         """ANIL: backbone features once per task at the meta-parameters, inner loop on the head only."""
-        norm_policy, rowwise_query = how.norm_policy, how.rowwise_query
         strip = len("backbone.")
         backbone_state = (
             {k[strip:]: v for k, v in fixed.items() if k.startswith("backbone.")},
             {k[strip:]: v for k, v in buffers.items() if k.startswith("backbone.")},
         )
         head_fixed = {k: v for k, v in fixed.items() if k.startswith("head.")}
-        run = _query_runner(rowwise_query, norm_policy)
+        run = _query_runner(how.rowwise_query, how.norm_policy)
 
         def features(x: Tensor) -> Tensor:
             return functional_call(self.backbone, backbone_state, (x,), strict=True)
@@ -280,9 +285,9 @@ class MAML(Learner):
             p = {**head_fixed, **params}
             return F.linear(f, p["head.weight"], p["head.bias"])
 
-        with self._phase(norm_policy, "support"):
+        with norms.collect(self) as stats:
             support_f = features(xs)
-        with self._phase(norm_policy, "query"):  # under the support policy, uses the statistics cached just above
+        with norms.using(self, stats):  # under the support policy, the statistics collected just above
             query_f = run(features, xq)
         adapted = self._inner_loop(
             lambda p: F.cross_entropy(head_logits(p, support_f), ys), adapt, how.steps, how.lr, how.second_order
@@ -295,45 +300,69 @@ class MAML(Learner):
 
         Args:
             episodes: the meta-batch; each episode must be ``n_way``-way.
-            policy: norm statistics policy during meta-training: ``"batch"``, ``"running"`` or ``"support"``.
+            policy: norm statistics policy during meta-training: ``"transductive"``, ``"running"`` or ``"support"``.
 
         Returns:
             ``(loss, metrics)``: the differentiable scalar loss (second order unless ``first_order``) and its float
             value with the post-adaptation query accuracy.
         """
-        check_train_policy(policy)
+        policy = check_train_policy(policy)
         episodes = self._episodes(episodes)
         for ep in episodes:
             check_episode(ep, self.n_way)
-        losses, correct, total = [], 0, 0
-        with self.mode(training=True, norm_policy=policy, frozen=False):
+        how = _Adaptation(
+            policy, self.inner_steps, self.inner_lr, second_order=not self.first_order, rowwise_query=False
+        )
+        with self.mode(training=True, norm_policy=policy, frozen=True):
             adapt, fixed = self._split_parameters()
-            # A snapshot: the state updates below write the real buffers in place (see module docstring).
-            buffers = {k: b.clone() for k, b in self.named_buffers()}
-            update_state = any(layer.track_running_stats for layer in norm_layers(self))
-            per_task = update_state and self.norm_state_update == "task"
-            for ep in episodes:
-                with norms.frozen_stats(self):
-                    logits = self._task_logits(
-                        ep, adapt, fixed, buffers, _Adaptation(policy, self.inner_steps, self.inner_lr,
-                                                               second_order=not self.first_order, rowwise_query=False),
-                    )  # fmt: skip
-                losses.append(F.cross_entropy(logits, ep.query_y))
-                correct += int((logits.argmax(-1) == ep.query_y).sum())
-                total += ep.query_y.shape[0]
-                if per_task:
-                    self._update_norm_state(ep.support_x, policy)
-            if update_state and not per_task:
-                self._update_norm_state(torch.cat([ep.support_x for ep in episodes]), policy)
-        loss = torch.stack(losses).mean()
+            buffers = dict(self.named_buffers())
+            if self.vmap_tasks:
+                logits = self._vmapped_logits(episodes, adapt, fixed, buffers, how)
+            else:
+                logits = [
+                    self._task_logits(
+                        self.prepare(ep.support_x), ep.support_y, self.prepare(ep.query_x), adapt, fixed, buffers, how
+                    )
+                    for ep in episodes
+                ]
+            self._update_norm_state(episodes)
+        loss = torch.stack([F.cross_entropy(lg, ep.query_y) for lg, ep in zip(logits, episodes, strict=True)]).mean()
+        correct = sum(int((lg.argmax(-1) == ep.query_y).sum()) for lg, ep in zip(logits, episodes, strict=True))
+        total = sum(ep.query_y.shape[0] for ep in episodes)
         return loss, {"loss": loss.item(), "acc": correct / total}
 
-    @torch.no_grad()
-    def _update_norm_state(self, support_x: Tensor, policy: str) -> None:
-        """One plain train-mode forward of ``support_x`` at the meta-parameters: updates the norm state once."""
-        with self._phase(policy, "support"):
-            self.backbone(self.prepare(support_x))
-        self.clear_task_state()
+    def _vmapped_logits(
+        self, episodes: Sequence[Episode], adapt: Params, fixed: Params, buffers: Params, how: _Adaptation
+    ) -> list[Tensor]:
+        """Every task's query logits from one ``torch.func.vmap`` over the stacked tasks (equal shapes needed)."""
+        shapes = {(tuple(ep.support_x.shape), tuple(ep.query_x.shape)) for ep in episodes}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"maml vmap_tasks=True needs the meta-batch's tasks in equal shapes, got (support, query) shapes "
+                f"{sorted(shapes)}; sample the meta-batch with one n_way, n_shot and n_query, or set vmap_tasks=False"
+            )
+
+        def task(xs: Tensor, ys: Tensor, xq: Tensor) -> Tensor:
+            return self._task_logits(xs, ys, xq, adapt, fixed, buffers, how)
+
+        stacked = torch.func.vmap(task)(
+            torch.stack([self.prepare(ep.support_x) for ep in episodes]),
+            torch.stack([ep.support_y for ep in episodes]),
+            torch.stack([self.prepare(ep.query_x) for ep in episodes]),
+        )
+        return list(stacked.unbind(0))
+
+    def _update_norm_state(self, episodes: Sequence[Episode]) -> None:
+        """The meta-step's one state change: the next state from the supports (module docstring), committed."""
+        if not any(layer.track_running_stats for layer in norm_layers(self)):
+            return
+        supports = [self.prepare(ep.support_x) for ep in episodes]
+        if self.norm_state_update == "meta_batch":
+            supports = [torch.cat(supports)]
+        state = dict(self.backbone.named_buffers())
+        for xs in supports:
+            state = norms.advance(self.backbone, xs, state)
+        norms.commit(self.backbone, state)
 
     def predict(self, episode: Episode, *, policy: str = "running") -> Tensor:
         """Adapt on the support set and return query logits ``(n_way * n_query, n_way)``; changes no model state.
@@ -347,7 +376,8 @@ class MAML(Learner):
         with torch.no_grad(), self.mode(training=False, norm_policy=norm_policy, frozen=True):
             adapt, fixed = self._split_parameters()
             return self._task_logits(
-                episode, adapt, fixed, dict(self.named_buffers()),
+                self.prepare(episode.support_x), episode.support_y, self.prepare(episode.query_x), adapt, fixed,
+                dict(self.named_buffers()),
                 _Adaptation(norm_policy, self.eval_inner_steps, self.eval_inner_lr, second_order=False,
                             rowwise_query=True),
             )  # fmt: skip
@@ -357,5 +387,6 @@ class MAML(Learner):
             f"n_way={self.n_way}, inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
             f"eval_inner_lr={self.eval_inner_lr}, eval_inner_steps={self.eval_inner_steps}, "
             f"first_order={self.first_order}, anil={self.anil}, adapt_norm={self.adapt_norm}, "
-            f"channels_last={self.channels_last}, norm_state_update={self.norm_state_update!r}"
+            f"channels_last={self.channels_last}, norm_state_update={self.norm_state_update!r}, "
+            f"vmap_tasks={self.vmap_tasks}"
         )

@@ -22,6 +22,7 @@ from fewshot.learners.base import (
     predict_norm_policy,
     rowwise,
 )
+from fewshot.norms.policy import Policy
 
 __all__ = ["ProtoNet"]
 
@@ -38,10 +39,10 @@ class ProtoNet(Learner):
     similarities divided by a temperature (learnable by default, as the scale of the cosine classifier of
     Gidaris & Komodakis, "Dynamic Few-Shot Visual Learning without Forgetting", CVPR 2018, arXiv 1804.09458).
 
-    Normalization statistics. In ``meta_loss`` with policy ``"running"`` or ``"batch"``, support and query go
+    Normalization statistics. In ``meta_loss`` with policy ``"running"`` or ``"transductive"``, support and query go
     through **one** forward (the reference implementation's choice: in training, batch statistics over the
-    whole episode); with ``"support"``, the support forward runs in task phase ``"support"`` and the query forward
-    in task phase ``"query"`` (support statistics applied to the query). ``predict``: ``"transductive"`` is that
+    whole episode); with ``"support"``, the support forward's statistics are collected (``fewshot.norms.collect``)
+    and passed to the query forward (``fewshot.norms.using``). ``predict``: ``"transductive"`` is that
     same single forward with batch statistics; ``"support"`` as in training; ``"running"`` runs support and query
     separately in eval mode with running statistics. Under ``"support"`` and ``"running"`` each query's logits
     depend on that query alone, bitwise: scoring the query set whole or one image at a time gives equal logits
@@ -135,16 +136,16 @@ class ProtoNet(Learner):
             return math.exp(self.log_temperature.item())
         return math.exp(self._fixed_log_temperature)
 
-    def _embed(self, episode: Episode, norm_policy: str) -> tuple[Tensor, Tensor]:
+    def _embed(self, episode: Episode, norm_policy: Policy) -> tuple[Tensor, Tensor]:
         """Support and query embeddings ``((n_support, D), (n_query_total, D))`` under ``norm_policy``."""
         sx, qx = episode.support_x, episode.query_x
-        if norm_policy == "support":
-            with norms.task_phase(self, "support"):
+        if norm_policy is Policy.SUPPORT:
+            with norms.collect(self) as support_stats:
                 support_z = self.backbone(self.prepare(sx))
-            with norms.task_phase(self, "query"):
+            with norms.using(self, support_stats):
                 query_z = rowwise(self.backbone, self.prepare(qx))
             return support_z, query_z
-        if norm_policy == "batch" or self.training:
+        if norm_policy is Policy.TRANSDUCTIVE or self.training:
             z = self.backbone(self.prepare(torch.cat([sx, qx])))
             return z[: sx.shape[0]], z[sx.shape[0] :]
         return self.backbone(self.prepare(sx)), rowwise(self.backbone, self.prepare(qx))
@@ -154,13 +155,13 @@ class ProtoNet(Learner):
 
         Args:
             episodes: the meta-batch (one episode in the reference setting).
-            policy: norm statistics policy: ``"running"`` (batch statistics, running state updated), ``"batch"``
+            policy: norm statistics policy: ``"running"`` (batch statistics, running state updated), ``"transductive"``
                 or ``"support"`` (see the class docstring).
 
         Returns:
             ``(loss, metrics)``: the differentiable scalar loss and its float value with the query accuracy.
         """
-        check_train_policy(policy)
+        policy = check_train_policy(policy)
         episodes = self._episodes(episodes)
         for ep in episodes:
             check_episode(ep)

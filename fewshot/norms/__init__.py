@@ -6,7 +6,8 @@ layers (``dbn``, ``iternorm``, ``swbn``, ``groupwhiten``, ``kalmannorm``). All s
 constructor ``(num_features, *, eps, momentum, affine, track_running_stats, policy, device, dtype, **options)``.
 
 Entry points: ``create(name, num_features, **kwargs)``, ``names()``, ``convert(model, name, **kwargs)``,
-``set_policy(model, policy)``, ``task_phase(model, "support" | "query")``, ``frozen_stats(model)``,
+``set_policy(model, policy)``, ``frozen_stats(model)``, the statistics flow (``collect``, ``using``,
+``merge``, ``next_state``, ``advance``, ``commit``: :mod:`fewshot.norms.flow`), ``notify_lr_scale(model, factor)``,
 ``whiteness(x)`` and ``collect_whiteness(model, x)``.
 """
 
@@ -18,30 +19,40 @@ from fewshot.norms import kalmannorm as kalmannorm
 from fewshot.norms import per_sample as per_sample
 from fewshot.norms import swbn as swbn
 from fewshot.norms import tasknorm as tasknorm
-from fewshot.norms.base import PHASES as PHASES
-from fewshot.norms.base import POLICIES as POLICIES
 from fewshot.norms.base import NormLayer as NormLayer
 from fewshot.norms.convert import convert as convert
 from fewshot.norms.diagnostics import collect_whiteness as collect_whiteness
 from fewshot.norms.diagnostics import whiteness as whiteness
+from fewshot.norms.flow import advance as advance
+from fewshot.norms.flow import collect as collect
+from fewshot.norms.flow import commit as commit
+from fewshot.norms.flow import merge as merge
+from fewshot.norms.flow import next_state as next_state
+from fewshot.norms.flow import using as using
+from fewshot.norms.policy import Policy as Policy
 from fewshot.norms.registry import NORM_LAYERS as NORM_LAYERS
 from fewshot.norms.registry import create as create
 from fewshot.norms.registry import names as names
 from fewshot.norms.state import frozen_stats as frozen_stats
+from fewshot.norms.state import notify_lr_scale as notify_lr_scale
 from fewshot.norms.state import set_policy as set_policy
-from fewshot.norms.state import task_phase as task_phase
 
 __all__ = [
     "NORM_LAYERS",
     "NormLayer",
-    "PHASES",
-    "POLICIES",
+    "Policy",
+    "advance",
+    "collect",
     "collect_whiteness",
+    "commit",
     "convert",
     "create",
     "frozen_stats",
+    "merge",
     "names",
+    "next_state",
+    "notify_lr_scale",
     "set_policy",
-    "task_phase",
+    "using",
     "whiteness",
 ]

@@ -1,9 +1,19 @@
 """``NormLayer``: the base class of every normalization layer in fewshot.
 
-The base class owns everything layers have in common: the uniform constructor, the affine parameters, the
-running-state buffers and their reset, the statistics policy (``running`` / ``batch`` / ``support``), the task
-phase and the support-statistics cache, the single switch for state updates, input checks, ``extra_repr`` and
-loading a torch BatchNorm's state. A layer implements only its math, in a few small hooks.
+Every layer is three pure functions plus a module built on them (docs/norm-state.md):
+
+* ``stats(x) -> S``: differentiable statistics of a batch (counts, means, (co)variances: sufficient statistics,
+  mergeable over tasks and processes with ``merge_stats``);
+* ``apply(x, S, state, params) -> y``: normalize with given statistics, state and affine parameters;
+* ``update(state, S) -> next_state``: the next state (running moments, SWBN's ``W``), no gradient, inputs unchanged.
+
+``state()`` reads the state as ``{buffer name: tensor}`` and ``commit(next_state, S)`` writes one, skipping it
+(and warning once, naming the layer) when a value is NaN or infinite: the only place a layer's state changes.
+A policy (:class:`~fewshot.norms.policy.Policy`) is only a choice of which ``S`` reaches ``apply``: the batch's
+own (``transductive``; ``running`` in train mode), the state's (``running`` in eval mode) or a support set's,
+passed in by ``fewshot.norms.using`` (``support``). The module's ``forward`` makes that choice, hands batch
+statistics to a collecting flow (``fewshot.norms.collect``) and, in train mode with updates on, commits
+``update(state(), S)`` before applying (SWBN whitens with the updated ``W``).
 
 How to write a layer
 --------------------
@@ -11,73 +21,36 @@ How to write a layer
    ``fewshot.norms.registry``) and import the module in ``fewshot/norms/__init__.py``.
 2. Layer-specific options go in ``_init_layer(self, factory_kwargs, *, groups=16, ...)`` (keyword-only, with
    defaults). It runs inside the base constructor after the common attributes (``num_features``, ``eps``,
-   ``momentum``, ``affine``, ``policy``) are set and before the state buffers are made, so ``_make_state`` can
-   read the options. Validate there, store plain Python values on ``self``, create extra Parameters with
-   ``**factory_kwargs`` and list the option names in the class attribute ``hparams`` (they are printed by
-   ``extra_repr``). Do not override ``__init__``: every layer has the constructor
-   ``(num_features, *, eps, momentum, affine, track_running_stats, policy, device, dtype, **options)`` and
-   unknown options raise a TypeError listing the accepted ones.
-3. Running state: set ``state_buffers = ("running_mean", "running_cov", ...)`` and implement
-   ``_make_state(factory_kwargs) -> {name: initial tensor}``. The base registers them (or registers ``None``
-   for each when ``track_running_stats=False``), adds the long ``num_batches_tracked`` buffer, and
-   ``reset_running_stats()`` copies fresh ``_make_state`` values back. A layer with no state leaves
-   ``state_buffers = ()``; it then reports ``track_running_stats=False``.
-4. Math hooks ("stats" is any tuple / NamedTuple of tensors and Python numbers, e.g.
-   :class:`fewshot.norms.functional.Moments`):
+   ``momentum``, ``affine``, ``policy``) are set and before the state buffers are made. Validate there, store
+   plain Python values on ``self``, create extra Parameters with ``**factory_kwargs`` and list the option names
+   in ``hparams`` (printed by ``extra_repr``). Do not override ``__init__``; unknown options raise a TypeError
+   listing the accepted ones (:meth:`NormLayer.layer_options`, the one place options are checked).
+3. Running state: set ``state_buffers = ("running_mean", ...)`` and implement ``_make_state(factory_kwargs)``.
+   The base registers them (or ``None`` when ``track_running_stats=False``) with ``num_batches_tracked``.
+4. Math hooks ("statistics" are NamedTuples of tensors):
 
-   * ``_batch_stats(x) -> stats``: differentiable statistics of the current batch ``x`` (N, C[, H, W]).
-   * ``_running_stats() -> stats``: the same structure read from the running buffers (eval, running policy).
-   * ``_normalize(x, stats) -> x_hat``: the normalized (and whitened) ``x`` before the per-channel affine.
-   * ``_update_state(stats, x)``: write new running state into the buffers with ``buffer.copy_(...)``. The base
-     calls it under ``torch.no_grad()`` with detached ``stats`` and ``x``, right after ``_batch_stats`` and after
-     incrementing ``num_batches_tracked``, and only when ``self.training and self.update_stats and
-     self.track_running_stats``. Use ``self._ema_factor()`` (momentum, or ``1/num_batches_tracked`` when
-     ``momentum=None``) and :func:`fewshot.norms.functional.ema`. Never update state anywhere else: the base
-     (:meth:`NormLayer._apply_update`) skips an update whose batch statistics or resulting state hold a NaN or an
-     infinity, keeps the previous state and warns once per layer, so one bad batch never poisons the state. That
-     check reads tensor values, so state updates run in plain forwards (as MAML's separate no-grad update pass
-     does), never under ``vmap``.
+   * ``_batch_stats(x)``: statistics of the batch, differentiable, vmap-legal (no ``.item()``, no
+     value-dependent branches); include a ``count`` (:func:`fewshot.norms.sufficient.count_of`) when the update
+     needs it;
+   * ``_running_stats(state)``: the same structure read from a state dict;
+   * ``_normalize(x, S)`` (before the affine) or ``_apply_stats(x, S, state, params)`` (the whole output);
+   * ``_next_state(state, S, factor) -> {buffer: tensor}``: pure, under no_grad, with
+     :func:`fewshot.norms.functional.ema`;
+   * ``_merge_stats(parts)``: Chan's merge of several batches' statistics (:mod:`fewshot.norms.sufficient`).
 
-   Write the math from primitive ops (mean, matmul, cholesky, solve_triangular, Newton–Schulz), never
-   ``F.batch_norm``; keep it vmap-legal (no ``.item()``, no value-dependent branches, ``new_*`` factories).
-   A fused kernel may be added *beside* this exact path, used only where
-   :func:`fewshot.norms.kernels.fused_kernels_allowed` says so and only where its semantics are identical
-   (see ``BatchNorm.forward``); it hands its statistics to ``_select_stats(x, batch_stats)``.
-   A layer that overrides ``forward`` (e.g. to fold the affine into its whitening matrix) starts with
-   ``self._check_input_dim(x)`` and ``stats = self._select_stats(x)``: the latter makes the policy decision,
-   checks the batch size, fills the support cache and calls ``_update_state``.
-5. Class flags: ``per_sample = True`` for layers without batch dependence (the base then always calls
-   ``_batch_stats`` on the input itself, ignores the policy and skips the batch-size check);
+   Write the math from primitive ops, never ``F.batch_norm``. A fused kernel may be added *beside* it by
+   overriding ``_batch_forward`` where :func:`fewshot.norms.kernels.fused_kernels_allowed` says it is exact
+   (see ``BatchNorm``); it hands its statistics to ``_observe``.
+5. Class flags: ``per_sample = True`` for layers without batch dependence (policy ignored, no batch-size check);
    ``passes_state = True`` for layers that also provide ``forward_with_state(x, prior) -> (y, posterior)`` and
-   ``predict(posterior, conv) -> prior`` (plain ``forward(x)`` must still work on its own);
-   ``reproduces_bn_after_convert = False`` when an eval-mode layer cannot reproduce a BatchNorm's output after
-   :func:`fewshot.norms.convert` (per-sample layers, batch-statistics-only layers); ``fixed_policy`` when the
-   policy is part of the layer's definition (``batchnorm_transductive``: ``"batch"``).
-6. Override ``_load_running_moments(mean, var)`` (called under no_grad; the base copies
-   ``num_batches_tracked``) if your state is not ``running_mean``/``running_var`` (e.g. a whitening layer seeds
-   a diagonal covariance from BN's ``running_var``), so that an eval-mode layer reproduces the BatchNorm it was
-   converted from by :func:`fewshot.norms.convert`.
-
-Statistics policy (``layer.policy``; see docs/ARCHITECTURE.md)
----------------------------------------------------------------
-* ``running``: batch statistics in train mode (and running state updated), running state in eval mode; batch
-  statistics in both modes when ``track_running_stats=False`` (PyTorch semantics).
-* ``batch``: always the current batch's statistics (transductive); the running state is never read.
-* ``support``: inside ``task_phase(model, "support")`` a forward computes batch statistics and caches them on
-  the layer (a transient attribute, not a buffer, keeping the autograd graph; the cache holds the statistics of
-  the *last* support forward); inside ``task_phase(model, "query")`` the cached statistics are applied, frozen,
-  to the query batch. Outside any phase, or in a query phase with nothing cached, a forward raises. Inside a
-  ``torch.func`` transform the cache holds that transform's tensors: run the support forward whose statistics
-  the query uses at the same transform level as the query forward.
-
-In train mode the running state is updated from every batch-statistics forward (any policy; under ``support``
-only from support-phase forwards, never from a query), unless updates are switched off with
-``frozen_stats(model)`` or ``layer.update_stats = False``.
+   ``predict(posterior, conv) -> prior``; ``reproduces_bn_after_convert = False`` when an eval-mode layer cannot
+   reproduce a BatchNorm's output after :func:`fewshot.norms.convert`; ``fixed_policy`` when the policy is part
+   of the layer's definition (``batchnorm_transductive``).
+6. Override ``_load_running_moments(mean, var)`` if your state is not ``running_mean``/``running_var``.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from typing import Any, ClassVar
@@ -86,11 +59,12 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.norms import functional as FN
+from fewshot.norms.flow import current_flow
+from fewshot.norms.policy import Policy
+from fewshot.registry import accepted_options, check_options
 
-__all__ = ["NormLayer", "POLICIES", "PHASES"]
+__all__ = ["NormLayer"]
 
-POLICIES: tuple[str, ...] = ("running", "batch", "support")
-PHASES: tuple[str, ...] = ("support", "query")
 _COMMON_OPTIONS = ("eps", "momentum", "affine", "track_running_stats", "policy", "device", "dtype")
 
 
@@ -134,7 +108,8 @@ class NormLayer(nn.Module):
         affine: learn a per-channel scale ``weight`` (ones) and shift ``bias`` (zeros); else both are ``None``.
         track_running_stats: keep running state buffers; else they are ``None`` and batch statistics are used
             in eval mode too.
-        policy: where statistics come from: ``"running"``, ``"batch"`` or ``"support"`` (module docstring);
+        policy: where statistics come from: ``"running"``, ``"support"`` or ``"transductive"``
+            (:class:`~fewshot.norms.policy.Policy`);
             ``None`` means ``"running"``, or the layer's ``fixed_policy`` if it has one.
         device: device of the parameters and buffers.
         dtype: floating dtype of the parameters and buffers (``num_batches_tracked`` is always long).
@@ -151,7 +126,7 @@ class NormLayer(nn.Module):
     passes_state: ClassVar[bool] = False
     per_sample: ClassVar[bool] = False
     reproduces_bn_after_convert: ClassVar[bool] = True
-    fixed_policy: ClassVar[str | None] = None
+    fixed_policy: ClassVar[Policy | None] = None
     state_buffers: ClassVar[tuple[str, ...]] = ()
     hparams: ClassVar[tuple[str, ...]] = ()
 
@@ -176,13 +151,7 @@ class NormLayer(nn.Module):
             raise ValueError(f"{name}: eps must be a finite number >= 0, got {eps!r}")
         if momentum is not None and not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
             raise ValueError(f"{name}: momentum must be in [0, 1] or None (cumulative average), got {momentum!r}")
-        accepted = self.layer_options()
-        unknown = sorted(set(options) - set(accepted))
-        if unknown:
-            raise TypeError(
-                f"{name} got unknown option(s) {', '.join(repr(u) for u in unknown)}; accepted options: "
-                f"{', '.join((*_COMMON_OPTIONS, *accepted))}"
-            )
+        check_options(options, (*_COMMON_OPTIONS, *self.layer_options()), owner=name)
         factory_kwargs = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = float(eps)
@@ -190,9 +159,7 @@ class NormLayer(nn.Module):
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats) and bool(self.state_buffers)
         self.update_stats = True
-        self._policy = self._validate_policy(policy if policy is not None else self.fixed_policy or "running")
-        self._phase: str | None = None
-        self._support_stats: Any = None
+        self._policy = self._validate_policy(policy if policy is not None else self.fixed_policy or Policy.RUNNING)
         self.label: str | None = None  # the layer's name in its model, for messages (the trainer sets it)
         self.skipped_updates = 0  # state updates skipped because of non-finite values
         self._init_layer(factory_kwargs, **options)
@@ -234,17 +201,25 @@ class NormLayer(nn.Module):
         """Differentiable statistics of the batch ``x`` (N, C[, H, W])."""
         raise NotImplementedError(f"{type(self).__name__} must implement _batch_stats(x)")
 
-    def _running_stats(self) -> Any:
-        """Statistics read from the running buffers, with the structure ``_batch_stats`` returns."""
+    def _running_stats(self, state: dict[str, Tensor]) -> Any:
+        """Statistics read from ``state``, with the structure ``_batch_stats`` returns."""
         raise NotImplementedError(f"{type(self).__name__} keeps no running state to normalize with")
 
     def _normalize(self, x: Tensor, stats: Any) -> Tensor:
         """Normalize ``x`` (N, C[, H, W]) with ``stats``; returns ``x_hat`` of the same shape, before the affine."""
         raise NotImplementedError(f"{type(self).__name__} must implement _normalize(x, stats)")
 
-    def _update_state(self, stats: Any, x: Tensor) -> None:
-        """Write new running state from detached batch ``stats`` and input ``x`` (called under no_grad)."""
-        raise NotImplementedError(f"{type(self).__name__} declares state_buffers but no _update_state")
+    def _apply_stats(self, x: Tensor, stats: Any, state: dict[str, Tensor], params: dict[str, Tensor]) -> Tensor:
+        """``apply``'s math; the default is ``_normalize`` followed by the per-channel affine."""
+        return FN.affine(self._normalize(x, stats), params["weight"], params["bias"])
+
+    def _next_state(self, state: dict[str, Tensor], stats: Any, factor: float | Tensor) -> dict[str, Tensor]:
+        """New state tensors (not ``num_batches_tracked``) from detached ``stats``, EMA ``factor`` (no grad)."""
+        raise NotImplementedError(f"{type(self).__name__} declares state_buffers but no _next_state")
+
+    def _merge_stats(self, parts: list[Any]) -> Any:
+        """Merge two or more batches' statistics (see :mod:`fewshot.norms.sufficient`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot merge statistics of several batches")
 
     def _load_running_moments(self, mean: Tensor, var: Tensor) -> None:
         """Seed the running state from a BatchNorm's per-channel running mean and (unbiased) variance (C,)."""
@@ -262,48 +237,26 @@ class NormLayer(nn.Module):
     @classmethod
     def layer_options(cls) -> tuple[str, ...]:
         """Names of the layer-specific keyword options (the keyword-only parameters of ``_init_layer``)."""
-        params = inspect.signature(cls._init_layer).parameters.values()
-        return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+        return accepted_options(cls._init_layer, exclude=("self", "factory_kwargs"))[0]
 
-    def _validate_policy(self, policy: str) -> str:
+    def _validate_policy(self, policy: object) -> Policy:
         name = type(self).__name__
-        if policy not in POLICIES:
-            raise ValueError(f"{name}: policy must be one of {', '.join(map(repr, POLICIES))}, got {policy!r}")
-        if self.fixed_policy is not None and policy != self.fixed_policy:
+        value = Policy.parse(policy, where=f"{name}: policy")
+        if self.fixed_policy is not None and value is not self.fixed_policy:
             raise ValueError(
-                f"{name} always uses policy {self.fixed_policy!r} (it is part of the layer's definition), got "
-                f"policy={policy!r}; pick another layer for policy {policy!r}"
+                f"{name} always uses policy {self.fixed_policy.value!r} (it is part of the layer's definition), got "
+                f"policy={value.value!r}; pick another layer for policy {value.value!r}"
             )
-        return policy
+        return value
 
     @property
-    def policy(self) -> str:
-        """Where statistics come from: ``"running"``, ``"batch"`` or ``"support"``."""
+    def policy(self) -> Policy:
+        """Where statistics come from (:class:`~fewshot.norms.policy.Policy`)."""
         return self._policy
 
     @policy.setter
-    def policy(self, value: str) -> None:
+    def policy(self, value: object) -> None:
         self._policy = self._validate_policy(value)
-
-    @property
-    def phase(self) -> str | None:
-        """The current task phase (``"support"``, ``"query"`` or ``None``), set by ``task_phase``."""
-        return self._phase
-
-    def set_phase(self, phase: str | None) -> None:
-        """Set the task phase (use :func:`fewshot.norms.task_phase`, which also manages the cache)."""
-        if phase is not None and phase not in PHASES:
-            raise ValueError(f"phase must be one of {', '.join(map(repr, PHASES))} or None, got {phase!r}")
-        self._phase = phase
-
-    @property
-    def support_stats(self) -> Any:
-        """Statistics cached by the last support-phase forward under the support policy, or ``None``."""
-        return self._support_stats
-
-    def clear_support_stats(self) -> None:
-        """Drop the cached support statistics (and the autograd graph they hold)."""
-        self._support_stats = None
 
     def reset_running_stats(self) -> None:
         """Reset the running state to ``_make_state`` values and ``num_batches_tracked`` to 0."""
@@ -343,75 +296,89 @@ class NormLayer(nn.Module):
                 "to reuse support-set statistics, or a per-sample layer (e.g. groupnorm)"
             )
 
-    # ----------------------------------------------------------------- forward
-    def _ema_factor(self) -> float | Tensor:
-        """The running-average factor: ``momentum``, or ``1/num_batches_tracked`` when ``momentum`` is None."""
-        if self.momentum is not None:
-            return self.momentum
-        return 1.0 / self.num_batches_tracked.to(torch.float64)
+    # ----------------------------------------------------------------- the pure pieces
+    def state(self) -> dict[str, Tensor]:
+        """The layer's state as values: ``{buffer name: tensor}`` (``num_batches_tracked`` included; ``{}`` if none).
 
-    def _updates_state(self) -> bool:
-        return self.training and self.update_stats and self.track_running_stats
-
-    def _stats_source(self) -> str:
-        """``"batch"``, ``"running"`` or ``"cached"``: where this forward's statistics come from."""
-        if self.per_sample or self.policy == "batch":
-            return "batch"
-        if self.policy == "running":
-            return "batch" if self.training or not self.track_running_stats else "running"
-        if self._phase is None:
-            raise RuntimeError(
-                f"{type(self).__name__} has policy='support' but the forward ran outside a task phase; wrap the "
-                "support forward in `with fewshot.norms.task_phase(model, 'support'):` and the query forward in "
-                "`with fewshot.norms.task_phase(model, 'query'):`, or use set_policy(model, 'running'/'batch')"
-            )
-        return "batch" if self._phase == "support" else "cached"
-
-    def _select_stats(self, x: Tensor, batch_stats: Any = None) -> Any:
-        """This forward's statistics per the policy; fills the support cache and updates the state.
-
-        ``batch_stats``: statistics of ``x`` already computed by a fused kernel (only where the source is the
-        batch and nothing caches them); ``None`` computes them with ``_batch_stats``.
+        Read through the attributes, so inside ``torch.func.functional_call`` it is the buffer dictionary's.
         """
-        source = self._stats_source()
-        if source == "running":
-            return self._running_stats()
-        if source == "cached":
-            if self._support_stats is None:
-                raise RuntimeError(
-                    f"{type(self).__name__} (policy='support') got a query-phase forward but has no cached "
-                    "support statistics; run the support set through the model inside task_phase(model, "
-                    "'support') first, in the same task"
-                )
-            return self._support_stats
+        if not self.track_running_stats:
+            return {}
+        return {k: getattr(self, k) for k in (*self.state_buffers, "num_batches_tracked")}
+
+    def stats(self, x: Tensor) -> Any:
+        """Differentiable statistics ``S`` of the batch ``x`` (N, C[, H, W]): what ``apply`` and ``update`` take.
+
+        Raises:
+            ValueError: a batch of one sample for a batch-statistics layer (its statistics are not meaningful).
+        """
+        self._check_input_dim(x)
         if not self.per_sample:
             self._check_batch_size(x)
-        stats = self._batch_stats(x) if batch_stats is None else batch_stats
-        if self.policy == "support" and not self.per_sample:
-            self._support_stats = stats
-        if self._updates_state():
-            with torch.no_grad():
-                self._apply_update(_detach(stats), x.detach())
-        return stats
+        return self._batch_stats(x)
 
-    def _apply_update(self, stats: Any, x: Tensor) -> None:
-        """The one place where running state changes: ``_update_state``, unless a value is non-finite.
+    def state_stats(self, state: dict[str, Tensor]) -> Any:
+        """The statistics the state holds (the ``running`` policy in eval mode), structured like ``stats``."""
+        return self._running_stats(state)
 
-        A NaN or infinity in the batch statistics skips the update; one in the state ``_update_state`` produced
-        restores the previous state. Either way ``num_batches_tracked`` is unchanged, ``skipped_updates`` counts
-        it, and the first skip of the layer warns (naming it), so one bad batch never poisons the state.
+    def apply(
+        self, x: Tensor, stats: Any, state: dict[str, Tensor] | None = None, params: dict[str, Tensor] | None = None
+    ) -> Tensor:
+        """Normalize ``x`` with the statistics ``stats``, the state ``state`` and the affine ``params``.
+
+        Args:
+            x: ``(N, C)`` or ``(N, C, H, W)``.
+            stats: from :meth:`stats` (this batch, a support set, merged batches) or :meth:`state_stats`.
+            state: ``{buffer name: tensor}`` (default: :meth:`state`); read by layers whose output depends on it
+                (SWBN's ``W``).
+            params: ``{"weight", "bias"}`` (default: the layer's own; ``None`` entries skip that part).
+
+        Returns:
+            ``y``, the shape of ``x``.
+        """
+        if params is None:
+            params = {"weight": self.weight, "bias": self.bias}
+        return self._apply_stats(x, stats, self.state() if state is None else state, params)
+
+    @torch.no_grad()
+    def update(self, state: dict[str, Tensor], stats: Any) -> dict[str, Tensor]:
+        """The next state from ``state`` and a batch's statistics ``stats`` (no gradient; inputs unchanged).
+
+        ``num_batches_tracked`` counts the update; the running-average factor is ``momentum``, or
+        ``1/num_batches_tracked`` (after counting) when ``momentum`` is None.
+        """
+        if not self.track_running_stats:
+            return {}
+        count = state["num_batches_tracked"] + 1
+        factor = self.momentum if self.momentum is not None else 1.0 / count.to(torch.float64)
+        return {**self._next_state(state, _detach(stats), factor), "num_batches_tracked": count}
+
+    def merge_stats(self, parts: list[Any]) -> Any:
+        """The statistics of the union of disjoint batches from theirs (exact in any order; one part: itself).
+
+        Layers with state implement ``_merge_stats`` (see :mod:`fewshot.norms.sufficient`).
+        """
+        if not parts:
+            raise ValueError(f"{type(self).__name__}.merge_stats needs at least one batch's statistics, got none")
+        return parts[0] if len(parts) == 1 else self._merge_stats(parts)
+
+    def commit(self, next_state: dict[str, Tensor], stats: Any = None) -> bool:
+        """Write ``next_state`` into the buffers: the one place where a layer's state changes. Returns whether it did.
+
+        A NaN or infinity in ``stats`` (the statistics the update came from) or in ``next_state`` skips the write:
+        the state stays bit for bit, ``skipped_updates`` counts it and the first skip of the layer warns, naming
+        it, so one bad batch never poisons the state. Reads tensor values: call it outside ``vmap``.
         """
         if not _all_finite(_tensors(stats)):
             self._skip_update("its batch statistics")
-            return
-        before = [getattr(self, k).clone() for k in self.state_buffers]
-        self.num_batches_tracked.add_(1)
-        self._update_state(stats, x)
-        if not _all_finite([getattr(self, k) for k in self.state_buffers]):
-            for key, old in zip(self.state_buffers, before, strict=True):
-                getattr(self, key).copy_(old)
-            self.num_batches_tracked.sub_(1)
+            return False
+        if not _all_finite(list(next_state.values())):
             self._skip_update("the state it would produce")
+            return False
+        with torch.no_grad():
+            for key, value in next_state.items():
+                getattr(self, key).copy_(value)
+        return True
 
     def _skip_update(self, what: str) -> None:
         self.skipped_updates += 1
@@ -426,11 +393,57 @@ class NormLayer(nn.Module):
                 stacklevel=4,
             )
 
+    def on_lr_scale(self, factor: float) -> None:
+        """Hook: the optimizer's learning rate is now ``factor`` × its initial value (the trainer calls it).
+
+        Layers whose own rates follow the learning rate (SWBN's whitening rate) override it; others ignore it.
+        """
+
+    # ----------------------------------------------------------------- the module form
+    def _updates_state(self) -> bool:
+        return self.training and self.update_stats and self.track_running_stats
+
+    def _source(self, flow: Any) -> str:
+        """``"batch"``, ``"state"`` or ``"given"``: where this forward's statistics come from (the policy)."""
+        if self.per_sample or self.policy is Policy.TRANSDUCTIVE:
+            return "batch"
+        if self.policy is Policy.RUNNING:
+            return "batch" if self.training or not self.track_running_stats else "state"
+        if flow is not None and flow.gives(self):
+            return "given"
+        if flow is not None and flow.collects:
+            return "batch"
+        raise RuntimeError(
+            f"{type(self).__name__} has policy='support' but got a forward with no support statistics; run the "
+            "support set inside `with fewshot.norms.collect(model) as stats:` and the query inside "
+            "`with fewshot.norms.using(model, stats):` (same task), or use set_policy(model, 'running'/'transductive')"
+        )
+
+    def _observe(self, stats: Any, flow: Any) -> None:
+        """A batch-statistics forward saw ``stats``: hand them to a collecting flow, and update the state."""
+        if flow is not None and flow.collects:
+            flow.record(self, stats)
+        if self._updates_state():
+            detached = _detach(stats)
+            self.commit(self.update(self.state(), detached), detached)
+
+    def _batch_forward(self, x: Tensor, flow: Any) -> Tensor:
+        """A forward with the batch's own statistics (a layer with a fused kernel overrides it)."""
+        if not self.per_sample:
+            self._check_batch_size(x)
+        stats = self._batch_stats(x)
+        self._observe(stats, flow)
+        return self.apply(x, stats)
+
     def forward(self, x: Tensor) -> Tensor:
-        """Normalize ``x`` (N, C) or (N, C, H, W); returns the same shape."""
+        """Normalize ``x`` (N, C) or (N, C, H, W) with the statistics the policy picks; returns the same shape."""
         self._check_input_dim(x)
-        stats = self._select_stats(x)
-        return FN.affine(self._normalize(x, stats), self.weight, self.bias)
+        flow = current_flow()
+        source = self._source(flow)
+        if source == "batch":
+            return self._batch_forward(x, flow)
+        stats = flow.given(self) if source == "given" else self.state_stats(self.state())
+        return self.apply(x, stats)
 
     # ----------------------------------------------------------------- interop
     @torch.no_grad()
@@ -478,7 +491,7 @@ class NormLayer(nn.Module):
             f"momentum={self.momentum}",
             f"affine={self.affine}",
             f"track_running_stats={self.track_running_stats}",
-            f"policy={self.policy!r}",
+            f"policy={self.policy.value!r}",
         ]
         parts += [f"{k}={getattr(self, k)!r}" for k in self.hparams]
         return ", ".join(parts)

@@ -4,14 +4,14 @@ Both normalize with the *biased* batch variance and (``batchnorm``) store the *u
 ``running_var``, exactly like ``torch.nn.BatchNorm2d``. Two implementations of the same function, chosen per
 forward: torch's fused kernel (``torch.native_batch_norm``) for batch-statistics forwards wherever it is exact
 (:func:`fewshot.norms.kernels.fused_kernels_allowed`: plain autograd and ``torch.func.grad``, i.e. ProtoNet
-training and MAML's second-order inner loop), and a composition of primitive ops otherwise (``vmap``, the
-``support`` policy whose cached statistics must carry gradients, eval with running statistics), so second-order
-meta-gradients are correct everywhere.
+training and MAML's second-order inner loop), and ``apply``'s composition of primitive ops otherwise (``vmap``,
+the ``support`` policy whose statistics must carry gradients to the query, eval with running statistics), so
+second-order meta-gradients are correct everywhere.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -19,11 +19,23 @@ from torch import Tensor
 from fewshot.norms import functional as FN
 from fewshot.norms import whitening_math as WM
 from fewshot.norms.base import NormLayer
-from fewshot.norms.functional import Moments
 from fewshot.norms.kernels import fused_kernels_allowed
+from fewshot.norms.policy import Policy
 from fewshot.norms.registry import NORM_LAYERS
+from fewshot.norms.sufficient import count_of, merge_moments
 
-__all__ = ["BatchNorm", "TransductiveBatchNorm"]
+__all__ = ["BatchMoments", "BatchNorm", "TransductiveBatchNorm"]
+
+
+class BatchMoments(NamedTuple):
+    """Per-channel batch statistics: ``count`` m (float64 0-dim), ``mean (C,)``, biased ``var (C,)``.
+
+    From the state (eval, ``running`` policy) ``var`` is the stored unbiased running variance and ``count`` 0.
+    """
+
+    count: Tensor
+    mean: Tensor
+    var: Tensor
 
 
 @NORM_LAYERS.register("batchnorm")
@@ -59,54 +71,54 @@ class BatchNorm(NormLayer):
             "running_var": torch.ones(self.num_features, **factory_kwargs),
         }
 
-    def _batch_stats(self, x: Tensor) -> Moments:
-        return Moments(*WM.channel_moments(x))
+    def _batch_stats(self, x: Tensor) -> BatchMoments:
+        return BatchMoments(count_of(x), *WM.channel_moments(x))
 
-    def _running_stats(self) -> Moments:
-        return Moments(self.running_mean, self.running_var)
+    def _running_stats(self, state: dict[str, Tensor]) -> BatchMoments:
+        return BatchMoments(state["num_batches_tracked"].new_zeros((), dtype=torch.float64),
+                            state["running_mean"], state["running_var"])  # fmt: skip
 
-    def _normalize(self, x: Tensor, stats: Moments) -> Tensor:
-        return FN.standardize(x, FN.per_channel(stats.mean, x), FN.per_channel(stats.var, x), self.eps)
+    def _merge_stats(self, parts: list[BatchMoments]) -> BatchMoments:
+        return BatchMoments(*merge_moments(parts))
 
-    def _update_state(self, stats: Moments, x: Tensor) -> None:
-        factor = self._ema_factor()
-        unbiased_var = FN.unbias_variance(stats.var, FN.samples_per_channel(x))
-        self.running_mean.copy_(FN.ema(self.running_mean, stats.mean, factor))
-        self.running_var.copy_(FN.ema(self.running_var, unbiased_var, factor))
+    def _next_state(self, state: dict[str, Tensor], stats: BatchMoments, factor: float | Tensor) -> dict[str, Tensor]:
+        unbiased_var = FN.unbias_variance(stats.var, stats.count)
+        return {
+            "running_mean": FN.ema(state["running_mean"], stats.mean, factor),
+            "running_var": FN.ema(state["running_var"], unbiased_var, factor),
+        }
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Normalize ``x`` (N, C) or (N, C, H, W); returns the same shape.
+    def _apply_stats(
+        self, x: Tensor, stats: BatchMoments, state: dict[str, Tensor], params: dict[str, Tensor]
+    ) -> Tensor:
+        """Normalization and affine folded into ``scale = weight / sqrt(σ² + eps)``, ``shift = bias − μ·scale``.
 
-        Same flow as :meth:`NormLayer.forward`, with normalization and affine folded into one per-channel
-        ``scale = weight / sqrt(σ² + eps)`` and ``shift = bias − μ·scale``, applied in one pass
-        (``addcmul``) that keeps the memory format of ``x``. With the one-pass backward of
-        :func:`~fewshot.norms.whitening_math.channel_moments` this is 2-2.5x faster than the textbook
-        composition and still made of differentiable primitives (double backward and vmap stay exact).
-        Batch-statistics forwards outside ``vmap`` and the ``support`` policy take torch's fused kernel
-        instead (:meth:`_fused_batch_forward`, module docstring).
+        One ``addcmul`` pass that keeps the memory format of ``x``; with the one-pass backward of
+        :func:`~fewshot.norms.whitening_math.channel_moments` it stays made of differentiable primitives (double
+        backward and vmap exact) at a fraction of the textbook composition's cost.
         """
-        self._check_input_dim(x)
-        if self._stats_source() == "batch" and self.policy != "support" and fused_kernels_allowed():
-            return self._fused_batch_forward(x)
-        stats = self._select_stats(x)
         scale = torch.rsqrt(stats.var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight
+        if params["weight"] is not None:
+            scale = scale * params["weight"]
         shift = -stats.mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias
+        if params["bias"] is not None:
+            shift = shift + params["bias"]
         return torch.addcmul(FN.per_channel(shift, x), x, FN.per_channel(scale, x))
 
-    def _fused_batch_forward(self, x: Tensor) -> Tensor:
-        """Batch-statistics forward with torch's fused kernel; the state update stays :meth:`_update_state`'s.
+    def _batch_forward(self, x: Tensor, flow: Any) -> Tensor:
+        """Batch statistics with torch's fused kernel where exact; the primitive composition otherwise.
 
-        The kernel returns the batch mean and ``1/sqrt(σ² + eps)`` (no gradient: nothing caches them, the
-        ``support`` policy takes the exact path); ``σ²`` is recovered in float64 for the running-state update.
+        The kernel returns the batch mean and ``1/sqrt(σ² + eps)`` without gradient, so it is used only where no
+        one differentiates the statistics themselves (not the ``support`` policy, whose statistics reach the query)
+        and where :func:`~fewshot.norms.kernels.fused_kernels_allowed`. ``σ²`` is recovered in float64 for the
+        state update.
         """
+        if self.policy is Policy.SUPPORT or not fused_kernels_allowed():
+            return super()._batch_forward(x, flow)
         self._check_batch_size(x)  # our message, before the kernel raises its own
         y, mean, invstd = torch.native_batch_norm(x, self.weight, self.bias, None, None, True, 0.0, self.eps)
         var = (invstd.double().pow(-2) - self.eps).clamp_min(0).to(invstd.dtype)
-        self._select_stats(x, Moments(mean, var))
+        self._observe(BatchMoments(count_of(x), mean, var), flow)
         return y
 
 
@@ -119,7 +131,7 @@ class TransductiveBatchNorm(BatchNorm):
     ``nn.BatchNorm2d(track_running_stats=False)``. Predictions for one query depend on the other queries of
     the batch: label results obtained with it as transductive.
 
-    The policy is fixed to ``"batch"`` (constructing it with another policy raises; ``set_policy`` leaves it
+    The policy is fixed to ``"transductive"`` (constructing it with another policy raises; ``set_policy`` leaves it
     alone) and it keeps no running state (``track_running_stats`` is always False, momentum is unused).
 
     Args: see :class:`~fewshot.norms.base.NormLayer` (no layer-specific options).
@@ -135,5 +147,5 @@ class TransductiveBatchNorm(BatchNorm):
     """
 
     state_buffers = ()
-    fixed_policy = "batch"
+    fixed_policy = Policy.TRANSDUCTIVE
     reproduces_bn_after_convert = False

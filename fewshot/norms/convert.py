@@ -17,7 +17,6 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from fewshot.norms.base import NormLayer
 from fewshot.norms.registry import NORM_LAYERS
-from fewshot.norms.state import norm_layers
 
 __all__ = ["convert"]
 
@@ -111,9 +110,6 @@ def convert(model: nn.Module, name: str, **kwargs: Any) -> nn.Module:
     """
     target = NORM_LAYERS.get(name)
     _check_convertible(model)  # before copying: refused types include lazy modules, which cannot be copied
-    # Cached support statistics can hold an autograd graph, which deepcopy refuses; they are transient anyway,
-    # so the memo maps each cache to None in the copy (the original keeps its caches).
-    memo: dict[int, Any] = {id(m.support_stats): None for m in norm_layers(model) if m.support_stats is not None}
-    model = copy.deepcopy(model, memo)
+    model = copy.deepcopy(model)
     with torch.no_grad():
         return _convert(model, target, kwargs)

@@ -17,14 +17,25 @@ from fewshot.norms import functional as FN
 from fewshot.norms import whitening_math as WM
 from fewshot.norms.base import NormLayer
 from fewshot.norms.registry import NORM_LAYERS
+from fewshot.norms.sufficient import count_of, merge_covariances
 
 __all__ = ["BatchWhitening", "DBN", "WhiteningStats"]
 
 
 class WhiteningStats(NamedTuple):
-    """Statistics of a batch-whitening forward: ``mean (C,)`` and the whitening ``matrix (G, g, g)``."""
+    """Statistics of a batch-whitening forward.
 
+    Attributes:
+        count: values per channel (float64 0-dim; 0 for statistics read from the state).
+        mean: ``(C,)``.
+        cov: ``(G, g, g)`` biased covariance of the centred batch (``None`` from the state).
+        matrix: ``(G, g, g)`` the whitening matrix of ``cov + eps·I`` (differentiable; the running average from
+            the state).
+    """
+
+    count: Tensor
     mean: Tensor
+    cov: Tensor | None
     matrix: Tensor
 
 
@@ -46,7 +57,9 @@ class BatchWhitening(NormLayer):
     state_buffers = ("running_mean", "running_wm")
     default_group_size: ClassVar[int] = 16
 
-    def _init_groups(self, group_size: int | None) -> None:
+    def _init_groups(self, group_size: int | None, groups: int | None = None) -> None:
+        name = type(self).__name__
+        group_size = WM.native_grouping(self.num_features, groups, group_size, native="group_size", layer=name)
         self.group_size = WM.resolve_group_size(
             self.num_features, group_size, self.default_group_size, layer=type(self).__name__
         )
@@ -74,19 +87,29 @@ class BatchWhitening(NormLayer):
     def _batch_stats(self, x: Tensor) -> WhiteningStats:
         mean = x.mean(dim=FN.reduce_dims(x))
         centred = x - FN.per_channel(mean, x)
-        sigma = WM.add_ridge(WM.group_second_moment(centred, self.group_size), self.eps)
-        return WhiteningStats(mean, self._inv_sqrt(sigma))
+        cov = WM.group_second_moment(centred, self.group_size)
+        return WhiteningStats(count_of(x), mean, cov, self._inv_sqrt(WM.add_ridge(cov, self.eps)))
 
-    def _running_stats(self) -> WhiteningStats:
-        return WhiteningStats(self.running_mean, self.running_wm)
+    def _running_stats(self, state: dict[str, Tensor]) -> WhiteningStats:
+        zero = state["num_batches_tracked"].new_zeros((), dtype=torch.float64)
+        return WhiteningStats(zero, state["running_mean"], None, state["running_wm"])
 
-    def _update_state(self, stats: WhiteningStats, x: Tensor) -> None:
-        factor = self._ema_factor()
-        self.running_mean.copy_(FN.ema(self.running_mean, stats.mean, factor))
-        self.running_wm.copy_(FN.ema(self.running_wm, stats.matrix, factor))
+    def _merge_stats(self, parts: list[WhiteningStats]) -> WhiteningStats:
+        """Merge the covariances (Chan's rule), then whiten the merged one."""
+        count, mean, cov = merge_covariances([(p.count, p.mean, p.cov) for p in parts], self.group_size)
+        return WhiteningStats(count, mean, cov, self._inv_sqrt(WM.add_ridge(cov, self.eps)))
 
-    def _whiten(self, x: Tensor, stats: WhiteningStats, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    def _next_state(self, state: dict[str, Tensor], stats: WhiteningStats, factor: float | Tensor) -> dict[str, Tensor]:
+        return {
+            "running_mean": FN.ema(state["running_mean"], stats.mean, factor),
+            "running_wm": FN.ema(state["running_wm"], stats.matrix, factor),
+        }
+
+    def _apply_stats(
+        self, x: Tensor, stats: WhiteningStats, state: dict[str, Tensor], params: dict[str, Tensor]
+    ) -> Tensor:
         """``weight ⊙ W (x − μ) + bias`` as one grouped 1×1 product with a folded bias."""
+        weight, bias = params["weight"], params["bias"]
         matrix = stats.matrix
         if weight is not None:
             matrix = matrix * weight.reshape(self.groups, self.group_size, 1)
@@ -94,18 +117,6 @@ class BatchWhitening(NormLayer):
         if bias is not None:
             shift = shift + bias
         return WM.apply_group_matrix(x, matrix, shift)
-
-    def _normalize(self, x: Tensor, stats: WhiteningStats) -> Tensor:
-        return self._whiten(x, stats, None, None)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Whiten ``x`` (N, C) or (N, C, H, W); returns the same shape (the memory format of ``x`` is kept).
-
-        Same flow as :meth:`NormLayer.forward` with the per-channel affine folded into the whitening product.
-        """
-        self._check_input_dim(x)
-        stats = self._select_stats(x)
-        return self._whiten(x, stats, self.weight, self.bias)
 
 
 @NORM_LAYERS.register("dbn")
@@ -144,11 +155,22 @@ class DBN(BatchWhitening):
         torch.Size([20, 32])
     """
 
-    hparams = ("group_size",)
+    hparams = ("group_size", "groups")
     default_group_size = 16
 
-    def _init_layer(self, factory_kwargs: dict[str, Any], *, group_size: int | None = None) -> None:
-        self._init_groups(group_size)
+    def _init_layer(
+        self, factory_kwargs: dict[str, Any], *, group_size: int | None = None, groups: int | None = None
+    ) -> None:
+        self._init_groups(group_size, groups)
 
     def _inv_sqrt(self, sigma: Tensor) -> Tensor:
-        return WM.zca_inv_sqrt(sigma, self.eps)
+        """ZCA of each group; a group whose covariance holds a NaN or infinity gets the identity instead.
+
+        ``eigh`` cannot decompose a non-finite matrix (it raises or returns garbage), so such a group is
+        whitened by ``I`` (its output is non-finite anyway through the mean) and its statistics, non-finite,
+        make :meth:`~fewshot.norms.base.NormLayer.commit` skip the state update and warn, as for every
+        stateful layer. Written with ``torch.where`` (no branch on values), so it stays legal under ``vmap``.
+        """
+        eye = torch.eye(self.group_size, dtype=sigma.dtype, device=sigma.device)
+        finite = torch.isfinite(sigma).all(dim=-1, keepdim=True).all(dim=-2, keepdim=True)
+        return torch.where(finite, WM.zca_inv_sqrt(torch.where(finite, sigma, eye), self.eps), eye)

@@ -16,8 +16,10 @@ from torch import Tensor, nn
 from fewshot.norms import functional as FN
 from fewshot.norms import whitening_math as WM
 from fewshot.norms.base import NormLayer
+from fewshot.norms.flow import current_flow
 from fewshot.norms.functional import Moments
 from fewshot.norms.registry import NORM_LAYERS
+from fewshot.norms.sufficient import count_of, merge_moments
 
 __all__ = ["KalmanNorm", "KalmanStats", "kalman_fuse", "propagate_moments", "rectified_gaussian_moments"]
 
@@ -26,8 +28,12 @@ DEFAULT_GUARD_RATIO = 100.0
 
 
 class KalmanStats(NamedTuple):
-    """The normalizer of one forward (``mean``, ``var``, ``(C,)``) and the observed batch moments behind it."""
+    """The normalizer of one forward (``mean``, ``var``, ``(C,)``) and the observed batch moments behind it.
 
+    ``count``: values per channel of the batch (float64 0-dim; 0 for statistics read from the state).
+    """
+
+    count: Tensor
     mean: Tensor
     var: Tensor
     obs_mean: Tensor
@@ -197,16 +203,24 @@ class KalmanNorm(NormLayer):
         estimate = observed
         if self._prior is not None and self.p_rate > 0:
             estimate = kalman_fuse(observed, self._prior, self.p_rate, self.guard_ratio, self.eps)
-        return KalmanStats(estimate.mean, estimate.var, observed.mean, observed.var)
+        return KalmanStats(count_of(x), estimate.mean, estimate.var, observed.mean, observed.var)
 
-    def _running_stats(self) -> KalmanStats:
-        return KalmanStats(self.running_mean, self.running_var, self.running_mean, self.running_var)
+    def _running_stats(self, state: dict[str, Tensor]) -> KalmanStats:
+        mean, var = state["running_mean"], state["running_var"]
+        return KalmanStats(state["num_batches_tracked"].new_zeros((), dtype=torch.float64), mean, var, mean, var)
 
-    def _update_state(self, stats: KalmanStats, x: Tensor) -> None:
-        factor = self._ema_factor()
-        unbiased_var = FN.unbias_variance(stats.var, FN.samples_per_channel(x))
-        self.running_mean.copy_(FN.ema(self.running_mean, stats.mean, factor))
-        self.running_var.copy_(FN.ema(self.running_var, unbiased_var, factor))
+    def _merge_stats(self, parts: list[KalmanStats]) -> KalmanStats:
+        """The filtered and the observed moments each merged as moments of the union (Chan's rule)."""
+        count, mean, var = merge_moments([(p.count, p.mean, p.var) for p in parts])
+        _, obs_mean, obs_var = merge_moments([(p.count, p.obs_mean, p.obs_var) for p in parts])
+        return KalmanStats(count, mean, var, obs_mean, obs_var)
+
+    def _next_state(self, state: dict[str, Tensor], stats: KalmanStats, factor: float | Tensor) -> dict[str, Tensor]:
+        unbiased_var = FN.unbias_variance(stats.var, stats.count)
+        return {
+            "running_mean": FN.ema(state["running_mean"], stats.mean, factor),
+            "running_var": FN.ema(state["running_var"], unbiased_var, factor),
+        }
 
     def _normalize(self, x: Tensor, stats: KalmanStats) -> Tensor:
         return FN.standardize(x, FN.per_channel(stats.mean, x), FN.per_channel(stats.var, x), self.eps)
@@ -229,12 +243,18 @@ class KalmanNorm(NormLayer):
                     f"{type(self).__name__}: prior must hold two ({self.num_features},) tensors, got shapes "
                     f"{tuple(prior.mean.shape)} and {tuple(prior.var.shape)}"
                 )
-        self._prior = prior
-        try:
-            stats = self._select_stats(x)
-        finally:
-            self._prior = None
-        if self._stats_source() != "batch":  # the normalizer is not from x: observe x for the posterior
+        flow = current_flow()
+        source = self._source(flow)
+        if source == "batch":
+            self._check_batch_size(x)
+            self._prior = prior
+            try:
+                stats = self._batch_stats(x)
+            finally:
+                self._prior = None
+            self._observe(stats, flow)
+        else:  # the normalizer is not from x: observe x for the posterior
+            stats = flow.given(self) if source == "given" else self.state_stats(self.state())
             obs_mean, obs_var = WM.channel_moments(x)
             stats = stats._replace(obs_mean=obs_mean, obs_var=obs_var)
         rstd = torch.rsqrt(stats.var + self.eps)
@@ -244,11 +264,6 @@ class KalmanNorm(NormLayer):
         if self.bias is not None:
             mean = mean + self.bias
         return y, Moments(mean, scale * scale * stats.obs_var)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Plain BN use (no prior): normalize ``x`` (N, C) or (N, C, H, W) with batch or running statistics."""
-        self._check_input_dim(x)
-        return FN.affine(self._normalize(x, self._select_stats(x)), self.weight, self.bias)
 
     def predict(self, posterior: Moments | tuple[Tensor, Tensor], conv: nn.Module) -> Moments:
         """The prior for this layer's input from the previous layer's posterior, through ReLU and ``conv``.

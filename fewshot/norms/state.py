@@ -1,13 +1,12 @@
-"""Model-wide switches for normalization state: ``frozen_stats``, ``task_phase`` and ``set_policy``.
+"""Model-wide switches for normalization layers: ``frozen_stats`` and ``set_policy``.
 
 * ``frozen_stats(model)``: no layer changes any buffer or state inside the block.
-* ``task_phase(model, "support" | "query")``: marks support and query forwards for layers with
-  ``policy="support"`` (support statistics are cached in the support phase and applied to the query).
 * ``set_policy(model, policy)``: sets the statistics policy of every layer; usable as a plain call or as a
   context manager that restores the previous policies.
 
-All three act on every :class:`~fewshot.norms.base.NormLayer` in ``model.modules()`` (the model itself
-included) and restore what they changed even when the block raises; they nest.
+Statistics passed between forwards (support → query, tasks → one state update) are values, not switches:
+see :mod:`fewshot.norms.flow`. Both act on every :class:`~fewshot.norms.base.NormLayer` in ``model.modules()``
+(the model itself included) and restore what they changed even when the block raises; they nest.
 """
 
 from __future__ import annotations
@@ -20,9 +19,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from fewshot.norms.base import PHASES, POLICIES, NormLayer
+from fewshot.norms.base import NormLayer
+from fewshot.norms.policy import Policy
 
-__all__ = ["PolicyChange", "frozen_stats", "norm_layers", "set_policy", "task_phase"]
+__all__ = ["PolicyChange", "frozen_stats", "norm_layers", "notify_lr_scale", "set_policy"]
 
 
 def norm_layers(module: nn.Module) -> list[NormLayer]:
@@ -89,52 +89,10 @@ def frozen_stats(module: nn.Module) -> Iterator[nn.Module]:
             m.track_running_stats = value
 
 
-@contextmanager
-def task_phase(module: nn.Module, phase: str) -> Iterator[nn.Module]:
-    """Mark the forwards inside the block as the support or the query pass of one task.
-
-    Only layers with ``policy="support"`` use the phase: in the support phase they compute batch statistics
-    and cache them; in the query phase they apply the cached support statistics. Entering a support phase
-    clears every layer's cache; leaving a query phase clears it too, so nothing leaks into the next task.
-    The previous phase is restored on exit.
-
-    Args:
-        module: any ``nn.Module``.
-        phase: ``"support"`` or ``"query"``.
-
-    Yields:
-        ``module``.
-
-    Example:
-        >>> import torch
-        >>> from fewshot.norms import create
-        >>> layer = create("batchnorm", 4, policy="support")
-        >>> with task_phase(layer, "support"):
-        ...     _ = layer(torch.randn(5, 4))
-        >>> with task_phase(layer, "query"):
-        ...     y = layer(torch.randn(1, 4))  # one query at a time, with the support's statistics
-    """
-    if phase not in PHASES:
-        raise ValueError(f"task_phase expects phase 'support' or 'query', got {phase!r}")
-    layers = norm_layers(module)
-    saved = [(m, m.phase) for m in layers]
-    try:
-        for m in layers:
-            if phase == "support":
-                m.clear_support_stats()
-            m.set_phase(phase)
-        yield module
-    finally:
-        for m, value in saved:
-            if phase == "query":
-                m.clear_support_stats()
-            m.set_phase(value)
-
-
 class PolicyChange:
     """The result of :func:`set_policy`: the change is already applied; ``with``/``restore()`` undoes it."""
 
-    def __init__(self, saved: list[tuple[NormLayer, str]]) -> None:
+    def __init__(self, saved: list[tuple[NormLayer, Policy]]) -> None:
         self._saved = saved
 
     def restore(self) -> None:
@@ -152,7 +110,7 @@ class PolicyChange:
         self.restore()
 
 
-def set_policy(module: nn.Module, policy: str) -> PolicyChange:
+def set_policy(module: nn.Module, policy: Policy | str) -> PolicyChange:
     """Set the statistics policy of every NormLayer in ``module``.
 
     Layers whose policy is part of their definition (``fixed_policy``, e.g. ``batchnorm_transductive``) keep
@@ -161,7 +119,8 @@ def set_policy(module: nn.Module, policy: str) -> PolicyChange:
 
     Args:
         module: any ``nn.Module``.
-        policy: ``"running"``, ``"batch"`` or ``"support"``.
+        policy: a :class:`~fewshot.norms.policy.Policy` or its name (``"running"``, ``"support"``,
+            ``"transductive"``).
 
     Returns:
         A :class:`PolicyChange`: ignore it for a permanent change, or use ``with set_policy(model, p):`` (or
@@ -170,14 +129,13 @@ def set_policy(module: nn.Module, policy: str) -> PolicyChange:
     Example:
         >>> from fewshot.norms import create
         >>> layer = create("batchnorm", 4)
-        >>> with set_policy(layer, "batch"):
-        ...     layer.policy
-        'batch'
-        >>> layer.policy
+        >>> with set_policy(layer, "transductive"):
+        ...     str(layer.policy)
+        'transductive'
+        >>> str(layer.policy)
         'running'
     """
-    if policy not in POLICIES:
-        raise ValueError(f"set_policy expects one of {', '.join(map(repr, POLICIES))}, got {policy!r}")
+    policy = Policy.parse(policy, where="set_policy: policy")
     native = [
         (path or "<root>", m)
         for path, m in module.named_modules()
@@ -189,9 +147,27 @@ def set_policy(module: nn.Module, policy: str) -> PolicyChange:
             f"set_policy cannot control torch layer {type(m).__name__} at {path!r} ({len(native)} such layer(s)); "
             "convert the model first, e.g. model = fewshot.norms.convert(model, 'batchnorm')"
         )
-    saved: list[tuple[NormLayer, str]] = []
+    saved: list[tuple[NormLayer, Policy]] = []
     for m in norm_layers(module):
         if m.fixed_policy is None:
             saved.append((m, m.policy))
             m.policy = policy
     return PolicyChange(saved)
+
+
+def notify_lr_scale(module: nn.Module, factor: float) -> None:
+    """Tell every NormLayer of ``module`` that the learning rate is now ``factor`` × its initial value.
+
+    The trainer calls it whenever its schedule changes the rate (and after a resume); layers with rates of
+    their own that follow the learning rate implement :meth:`NormLayer.on_lr_scale` (SWBN keeps ``α / lr``
+    constant), all others ignore it.
+
+    Example:
+        >>> from fewshot.norms import create
+        >>> layer = create("swbn", 16)
+        >>> notify_lr_scale(layer, 0.5)
+        >>> layer.whitening_rate
+        0.0005
+    """
+    for layer in norm_layers(module):
+        layer.on_lr_scale(factor)

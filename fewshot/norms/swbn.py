@@ -1,4 +1,4 @@
-"""Stochastic Whitening Batch Normalization (``swbn``) and the helper that makes α follow the learning rate."""
+"""Stochastic Whitening Batch Normalization (``swbn``)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ import warnings
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fewshot.norms import functional as FN
 from fewshot.norms import whitening_math as WM
 from fewshot.norms.base import NormLayer
 from fewshot.norms.kernels import fused_kernels_allowed
+from fewshot.norms.policy import Policy
 from fewshot.norms.registry import NORM_LAYERS
+from fewshot.norms.sufficient import count_of, merge_covariances
 
-__all__ = ["SWBN", "SWBNStats", "scale_whitening_rate"]
+__all__ = ["SWBN", "SWBNStats"]
 
 DEFAULT_GROUP_SIZE = 16
 DEFAULT_ALPHA = 1e-3
@@ -25,12 +27,14 @@ class SWBNStats(NamedTuple):
     """Statistics of one SWBN forward.
 
     Attributes:
-        mean: ``(C,)`` per-channel mean (batch, cached support, or running ``μ_E``).
+        count: ``m``, values per channel (float64 0-dim; 0 for statistics read from the state).
+        mean: ``(C,)`` per-channel mean (batch, support set, or running ``μ_E``).
         var: ``(C,)`` per-channel biased variance (or running ``ν_E``, unbiased like BN's).
-        corr: ``(G, g, g)`` covariance ``R_B`` of the standardized batch, computed without autograd and only
-            when this forward updates the state (else ``None``).
+        corr: ``(G, g, g)`` covariance ``R_B`` of the standardized batch (no gradient), what the ``W`` update
+            needs; ``None`` for statistics read from the state.
     """
 
+    count: Tensor
     mean: Tensor
     var: Tensor
     corr: Tensor | None
@@ -110,16 +114,18 @@ class SWBN(NormLayer):
       eigenvalues of ``W`` are capped at ``1/√eps`` (316 for eps = 1e-5, those of the exact whitening of
       ``R + eps·I``), so ``W`` stays finite on rank-deficient batches; trained layers stay far below the cap.
 
-    The learning-rate schedule: the authors reportedly keep ``α / lr`` constant. Call
-    :func:`scale_whitening_rate` (or :meth:`set_whitening_rate`) with ``lr_now / lr_initial`` whenever the
-    schedule changes the learning rate; the factor is a plain attribute (not saved in the state dict), so a
-    resumed trainer must set it again.
+    The learning-rate schedule: the authors reportedly keep ``α / lr`` constant. The trainer calls
+    :func:`fewshot.norms.notify_lr_scale` (this layer's :meth:`on_lr_scale`, or :meth:`set_whitening_rate`
+    directly) with ``lr_now / lr_initial`` whenever the schedule changes the learning rate; the factor is a plain
+    attribute (not saved in the state dict), so a resumed trainer sets it again.
 
     Args:
         num_features, eps, momentum, affine, track_running_stats, policy, device, dtype: see
             :class:`~fewshot.norms.base.NormLayer`.
         group_size: channels per group ``g`` (default 16; larger than ``num_features`` → one group; see
             :func:`~fewshot.norms.whitening_math.resolve_group_size`).
+        groups: number of groups instead (exactly ``group_size = C // groups``; see
+            :func:`~fewshot.norms.whitening_math.native_grouping`).
         alpha: whitening rate ``α ≥ 0`` (``0`` freezes ``W`` and gives BN).
         criterion: ``"kl"`` or ``"fro"``.
         tau: floor of ``‖E‖_F`` in the Fro step.
@@ -137,19 +143,21 @@ class SWBN(NormLayer):
     """
 
     state_buffers = ("running_mean", "running_var", "whitening_matrix")
-    hparams = ("group_size", "alpha", "criterion", "tau", "shrinkage")
+    hparams = ("group_size", "groups", "alpha", "criterion", "tau", "shrinkage")
 
     def _init_layer(
         self,
         factory_kwargs: dict[str, Any],
         *,
         group_size: int | None = None,
+        groups: int | None = None,
         alpha: float = DEFAULT_ALPHA,
         criterion: str = "kl",
         tau: float = 1e-12,
         shrinkage: float = 0.0,
     ) -> None:
         name = type(self).__name__
+        group_size = WM.native_grouping(self.num_features, groups, group_size, native="group_size", layer=name)
         self.group_size = WM.resolve_group_size(self.num_features, group_size, DEFAULT_GROUP_SIZE, layer=name)
         self.groups = self.num_features // self.group_size
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
@@ -172,7 +180,7 @@ class SWBN(NormLayer):
         if not self.track_running_stats:
             warnings.warn(
                 "SWBN with track_running_stats=False keeps no whitening matrix, so it is batch-statistics BN; for a "
-                "transductive SWBN that still learns W use policy='batch' with track_running_stats=True",
+                "transductive SWBN that still learns W use policy='transductive' with track_running_stats=True",
                 stacklevel=4,
             )
 
@@ -217,81 +225,85 @@ class SWBN(NormLayer):
         self.running_var.copy_(var)
         self.whitening_matrix.copy_(self._make_state({"dtype": mean.dtype, "device": mean.device})["whitening_matrix"])
 
-    # ----------------------------------------------------------------- math hooks
+    # ----------------------------------------------------------------- the pure pieces
     def _batch_stats(self, x: Tensor) -> SWBNStats:
-        if not self._updates_state():  # R_B is needed only for the W update
-            return SWBNStats(*WM.channel_moments(x), None)
         mean, var, cov = WM.channel_moments_and_covariance(x, self.group_size)
-        return SWBNStats(mean, var, WM.correlation(cov, torch.rsqrt(var.detach() + self.eps)))
+        return SWBNStats(count_of(x), mean, var, WM.correlation(cov, torch.rsqrt(var.detach() + self.eps)))
 
-    def _running_stats(self) -> SWBNStats:
-        return SWBNStats(self.running_mean, self.running_var, None)
+    def _running_stats(self, state: dict[str, Tensor]) -> SWBNStats:
+        zero = state["num_batches_tracked"].new_zeros((), dtype=torch.float64)
+        return SWBNStats(zero, state["running_mean"], state["running_var"], None)
 
-    def _update_state(self, stats: SWBNStats, x: Tensor) -> None:
-        factor = self._ema_factor()
-        unbiased_var = FN.unbias_variance(stats.var, FN.samples_per_channel(x))
-        self.running_mean.copy_(FN.ema(self.running_mean, stats.mean, factor))
-        self.running_var.copy_(FN.ema(self.running_var, unbiased_var, factor))
+    def _merge_stats(self, parts: list[SWBNStats]) -> SWBNStats:
+        """Merge through the centred covariances ``C = D R D``, ``D = diag(sqrt(var + eps))`` (Chan's rule)."""
+        covs = [(p.count, p.mean, WM.correlation(p.corr, torch.sqrt(p.var + self.eps))) for p in parts]
+        count, mean, cov = merge_covariances(covs, self.group_size)
+        var = cov.diagonal(dim1=-2, dim2=-1).reshape(-1)
+        return SWBNStats(count, mean, var, WM.correlation(cov, torch.rsqrt(var + self.eps)))
+
+    def _next_state(self, state: dict[str, Tensor], stats: SWBNStats, factor: float | Tensor) -> dict[str, Tensor]:
+        """EMA of the moments, then one step of the whitening criterion on ``R_B``, capped at ``1/sqrt(eps)``."""
+        unbiased_var = FN.unbias_variance(stats.var, stats.count)
+        w = state["whitening_matrix"]
         alpha = self.whitening_rate
         if alpha > 0:
             corr = WM.shrink_to_identity(stats.corr, self.shrinkage)
-            w = WM.swbn_step(self.whitening_matrix, corr, alpha, self.criterion, self.tau)
-            self.whitening_matrix.copy_(_cap_spectrum(w, math.inf if self.eps == 0 else self.eps**-0.5))
+            w = WM.swbn_step(w, corr, alpha, self.criterion, self.tau)
+            w = _cap_spectrum(w, math.inf if self.eps == 0 else self.eps**-0.5)
+        return {
+            "running_mean": FN.ema(state["running_mean"], stats.mean, factor),
+            "running_var": FN.ema(state["running_var"], unbiased_var, factor),
+            "whitening_matrix": w,
+        }
 
-    def _current_w(self, x: Tensor) -> Tensor:
-        """``W`` (G, g, g) for this forward: a copy of the buffer, or ``I`` when the layer keeps no state."""
+    def _current_w(self, x: Tensor, state: dict[str, Tensor]) -> Tensor:
+        """``W`` (G, g, g) for this forward: a copy of the state's, or ``I`` when the layer keeps no state."""
         g = self.group_size
-        if self.whitening_matrix is None:  # no state: plain BN with batch statistics
+        if "whitening_matrix" not in state:  # no state: plain BN with batch statistics
             return torch.eye(g, dtype=x.dtype, device=x.device).expand(self.groups, g, g)
         # A copy: the buffer is updated in place by later training forwards that share this graph.
-        return self.whitening_matrix.clone()
+        return state["whitening_matrix"].clone()
 
-    def _whiten(self, x: Tensor, stats: SWBNStats, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    def _apply_stats(self, x: Tensor, stats: SWBNStats, state: dict[str, Tensor], params: dict[str, Tensor]) -> Tensor:
         """``weight ⊙ W diag(rstd)(x − μ) + bias`` as one grouped 1×1 product with a folded bias."""
         g = self.group_size
         rstd = torch.rsqrt(stats.var + self.eps).reshape(self.groups, 1, g)
-        matrix = self._current_w(x) * rstd
-        if weight is not None:
-            matrix = matrix * weight.reshape(self.groups, g, 1)
+        matrix = self._current_w(x, state) * rstd
+        if params["weight"] is not None:
+            matrix = matrix * params["weight"].reshape(self.groups, g, 1)
         shift = -(matrix @ stats.mean.reshape(self.groups, g, 1)).reshape(-1)
-        if bias is not None:
-            shift = shift + bias
+        if params["bias"] is not None:
+            shift = shift + params["bias"]
         return WM.apply_group_matrix(x, matrix, shift)
 
-    def _normalize(self, x: Tensor, stats: SWBNStats) -> Tensor:
-        return self._whiten(x, stats, None, None)
+    def _batch_forward(self, x: Tensor, flow: Any) -> Tensor:
+        """A batch-statistics forward; on torch's fused batch-norm kernel where exact: ``weight ⊙ W x̂ + bias``.
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Normalize and whiten ``x`` (N, C) or (N, C, H, W); returns the same shape.
-
-        Same flow as :meth:`NormLayer.forward` with the per-channel affine folded into the whitening product
-        (one pass over ``x`` instead of two).
-        """
-        self._check_input_dim(x)
-        if self._stats_source() == "batch" and self.policy != "support" and fused_kernels_allowed():
-            return self._fused_batch_forward(x)
-        stats = self._select_stats(x)
-        return self._whiten(x, stats, self.weight, self.bias)
-
-    def _fused_batch_forward(self, x: Tensor) -> Tensor:
-        """Batch-statistics forward on torch's fused batch-norm kernel: ``weight ⊙ W x̂ + bias``, ``x̂`` = BN(x).
-
-        The same function as :meth:`_whiten` with batch statistics (``W diag(rstd)(x − μ) = W x̂``), used where
-        :func:`~fewshot.norms.kernels.fused_kernels_allowed` (the kernel's first and second derivatives are
-        exact there) and nothing caches the statistics (not the ``support`` policy). ``R_B`` for the W update is
-        the group second moment of ``x̂`` (equal to :func:`~fewshot.norms.whitening_math.correlation` of the
-        centred covariance), computed without autograd and only when the state is updated; the update runs in
-        :meth:`_select_stats` before ``W`` is read, as on the exact path.
+        ``R_B`` is computed only when a state update or a collecting flow will read it. The fused path is the same
+        function as :meth:`apply` with batch statistics (``W diag(rstd)(x − μ) = W x̂``), used where
+        :func:`~fewshot.norms.kernels.fused_kernels_allowed` and nobody differentiates the statistics (not the
+        ``support`` policy). ``R_B`` is the group second moment of ``x̂`` (equal to
+        :func:`~fewshot.norms.whitening_math.correlation` of the centred covariance up to rounding), without
+        autograd. The state update runs before ``W`` is read, as on the exact path.
         """
         self._check_batch_size(x)  # our message, before the kernel raises its own
+        wants_corr = self._updates_state() or (flow is not None and flow.collects)  # R_B only feeds the update
+        if self.policy is Policy.SUPPORT or not fused_kernels_allowed():
+            stats = self._batch_stats(x) if wants_corr else SWBNStats(count_of(x), *WM.channel_moments(x), None)
+            self._observe(stats, flow)
+            return self.apply(x, stats)
         x_hat, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, self.eps)
         var = (invstd.double().pow(-2) - self.eps).clamp_min(0).to(invstd.dtype)
-        corr = WM.group_second_moment(x_hat.detach(), self.group_size) if self._updates_state() else None
-        self._select_stats(x, SWBNStats(mean, var, corr))
-        matrix = self._current_w(x)
+        corr = WM.group_second_moment(x_hat.detach(), self.group_size) if wants_corr else None
+        self._observe(SWBNStats(count_of(x), mean, var, corr), flow)
+        matrix = self._current_w(x, self.state())
         if self.weight is not None:
             matrix = matrix * self.weight.reshape(self.groups, self.group_size, 1)
         return WM.apply_group_matrix(x_hat, matrix, self.bias)
+
+    def on_lr_scale(self, factor: float) -> None:
+        """Keep ``α / lr`` constant, as the SWBN authors reportedly advise: the whitening rate becomes ``α·factor``."""
+        self.set_whitening_rate(factor)
 
 
 def _cap_spectrum(w: Tensor, cap: float) -> Tensor:
@@ -309,27 +321,3 @@ def _cap_spectrum(w: Tensor, cap: float) -> Tensor:
     vals, vecs = torch.linalg.eigh(w)
     capped = (vecs * vals.clamp(-cap, cap).unsqueeze(-2)) @ vecs.mT
     return torch.where((vals.abs().amax(-1) > cap)[..., None, None], capped, w)
-
-
-def scale_whitening_rate(model: nn.Module, factor: float) -> int:
-    """Set every SWBN layer in ``model`` to whitening rate ``alpha · factor``.
-
-    Call it with ``factor = lr_now / lr_initial`` whenever the learning-rate schedule changes the rate, to keep
-    ``α / lr`` constant as the SWBN authors reportedly advise.
-
-    Args:
-        model: any module; SWBN layers are found in ``model.modules()``.
-        factor: a finite number ``≥ 0``.
-
-    Returns:
-        The number of SWBN layers changed.
-
-    Example:
-        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), SWBN(8))
-        >>> scale_whitening_rate(model, 0.1)
-        1
-    """
-    layers = [m for m in model.modules() if isinstance(m, SWBN)]
-    for layer in layers:
-        layer.set_whitening_rate(factor)
-    return len(layers)

@@ -36,6 +36,7 @@ from fewshot.learners.base import predict_norm_policy
 from fewshot.norms import whitening_math as WM
 from fewshot.norms.base import NormLayer
 from fewshot.norms.diagnostics import collect_whiteness, whiteness
+from fewshot.norms.policy import Policy
 
 __all__ = [
     "WHITENESS_FILE", "WHITENESS_COLUMNS", "support_conditioning", "episode_diagnostics", "summarize",
@@ -95,12 +96,12 @@ def episode_diagnostics(learner: Any, episode: Any, policy: str) -> dict[str, di
     sx, qx = learner.prepare(episode.support_x), learner.prepare(episode.query_x)
     out: dict[str, dict[str, float]] = {}
     with torch.no_grad(), learner.mode(training=False, norm_policy=norm_policy, frozen=True):
-        if norm_policy == "support":
-            with norms.task_phase(bb, "support"):
+        if norm_policy is Policy.SUPPORT:
+            with norms.collect(bb) as support_stats:
                 cond = support_conditioning(bb, sx)
-            with norms.task_phase(bb, "query"):
+            with norms.using(bb, support_stats):
                 white = collect_whiteness(bb, qx)
-        elif norm_policy == "batch":
+        elif norm_policy is Policy.TRANSDUCTIVE:
             cond, white = {}, collect_whiteness(bb, torch.cat([sx, qx]))
         else:
             cond, white = {}, collect_whiteness(bb, qx)

@@ -37,9 +37,10 @@ import torch
 from tqdm import tqdm
 
 from episodes.split import ClassSplit
-from fewshot.config.loader import config_to_dict, save_config
+from fewshot.config.loader import config_to_dict, save_config, with_current_names
 from fewshot.config.schema import ExperimentConfig
 from fewshot.errors import DataError, StorageError
+from fewshot.norms import NormLayer, notify_lr_scale
 from fewshot.training.build import build_learner, build_split, build_train_sampler
 from fewshot.training.checkpoint import CHECKPOINT_FORMAT, get_rng_state, save_checkpoint, set_rng_state
 from fewshot.training.episode_sets import val_episode_set
@@ -65,19 +66,9 @@ _clock = time.perf_counter  # the trainer's only clock (tests replace it to make
 
 def _label_norm_layers(model: torch.nn.Module) -> None:
     """Give every normalization layer its module path as ``label``, so that its warnings name it."""
-    from fewshot.norms.base import NormLayer
-
     for name, module in model.named_modules():
         if isinstance(module, NormLayer):
             module.label = name
-
-
-def _whitening_rate_hook() -> Callable[[torch.nn.Module, float], Any] | None:
-    try:
-        from fewshot.norms.swbn import scale_whitening_rate
-    except ImportError:
-        return None
-    return scale_whitening_rate
 
 
 class _Trainer:
@@ -97,7 +88,7 @@ class _Trainer:
         self._given_splits, self._runs_root = (train_split, val_split), runs_root
         self.state = TrainState()
         self._in_step = False
-        self._rate_hook = _whitening_rate_hook() if cfg.train.whitening_rate_follows_lr else None
+        self._lr_follows = cfg.train.whitening_rate_follows_lr
         self._rate_factor = 1.0
         self._config_changes: dict[str, Any] = {}
         self._saved_episode: int | None = None  # episode of the last complete last.pt
@@ -157,13 +148,13 @@ class _Trainer:
             self._lock()
         if restart:
             (self.run_dir / "train_log.csv").unlink(missing_ok=True)
-        with self._writing("config.yaml, env.json and train_log.csv"):
+        with self._writing("config.yaml, env.json, init_from.json and train_log.csv"):
             save_config(cfg, self.run_dir / "config.yaml")
-            write_env(self.run_dir, resumed=self.resume, config_changes=self._config_changes)
             if init_info is not None:
                 write_json(self.run_dir / "init_from.json", init_info)
+            write_env(self.run_dir, resumed=self.resume, config_changes=self._config_changes)
             self.log = TrainLog(self.run_dir / "train_log.csv", self.state.episodes_done if self.resume else None)
-        self._sync_whitening_rate()
+        self._sync_lr_scale()
 
     def _lock(self) -> None:
         self.locks.enter_context(run_lock(self.run_dir))
@@ -177,7 +168,9 @@ class _Trainer:
                 f"{self.run_dir / 'checkpoints' / 'last.pt'} has checkpoint format {payload.get('format')!r}, "
                 f"this fewshot writes {CHECKPOINT_FORMAT}; resume it with the fewshot version that wrote it"
             )
-        self._config_changes = check_resume_changes(payload["config"], config_to_dict(self.cfg), self.run_dir)
+        self._config_changes = check_resume_changes(
+            with_current_names(payload["config"]), config_to_dict(self.cfg), self.run_dir
+        )
         return payload
 
     def _restore(self, payload: dict[str, Any]) -> None:
@@ -199,11 +192,11 @@ class _Trainer:
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def _sync_whitening_rate(self) -> None:
-        """SWBN layers configured to follow the learning rate get α scaled by lr / base lr."""
+    def _sync_lr_scale(self) -> None:
+        """Norm layers whose rates follow the learning rate (``on_lr_scale``) hear of every change of lr / base lr."""
         factor = self._lr() / self.cfg.train.lr
-        if self._rate_hook is not None and factor != self._rate_factor:
-            self._rate_hook(self.learner, factor)
+        if self._lr_follows and factor != self._rate_factor:
+            notify_lr_scale(self.learner, factor)
         self._rate_factor = factor
 
     def _checkpoint_payload(self, status: str) -> dict[str, Any]:
@@ -336,7 +329,7 @@ class _Trainer:
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        self._sync_whitening_rate()
+        self._sync_lr_scale()
         t2 = _clock()
         self.state.episodes_done += t.meta_batch
         self._in_step = False

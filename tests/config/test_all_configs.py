@@ -109,7 +109,7 @@ def test_paper_settings_of_the_reference_configs():
     assert mamlmini.learner.kwargs["inner_lr"] == 0.01 and mamlmini.train.meta_batch == 4
     assert mamlmini.model.backbone_kwargs == {"hidden": 32} and mamlmini.train.n_query == 15
     for cfg in (maml5, maml20, mamlmini):
-        assert cfg.train.norm_policy == "batch" and cfg.eval.norm_policy == "transductive"
+        assert cfg.train.norm_policy == "transductive" and cfg.eval.norm_policy == "transductive"
         assert cfg.train.episodes == 60000 * cfg.train.meta_batch
     # The 90-minute recipe of the 5-way file (its header): learn2learn's meta-lr, the test episodes' query count.
     assert (maml5.train.lr, maml5.train.n_query, maml5.train.max_minutes) == (3e-3, 15, 90.0)

@@ -45,7 +45,7 @@ def test_accuracy_matches_manual_count(episodes, centroid_learner):
 
 def test_unknown_policy_is_rejected(episodes):
     with pytest.raises(ValueError, match="unknown test-time normalization policy 'batch'"):
-        evaluate_episodes(FixedLogits(), episodes, policy="batch")
+        evaluate_episodes(FixedLogits(), episodes, policy="batch")  # a config name, mapped only in configs
 
 
 def test_empty_and_mixed_sizes_are_rejected(episodes, episode_factory):

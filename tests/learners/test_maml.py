@@ -23,7 +23,7 @@ def _maml(backbone, **kwargs) -> MAML:
 
 # ----------------------------------------------------------------------------------------------- meta-gradient
 def _meta_loss_value(learner: MAML, episodes) -> float:
-    return learner.meta_loss(episodes, policy="batch")[0].item()
+    return learner.meta_loss(episodes, policy="transductive")[0].item()
 
 
 @pytest.mark.parametrize("anil", [False, True], ids=["maml", "anil"])
@@ -31,7 +31,7 @@ def test_second_order_meta_gradient_matches_finite_differences(tiny_backbone, ep
     torch.manual_seed(0)
     learner = _maml(tiny_backbone(hidden=6), inner_lr=0.5, inner_steps=2, anil=anil).double()
     episodes = [episode_factory(s, n_way=5, n_shot=2, n_query=2, dtype=torch.float64) for s in (1, 2)]
-    loss, _ = learner.meta_loss(episodes, policy="batch")
+    loss, _ = learner.meta_loss(episodes, policy="transductive")
     loss.backward()
     params = dict(learner.named_parameters())
     coords = [("backbone.conv1.weight", (1, 0, 1, 2)), ("backbone.conv2.weight", (3, 2, 0, 1)),
@@ -58,7 +58,7 @@ def test_first_order_differs_from_second_order_and_detaches_inner_gradient(tiny_
     def meta_grad(first_order: bool) -> torch.Tensor:
         learner.first_order = first_order
         learner.zero_grad()
-        learner.meta_loss(episodes, policy="batch")[0].backward()
+        learner.meta_loss(episodes, policy="transductive")[0].backward()
         return torch.cat([p.grad.flatten() for p in learner.parameters()])
 
     second, first = meta_grad(False), meta_grad(True)
@@ -66,7 +66,7 @@ def test_first_order_differs_from_second_order_and_detaches_inner_gradient(tiny_
     # First order = the query-loss gradient at the adapted parameters, taken as a constant offset of θ.
     ep = episodes[0]
     adapted = copy.deepcopy(learner)
-    with norms.set_policy(adapted, "batch"):
+    with norms.set_policy(adapted, "transductive"):
         support_loss = F.cross_entropy(adapted(ep.support_x), ep.support_y)
         grads = torch.autograd.grad(support_loss, list(adapted.parameters()))
         with torch.no_grad():
@@ -74,12 +74,12 @@ def test_first_order_differs_from_second_order_and_detaches_inner_gradient(tiny_
                 p -= 0.5 * g
         manual = torch.autograd.grad(F.cross_entropy(adapted(ep.query_x), ep.query_y), list(adapted.parameters()))
     learner.zero_grad()
-    learner.meta_loss([ep], policy="batch")[0].backward()
+    learner.meta_loss([ep], policy="transductive")[0].backward()
     for p, g in zip(learner.parameters(), manual, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("policy", ["batch", "running", "support"])
+@pytest.mark.parametrize("policy", ["transductive", "running", "support"])
 def test_meta_gradient_and_norm_state_equal_with_fused_kernels_and_primitive_ops(
     tiny_backbone, episode_factory, policy
 ):
@@ -98,7 +98,7 @@ def test_meta_gradient_and_norm_state_equal_with_fused_kernels_and_primitive_ops
 
 
 @pytest.mark.parametrize("norm", norms.names())
-@pytest.mark.parametrize("policy", ["batch", "running", "support"])
+@pytest.mark.parametrize("policy", ["transductive", "running", "support"])
 def test_second_order_meta_gradient_is_finite_through_every_norm(episode_factory, norm, policy):
     torch.manual_seed(0)
     learner = _maml(backbones.create("conv4", in_channels=8, hidden=8, norm=norm), image_size=16, inner_steps=2)
@@ -118,7 +118,7 @@ def test_every_backbone_trains_first_and_second_order(episode_factory, name, fir
     backbone = backbones.create(name, in_channels=8, **kwargs)
     learner = learners.create("maml", backbone, n_way=3, image_size=16, first_order=first_order)
     ep = episode_factory(0, n_way=3, n_query=2, size=16)
-    loss, _ = learner.meta_loss([ep], policy="batch")
+    loss, _ = learner.meta_loss([ep], policy="transductive")
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in learner.parameters())
     assert learner.predict(ep, policy="running").shape == (6, 3)
@@ -143,10 +143,9 @@ def test_predict_changes_no_parameter_buffer_mode_or_policy(episode_factory, sna
     assert all(m.training for m in learner.modules())
     fixed = {layer: layer.fixed_policy for layer in norm_layers(learner)}
     assert all(layer.policy == (fixed[layer] or "running") for layer in fixed)
-    assert all(layer.support_stats is None for layer in fixed)
 
 
-@pytest.mark.parametrize("policy", ["batch", "running", "support"])
+@pytest.mark.parametrize("policy", ["transductive", "running", "support"])
 def test_meta_loss_updates_norm_state_once_per_task_at_the_meta_parameters(tiny_backbone, episode_factory, policy):
     torch.manual_seed(0)
     learner = _maml(tiny_backbone(), inner_steps=3, norm_state_update="task")
@@ -159,12 +158,12 @@ def test_meta_loss_updates_norm_state_once_per_task_at_the_meta_parameters(tiny_
     fresh.load_state_dict(learner.state_dict())
     for layer in norm_layers(fresh):
         layer.reset_running_stats()
-    fresh.meta_loss(episodes[:1], policy="batch")
+    fresh.meta_loss(episodes[:1], policy="transductive")
     expected = fresh.backbone.conv1(episodes[0].support_x).mean(dim=(0, 2, 3)) * 0.1
     torch.testing.assert_close(fresh.backbone.norm1.running_mean, expected)
 
 
-@pytest.mark.parametrize("policy", ["batch", "running", "support"])
+@pytest.mark.parametrize("policy", ["transductive", "running", "support"])
 def test_meta_loss_updates_norm_state_once_per_meta_batch_on_all_supports(tiny_backbone, episode_factory, policy):
     torch.manual_seed(0)
     learner = _maml(tiny_backbone(), inner_steps=2)
@@ -199,11 +198,9 @@ def test_no_state_leaks_between_tasks(tiny_backbone, episode_factory):
         learner.predict(a, policy=policy)
         assert torch.equal(learner.predict(b, policy=policy), alone), policy
     learner.meta_loss([a], policy="support")
-    assert all(layer.support_stats is None for layer in norm_layers(learner))
-    # Nothing cached is left behind: a query forward with no support forward in its task raises.
-    with norms.set_policy(learner, "support"), norms.task_phase(learner, "query"):
-        with pytest.raises(RuntimeError, match="no cached support statistics"):
-            learner(b.query_x)
+    # Nothing is left behind: a query forward with no support statistics given raises.
+    with norms.set_policy(learner, "support"), pytest.raises(RuntimeError, match="no support statistics"):
+        learner(b.query_x)
 
 
 # ----------------------------------------------------------------------------------------------- policies
@@ -261,7 +258,7 @@ def test_meta_learning_beats_chance_on_new_classes(tiny_backbone, episode_factor
     assert evaluate(learner, "transductive", world=1) < 0.4  # untrained: near chance (0.2)
     opt = torch.optim.Adam(learner.parameters(), lr=0.01)
     for step in range(150):  # 0.92-0.94 on seeds 0-5
-        loss, _ = learner.meta_loss([episode_factory(2 * step), episode_factory(2 * step + 1)], policy="batch")
+        loss, _ = learner.meta_loss([episode_factory(2 * step), episode_factory(2 * step + 1)], policy="transductive")
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -279,7 +276,74 @@ def test_bad_options_and_episodes_raise(tiny_backbone, episode_factory):
     learner = _maml(tiny_backbone())
     with pytest.raises(ValueError, match="3 classes but the learner was built for n_way=5"):
         learner.meta_loss([episode_factory(0, n_way=3)])
-    with pytest.raises(ValueError, match="meta-training norm policy must be one of"):
-        learner.meta_loss([episode_factory(0)], policy="transductive")
-    with pytest.raises(ValueError, match="meta-test policy must be one of"):
+    with pytest.raises(ValueError, match=r"meta-training norm policy \(train.norm_policy\) must be one of"):
+        learner.meta_loss([episode_factory(0)], policy="batch")  # the config name, mapped only in configs
+    with pytest.raises(ValueError, match="meta-test norm policy .*must be one of"):
         learner.predict(episode_factory(0), policy="batch")
+
+
+# ----------------------------------------------------------------------------------------------- state as values
+@pytest.mark.parametrize("update", ["meta_batch", "task"])
+@pytest.mark.parametrize("norm", ["batchnorm", "swbn"])
+def test_the_state_update_equals_plain_training_forwards_of_the_supports(tiny_backbone, episode_factory, norm, update):
+    """The next state is that of plain train-mode forwards (fewshot 0.2's update): joined supports, or each in turn."""
+    torch.manual_seed(0)
+    learner = _maml(tiny_backbone(norm=norm), inner_steps=1, norm_state_update=update)
+    reference = copy.deepcopy(learner.backbone).train()
+    episodes = [episode_factory(s) for s in range(3)]
+    learner.meta_loss(episodes, policy="running")
+    with torch.no_grad():
+        if update == "meta_batch":
+            reference(torch.cat([ep.support_x for ep in episodes]))
+        else:
+            for ep in episodes:
+                reference(ep.support_x)
+    for (name, got), (_, want) in zip(learner.backbone.named_buffers(), reference.named_buffers(), strict=True):
+        assert torch.equal(got, want), name
+
+
+def test_merged_task_statistics_equal_the_joined_supports_at_the_first_layer_only(tiny_backbone, episode_factory):
+    """Why MAML's state pass runs the joined supports: merging is exact for a layer's inputs as given, but past the
+    first layer the inputs themselves differ (each task's were normalized with its own statistics)."""
+    torch.manual_seed(0)
+    backbone = tiny_backbone().double().train()
+    supports = [episode_factory(s, dtype=torch.float64).support_x for s in range(3)]
+    with torch.no_grad(), norms.frozen_stats(backbone):
+        parts = []
+        for xs in supports:
+            with norms.collect(backbone) as stats:
+                backbone(xs)
+            parts.append(stats)
+        with norms.collect(backbone) as joined:
+            backbone(torch.cat(supports))
+    merged = norms.merge(backbone, parts)
+    torch.testing.assert_close(merged["norm1"].mean, joined["norm1"].mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(merged["norm1"].var, joined["norm1"].var, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(merged["norm2"].mean, joined["norm2"].mean, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["transductive", "support"])
+@pytest.mark.parametrize("norm", ["batchnorm", "swbn"])
+def test_vmap_over_tasks_equals_the_loop_second_order(tiny_backbone, episode_factory, norm, policy):
+    torch.manual_seed(0)
+    kwargs = {"group_size": 8} if norm == "swbn" else {}
+    loop = _maml(tiny_backbone(norm=norm, **kwargs), inner_steps=2).double()
+    batched = _maml(tiny_backbone(norm=norm, **kwargs), inner_steps=2, vmap_tasks=True).double()
+    batched.load_state_dict(loop.state_dict())
+    episodes = [episode_factory(s, dtype=torch.float64) for s in range(3)]
+    results = []
+    for learner in (loop, batched):
+        loss, metrics = learner.meta_loss(episodes, policy=policy)
+        grads = torch.autograd.grad(loss, list(learner.parameters()), allow_unused=True)
+        results.append((loss, metrics["acc"], grads, dict(learner.named_buffers())))
+    (loss_a, acc_a, grads_a, state_a), (loss_b, acc_b, grads_b, state_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-9, atol=1e-12)
+    assert acc_a == acc_b
+    for g_a, g_b in zip(grads_a, grads_b, strict=True):
+        assert (g_a is None) == (g_b is None)
+        if g_a is not None:
+            torch.testing.assert_close(g_b, g_a, rtol=1e-9, atol=1e-12)
+    for name, value in state_a.items():
+        torch.testing.assert_close(state_b[name], value, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="vmap_tasks=True needs the meta-batch's tasks in equal shapes"):
+        batched.meta_loss([episodes[0], episode_factory(9, n_query=2, dtype=torch.float64)], policy=policy)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewshot.norms import NormLayer, create, task_phase
+from fewshot.norms import NormLayer, collect, create, using
 from fewshot.norms import functional as FN
 
 
@@ -24,14 +24,14 @@ class CenterOnly(NormLayer):
     def _batch_stats(self, x):
         return (FN.batch_moments(x).mean,)
 
-    def _running_stats(self):
-        return (self.running_mean,)
+    def _running_stats(self, state):
+        return (state["running_mean"],)
 
     def _normalize(self, x, stats):
         return x - FN.per_channel(stats[0], x) + self.shift
 
-    def _update_state(self, stats, x):
-        self.running_mean.copy_(FN.ema(self.running_mean, stats[0], self._ema_factor()))
+    def _next_state(self, state, stats, factor):
+        return {"running_mean": FN.ema(state["running_mean"], stats[0], factor)}
 
     def _load_running_moments(self, mean, var):
         self.running_mean.copy_(mean)
@@ -82,7 +82,7 @@ def test_state_buffers_must_match_make_state():
         ({"eps": -1.0}, "eps must be a finite number >= 0"),
         ({"eps": float("nan")}, "eps must be a finite number >= 0"),
         ({"momentum": 1.5}, r"momentum must be in \[0, 1\] or None"),
-        ({"policy": "transductive"}, "policy must be one of 'running', 'batch', 'support'"),
+        ({"policy": "batch"}, "policy must be one of 'running', 'support', 'transductive', got 'batch'"),
     ],
 )
 def test_constructor_validates_common_options(kwargs, message):
@@ -93,7 +93,7 @@ def test_constructor_validates_common_options(kwargs, message):
 
 def test_layer_options_lists_keyword_options():
     assert CenterOnly.layer_options() == ("shift",)
-    assert create("groupnorm", 8).layer_options() == ("groups",)
+    assert create("groupnorm", 8).layer_options() == ("groups", "group_size")
     with pytest.raises(TypeError, match=r"CenterOnly got unknown option\(s\) 'groups'.*policy, device, dtype, shift"):
         CenterOnly(3, groups=2)
 
@@ -104,17 +104,11 @@ def test_device_and_dtype_reach_parameters_and_buffers():
     assert layer.num_batches_tracked.dtype == torch.long
 
 
-def test_set_phase_validates():
-    layer = create("batchnorm", 3)
-    with pytest.raises(ValueError, match="phase must be one of 'support', 'query' or None"):
-        layer.set_phase("test")
-
-
 def test_support_cache_keeps_the_graph_so_query_gradients_reach_the_support(make_x):
     layer = create("batchnorm", 3, policy="support", dtype=torch.float64)
     support = make_x(4, 3, 2, 2, dtype=torch.float64).requires_grad_()
-    with task_phase(layer, "support"):
+    with collect(layer) as support_stats:
         layer(support)
-    with task_phase(layer, "query"):
+    with using(layer, support_stats):
         layer(make_x(2, 3, 2, 2, dtype=torch.float64, seed=1)).pow(3).sum().backward()
     assert support.grad is not None and support.grad.abs().sum() > 0

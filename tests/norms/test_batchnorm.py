@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot.norms import create, set_policy, task_phase
+from fewshot.norms import collect, create, set_policy, using
 from fewshot.norms.batchnorm import BatchNorm, TransductiveBatchNorm
 
 CASES = [
@@ -76,7 +76,7 @@ def test_non_affine_layer_registers_weight_and_bias_as_none(make_x):
 
 
 def test_batch_policy_uses_batch_statistics_in_eval_and_never_reads_running_state(make_x):
-    layer = create("batchnorm", 5, policy="batch").eval()
+    layer = create("batchnorm", 5, policy="transductive").eval()
     with torch.no_grad():
         layer.running_mean.fill_(100.0)  # would dominate the output if it were read
     x = make_x(6, 5, 3, 3)
@@ -86,9 +86,9 @@ def test_batch_policy_uses_batch_statistics_in_eval_and_never_reads_running_stat
 def test_support_policy_is_metabn_support_moments_normalize_the_query(make_x):
     layer = create("batchnorm", 5, policy="support", affine=False, dtype=torch.float64)
     support, query = make_x(5, 5, 3, 3, dtype=torch.float64), make_x(3, 5, 3, 3, dtype=torch.float64, seed=1)
-    with task_phase(layer, "support"):
+    with collect(layer) as support_stats:
         layer(support)
-    with task_phase(layer, "query"):
+    with using(layer, support_stats):
         y = layer(query)
     mean = support.mean(dim=(0, 2, 3), keepdim=True)
     var = support.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
@@ -129,7 +129,7 @@ def test_transductive_batchnorm_equals_torch_without_running_stats_in_both_modes
     layer = randomize_affine(create("batchnorm_transductive", 5))
     ref = randomize_affine(nn.BatchNorm2d(5, track_running_stats=False))
     assert isinstance(layer, TransductiveBatchNorm) and isinstance(layer, BatchNorm)
-    assert layer.policy == "batch" and not layer.track_running_stats and layer.num_batches_tracked is None
+    assert layer.policy == "transductive" and not layer.track_running_stats and layer.num_batches_tracked is None
     for mode in (True, False):
         layer.train(mode)
         ref.train(mode)
@@ -138,13 +138,13 @@ def test_transductive_batchnorm_equals_torch_without_running_stats_in_both_modes
 
 
 def test_transductive_batchnorm_policy_is_fixed(make_x):
-    with pytest.raises(ValueError, match=r"always uses policy 'batch'.*got policy='support'"):
+    with pytest.raises(ValueError, match=r"always uses policy 'transductive'.*got policy='support'"):
         create("batchnorm_transductive", 4, policy="support")
-    layer = create("batchnorm_transductive", 4, policy="batch")
-    with pytest.raises(ValueError, match="always uses policy 'batch'"):
+    layer = create("batchnorm_transductive", 4, policy="transductive")
+    with pytest.raises(ValueError, match="always uses policy 'transductive'"):
         layer.policy = "running"
     set_policy(layer, "support")  # set_policy leaves fixed-policy layers alone
-    assert layer.policy == "batch"
+    assert layer.policy == "transductive"
 
 
 def test_transductive_batchnorm_outputs_depend_on_the_other_queries(make_x):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot.norms import collect_whiteness, create, frozen_stats, set_policy, task_phase, whiteness
+from fewshot.norms import collect, collect_whiteness, create, frozen_stats, set_policy, whiteness
 
 # Four samples (rows) of three channels: each column has mean 0 and entries ±1, and the columns are orthogonal,
 # so the biased channel covariance is exactly the identity.
@@ -91,11 +91,11 @@ def test_collect_whiteness_measures_every_norm_layer_output_without_changing_sta
     assert result["1"]["mean_abs_corr"] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_collect_whiteness_removes_hooks_on_error_and_works_in_a_task_phase(make_x):
+def test_collect_whiteness_removes_hooks_on_error_and_works_while_collecting_support_statistics(make_x):
     model = _model()
     set_policy(model, "support")
-    with pytest.raises(RuntimeError, match="outside a task phase"):
+    with pytest.raises(RuntimeError, match="no support statistics"):
         collect_whiteness(model, make_x(6, 1, 3, 3))
     assert all(not m._forward_hooks for m in model.modules())
-    with task_phase(model, "support"):
+    with collect(model):
         assert set(collect_whiteness(model, make_x(6, 1, 3, 3))) == {"1", "4.0"}

@@ -21,15 +21,15 @@ from fewshot.norms.swbn import SWBN
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """A list that gets one entry per call of a layer's ``_fused_batch_forward`` (BatchNorm, SWBN)."""
+    """A list that gets one entry per call of torch's fused batch-norm kernel (BatchNorm's and SWBN's fused path)."""
     calls = []
-    for cls in (BatchNorm, SWBN):
+    original = torch.native_batch_norm
 
-        def spy(self, x, original=cls._fused_batch_forward):
-            calls.append(tuple(x.shape))
-            return original(self, x)
+    def spy(x, *args):
+        calls.append(tuple(x.shape))
+        return original(x, *args)
 
-        monkeypatch.setattr(cls, "_fused_batch_forward", spy)
+    monkeypatch.setattr(torch, "native_batch_norm", spy)
     return calls
 
 
@@ -60,9 +60,15 @@ def _run(layer, xs, phases):
     """Forward each ``x`` of ``xs`` (in task phase ``phases[i]`` or none); returns outputs, grads and state."""
     layer.zero_grad()
     inputs = [x.clone().requires_grad_() for x in xs]
-    outs = []
+    outs, support = [], {}
     for x, phase in zip(inputs, phases, strict=True):
-        with norms.task_phase(layer, phase) if phase else torch.enable_grad():
+        if phase == "support":
+            with norms.collect(layer) as support:
+                outs.append(layer(x))
+        elif phase == "query":
+            with norms.using(layer, support):
+                outs.append(layer(x))
+        else:
             outs.append(layer(x))
     g = torch.Generator().manual_seed(7)
     loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs)
@@ -75,15 +81,15 @@ CASES = [
     # (layer, policy, training, phases, fused forwards expected)
     ("batchnorm", "running", True, (None, None), 2),
     ("batchnorm", "running", False, (None,), 0),
-    ("batchnorm", "batch", True, (None,), 1),
-    ("batchnorm", "batch", False, (None,), 1),
+    ("batchnorm", "transductive", True, (None,), 1),
+    ("batchnorm", "transductive", False, (None,), 1),
     ("batchnorm", "support", True, ("support", "query"), 0),
     ("batchnorm", "support", False, ("support", "query"), 0),
-    ("batchnorm_transductive", "batch", True, (None,), 1),
+    ("batchnorm_transductive", "transductive", True, (None,), 1),
     ("swbn", "running", True, (None, None), 2),
     ("swbn", "running", False, (None,), 0),
-    ("swbn", "batch", True, (None,), 1),
-    ("swbn", "batch", False, (None,), 1),
+    ("swbn", "transductive", True, (None,), 1),
+    ("swbn", "transductive", False, (None,), 1),
     ("swbn", "support", True, ("support", "query"), 0),
 ]
 
@@ -146,7 +152,7 @@ def test_fused_path_raises_the_layers_own_error_for_one_sample(name, make_layer,
 @pytest.mark.parametrize("norm", [BatchNorm, SWBN])
 def test_second_order_meta_gradient_through_torch_func_grad_is_the_exact_paths(norm, tiny_net, make_x, fused_calls):
     """Second-order MAML's meta-gradient: the fused kernel inside ``torch.func.grad`` equals the exact path."""
-    layer = norm(5, policy="batch")
+    layer = norm(5, policy="transductive")
     if norm is SWBN:
         with torch.no_grad():
             layer.whitening_matrix.add_(0.05 * (torch.ones(5, 5) + torch.eye(5)))
@@ -174,7 +180,7 @@ def test_second_order_meta_gradient_through_torch_func_grad_is_the_exact_paths(n
 
 
 def test_vmap_takes_the_exact_path_and_matches_a_loop(make_layer, make_x, fused_calls):
-    layer = make_layer("batchnorm", 4, policy="batch", track_running_stats=False)
+    layer = make_layer("batchnorm", 4, policy="transductive", track_running_stats=False)
     xs = torch.stack([make_x(5, 4, 3, 3, seed=s) for s in range(3)])
     batched = vmap(layer)(xs)
     assert not fused_calls

@@ -82,5 +82,5 @@ def test_per_sample_layers_have_no_running_state_and_flag_it():
 def test_per_sample_layers_ignore_the_policy(make_x):
     x = make_x(4, 8, 3, 3)
     for name in ("instancenorm", "layernorm", "groupnorm"):
-        outputs = [create(name, 8, policy=p)(x) for p in ("running", "batch", "support")]  # no task_phase needed
+        outputs = [create(name, 8, policy=p)(x) for p in ("running", "transductive", "support")]  # no task_phase needed
         assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])

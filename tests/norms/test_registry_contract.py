@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from fewshot.errors import UnknownNameError
-from fewshot.norms import NORM_LAYERS, NormLayer, create, frozen_stats, names, task_phase
+from fewshot.norms import NORM_LAYERS, NormLayer, collect, create, frozen_stats, names, using
 
 NAMES = names()
 PER_SAMPLE = [n for n in NAMES if NORM_LAYERS.get(n).per_sample]
@@ -59,7 +59,7 @@ def test_unknown_option_raises_listing_accepted_options(name):
 def test_extra_repr_lists_every_hyperparameter(name):
     layer = create(name, C)
     text = repr(layer)
-    for key in ("eps=", "momentum=", "affine=", "track_running_stats=", f"policy={layer.policy!r}"):
+    for key in ("eps=", "momentum=", "affine=", "track_running_stats=", f"policy={layer.policy.value!r}"):
         assert key in text
     for key in layer.hparams:
         assert f"{key}=" in text
@@ -74,7 +74,7 @@ def test_rejects_3d_input_and_wrong_channel_count(name, make_x):
 
 
 def test_single_sample_batch_statistics_raise_unless_per_sample(name, make_x):
-    layer = create(name, C, policy="batch") if create(name, C).fixed_policy is None else create(name, C)
+    layer = create(name, C, policy="transductive") if create(name, C).fixed_policy is None else create(name, C)
     x = make_x(1, C, 3, 3)
     if layer.per_sample:
         assert torch.isfinite(layer(x)).all()
@@ -109,7 +109,7 @@ def test_default_options_work_for_any_channel_count_and_two_samples(name, channe
 
 
 # Under frozen_stats a train-mode "running" forward is the same computation as a "batch" one.
-@pytest.mark.parametrize("policy,mode", [("batch", "train"), ("running", "eval")])
+@pytest.mark.parametrize("policy,mode", [("transductive", "train"), ("running", "eval")])
 def test_gradcheck_and_gradgradcheck_float64(name, policy, mode, make_x, make_layer):
     layer = make_layer(name, 4, dtype=torch.float64)
     if layer.fixed_policy is None:
@@ -150,12 +150,12 @@ def _maml_meta_grads(net, support, query, *, buffers=None, phases=False):
         return F.cross_entropy(functional_call(net, args, (x,), strict=b is not None), y)
 
     if phases:
-        with task_phase(net, "support"):
+        with collect(net) as support_stats:
             g = grad(loss)(params, buffers, xs, ys)
         adapted = {k: params[k] - 0.4 * g[k] for k in params}
-        with task_phase(net, "support"):
+        with collect(net) as support_stats:
             loss(adapted, buffers, xs, ys)  # support statistics of the adapted network
-        with task_phase(net, "query"):
+        with using(net, support_stats):
             query_loss = loss(adapted, buffers, xq, yq)
     else:
         g = grad(loss)(params, buffers, xs, ys)
@@ -222,7 +222,7 @@ def test_train_forward_updates_state_only_when_tracked(name, make_x, snapshot):
         assert layer.num_batches_tracked is None and before == {}
 
 
-@pytest.mark.parametrize("policy", ["running", "batch"])
+@pytest.mark.parametrize("policy", ["running", "transductive"])
 def test_eval_forward_leaves_every_buffer_bitwise_unchanged(name, policy, make_x, snapshot, assert_buffers_equal):
     layer = create(name, C)
     layer(make_x(5, C, 3, 3, seed=1))
@@ -277,9 +277,9 @@ def test_state_dict_round_trip_gives_identical_eval_outputs(name, make_x, make_l
 def test_support_policy_query_outputs_do_not_depend_on_other_queries(name, mode, make_x, make_layer):
     layer = make_layer(name, C, policy="support", dtype=torch.float64).train(mode == "train")
     support, query = make_x(5, C, 3, 3, dtype=torch.float64), make_x(6, C, 3, 3, dtype=torch.float64, seed=1)
-    with task_phase(layer, "support"):
+    with collect(layer) as support_stats:
         layer(support)
-    with task_phase(layer, "query"):  # query forwards never update state, even in train mode
+    with using(layer, support_stats):  # query forwards never update state, even in train mode
         whole = layer(query)
         one_by_one = torch.cat([layer(query[i : i + 1]) for i in range(6)])
         reversed_halves = torch.cat([layer(query[3:]), layer(query[:3])])
@@ -299,9 +299,27 @@ def test_per_sample_layers_ignore_batch_composition(name, make_x, make_layer):
 
 
 @pytest.mark.parametrize("name", SUPPORT_CAPABLE)
-def test_support_policy_errors_outside_a_phase_and_without_cached_support(name, make_x):
+def test_support_policy_errors_without_collected_or_given_support_statistics(name, make_x):
     layer = create(name, C, policy="support")
-    with pytest.raises(RuntimeError, match="outside a task phase"):
+    with pytest.raises(RuntimeError, match="policy='support' but got a forward with no support statistics"):
         layer(make_x(5, C, 3, 3))
-    with task_phase(layer, "query"), pytest.raises(RuntimeError, match="no cached support statistics"):
+    with using(layer, {}), pytest.raises(RuntimeError, match="statistics given to `using` hold none for it"):
         layer(make_x(5, C, 3, 3))
+
+
+GROUPED = ["groupnorm", "groupwhiten", "dbn", "iternorm", "swbn"]
+
+
+@pytest.mark.parametrize("name", GROUPED)
+def test_every_grouped_layer_takes_groups_and_group_size_converted_exactly(name):
+    by_groups, by_size = create(name, 32, groups=4), create(name, 32, group_size=8)
+    assert (by_groups.groups, by_groups.group_size) == (by_size.groups, by_size.group_size) == (4, 8)
+    assert (create(name, 32, groups=4, group_size=8).groups, create(name, 32, groups=4, group_size=8).group_size) == (
+        4,
+        8,
+    )
+    with pytest.raises(ValueError, match=r"groups=4 and group_size=4 disagree for num_features=32"):
+        create(name, 32, groups=4, group_size=4)
+    other = "group_size" if name in ("groupnorm", "groupwhiten") else "groups"
+    with pytest.raises(ValueError, match=rf"{other}=5 does not divide num_features=32"):
+        create(name, 32, **{other: 5})

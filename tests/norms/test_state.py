@@ -1,4 +1,4 @@
-"""``frozen_stats``, ``task_phase`` and ``set_policy`` on whole models (NormLayers and native torch BN)."""
+"""``frozen_stats``, ``set_policy`` and the statistics flow (``collect``/``using``) on whole models."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot.norms import create, frozen_stats, set_policy, task_phase
+from fewshot.norms import collect, create, frozen_stats, set_policy, using
 from fewshot.norms.state import PolicyChange
 
 
@@ -80,87 +80,71 @@ def test_frozen_stats_refuses_instance_norm_with_running_stats():
         pass
 
 
-# ------------------------------------------------------------------ task_phase
-def test_task_phase_sets_and_restores_the_phase_of_every_layer():
-    model = _model()
-    with task_phase(model, "support"):
-        assert [m.phase for m in (model[1], model[3], model[5])] == ["support"] * 3
-        with task_phase(model, "query"):
-            assert model[3].phase == "query"
-        assert model[3].phase == "support"
-    assert model[1].phase is None
-
-
-def test_support_phase_caches_statistics_and_query_phase_exit_clears_them(make_x):
+# ------------------------------------------------------------------ collect / using
+def test_support_statistics_are_values_collected_by_name_and_never_stored_on_the_modules(make_x):
     model = _model()
     set_policy(model, "support")
-    with task_phase(model, "support"):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with collect(model) as support:
         model(make_x(5, 2, 3, 3))
-    assert model[1].support_stats is not None and model[3].support_stats is not None
-    assert model[5].support_stats is None  # per-sample layers never cache
-    assert "support_stats" not in str(model.state_dict().keys())
-    with task_phase(model, "query"):
+    assert sorted(support) == ["1", "3", "5"]  # every layer's statistics, by module path
+    assert int(support["1"].count) == 5 * 3 * 3
+    assert model.state_dict().keys() == before.keys()
+    with using(model, support):
+        one = model(make_x(1, 2, 3, 3, seed=1))
+        again = model(make_x(1, 2, 3, 3, seed=1))
+    assert torch.equal(one, again)
+    with pytest.raises(RuntimeError, match="policy='support' but got a forward with no support statistics"):
+        model(make_x(1, 2, 3, 3, seed=1))  # nothing left behind from the previous task
+    with using(model, {}), pytest.raises(RuntimeError, match="statistics given to `using` hold none for it"):
         model(make_x(1, 2, 3, 3, seed=1))
-    assert model[1].support_stats is None and model[3].support_stats is None
-    with task_phase(model, "query"), pytest.raises(RuntimeError, match="no cached support statistics"):
-        model(make_x(1, 2, 3, 3, seed=1))  # no leak from the previous task
 
 
-def test_entering_a_support_phase_clears_the_previous_cache(make_x):
-    layer = create("batchnorm", 2, policy="support")
-    with task_phase(layer, "support"):
-        layer(make_x(4, 2))
-    with task_phase(layer, "support"):
-        assert layer.support_stats is None
-
-
-def test_task_phase_rejects_unknown_phases():
-    with pytest.raises(ValueError, match="expects phase 'support' or 'query', got 'train'"):
-        with task_phase(_model(), "train"):
-            pass
-
-
-def test_task_phase_restores_on_error(make_x):
+def test_collect_and_using_restore_the_outer_flow_on_error(make_x):
     model = _model()
     set_policy(model, "support")
-    with pytest.raises(ZeroDivisionError), task_phase(model, "support"):
+    with pytest.raises(ZeroDivisionError), collect(model) as support:
         model(make_x(5, 2, 3, 3))
         raise ZeroDivisionError
-    assert model[1].phase is None and model[1].support_stats is not None  # the support cache survives
+    assert "1" in support
+    with pytest.raises(RuntimeError, match="no support statistics"):
+        model(make_x(1, 2, 3, 3))
 
 
 # ------------------------------------------------------------------ set_policy
 def test_set_policy_as_a_plain_setter_persists():
     model = _model()
-    change = set_policy(model, "batch")
+    change = set_policy(model, "transductive")
     assert isinstance(change, PolicyChange)
-    assert [model[i].policy for i in (1, 3, 5)] == ["batch"] * 3
+    assert [model[i].policy for i in (1, 3, 5)] == ["transductive"] * 3
 
 
 def test_set_policy_as_a_context_manager_restores_previous_policies():
     model = _model()
     model[3].policy = "support"
-    with set_policy(model, "batch"):
-        assert model[1].policy == model[3].policy == "batch"
+    with set_policy(model, "transductive"):
+        assert model[1].policy == model[3].policy == "transductive"
         with set_policy(model, "running"):
             assert model[3].policy == "running"
-        assert model[3].policy == "batch"
+        assert model[3].policy == "transductive"
     assert model[1].policy == "running" and model[3].policy == "support"
 
 
 def test_set_policy_restore_method_and_fixed_policy_layers():
     model = nn.Sequential(create("batchnorm", 3), create("batchnorm_transductive", 3))
     change = set_policy(model, "support")
-    assert model[0].policy == "support" and model[1].policy == "batch"
+    assert model[0].policy == "support" and model[1].policy == "transductive"
     change.restore()
-    assert model[0].policy == "running" and model[1].policy == "batch"
+    assert model[0].policy == "running" and model[1].policy == "transductive"
 
 
 def test_set_policy_validates_the_policy_and_refuses_native_batchnorm():
-    with pytest.raises(ValueError, match=r"expects one of 'running', 'batch', 'support', got 'transductive'"):
-        set_policy(_model(), "transductive")
+    with pytest.raises(
+        ValueError, match=r"set_policy: policy must be one of 'running', 'support', 'transductive', got 'batch'"
+    ):
+        set_policy(_model(), "batch")
     native = nn.Sequential(nn.Conv2d(2, 4, 1), nn.BatchNorm2d(4))
     with pytest.raises(TypeError, match=r"cannot control torch layer BatchNorm2d at '1'.*convert the model first"):
-        set_policy(native, "batch")
+        set_policy(native, "transductive")
     with pytest.raises(ValueError, match="policy must be one of"):
         create("batchnorm", 3).policy = "query"

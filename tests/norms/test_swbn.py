@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot.norms import create, frozen_stats, task_phase
+from fewshot.norms import collect, create, frozen_stats, using
 from fewshot.norms import whitening_math as WM
-from fewshot.norms.swbn import SWBN, scale_whitening_rate
+from fewshot.norms.state import notify_lr_scale
+from fewshot.norms.swbn import SWBN
 
 F64 = torch.float64
 
@@ -221,10 +222,10 @@ class TestStateGating:
     def test_support_policy_standardizes_the_query_with_support_moments(self, make_x):
         layer = create("swbn", 8, alpha=0.05, policy="support", dtype=F64)
         support, query = make_x(5, 8, 3, 3, dtype=F64), make_x(7, 8, 3, 3, dtype=F64, seed=1)
-        with task_phase(layer, "support"):
+        with collect(layer) as support_stats:
             layer(support)
         w = layer.whitening_matrix.clone()
-        with task_phase(layer, "query"):
+        with using(layer, support_stats):
             y = layer(query)
         assert torch.equal(layer.whitening_matrix, w)  # queries never update W
         mean = support.mean((0, 2, 3), keepdim=True)
@@ -234,9 +235,11 @@ class TestStateGating:
 
 
 class TestWhiteningRate:
-    def test_scale_whitening_rate_sets_every_swbn_layer(self):
-        model = nn.Sequential(create("swbn", 8, alpha=0.02), nn.ReLU(), create("swbn", 8, alpha=0.04))
-        assert scale_whitening_rate(model, 0.5) == 2
+    def test_the_lr_scale_hook_sets_every_swbn_layer_and_no_other(self):
+        model = nn.Sequential(
+            create("swbn", 8, alpha=0.02), nn.ReLU(), create("swbn", 8, alpha=0.04), create("batchnorm", 8)
+        )
+        notify_lr_scale(model, 0.5)
         assert [model[0].whitening_rate, model[2].whitening_rate] == [0.01, 0.02]
         assert model[0].alpha == 0.02  # the configured rate is kept
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fewshot.norms import create, task_phase
+from fewshot.norms import collect, create, using
 from fewshot.norms.functional import Moments
 from fewshot.norms.tasknorm import pooled_moments
 
@@ -13,9 +13,9 @@ DT = torch.float64
 
 
 def _run_task(layer, support, query):
-    with task_phase(layer, "support"):
+    with collect(layer) as support_stats:
         layer(support)
-    with task_phase(layer, "query"):
+    with using(layer, support_stats):
         return layer(query)
 
 
@@ -67,9 +67,9 @@ def test_query_outputs_are_identical_whole_one_at_a_time_and_one_class_at_a_time
     layer = make_layer("tasknorm", 4, policy="support", dtype=DT)
     _set_alpha_logits(layer, 0.1, -0.2)
     support, query = make_x(6, 4, 3, 3, dtype=DT), make_x(6, 4, 3, 3, dtype=DT, seed=1)  # 3 classes × 2
-    with task_phase(layer, "support"):
+    with collect(layer) as support_stats:
         layer(support)
-    with task_phase(layer, "query"):
+    with using(layer, support_stats):
         whole = layer(query)
         by_example = torch.cat([layer(query[i : i + 1]) for i in range(6)])
         by_class = torch.cat([layer(query[c * 2 : c * 2 + 2]) for c in range(3)])
@@ -105,7 +105,7 @@ def test_running_and_batch_policies_use_the_current_batch_as_context_in_both_mod
     x = make_x(6, 4, 3, 3, dtype=DT)
     reference = make_layer("tasknorm", 4, policy="support", dtype=DT)
     expected = _run_task(reference, x, x)
-    for policy in ("running", "batch"):
+    for policy in ("running", "transductive"):
         layer = make_layer("tasknorm", 4, policy=policy, dtype=DT)
         assert not layer.track_running_stats and list(layer.buffers()) == []
         for mode in (True, False):
@@ -113,6 +113,6 @@ def test_running_and_batch_policies_use_the_current_batch_as_context_in_both_mod
 
 
 def test_batch_policy_is_transductive_so_the_invariant_test_can_fail(make_x):
-    layer = create("tasknorm", 4, policy="batch", dtype=DT)
+    layer = create("tasknorm", 4, policy="transductive", dtype=DT)
     query = make_x(6, 4, 3, 3, dtype=DT)
     assert not torch.allclose(layer(query)[:2], layer(query[:2]), atol=1e-4)
