@@ -6,9 +6,9 @@ fails with the list of missing keys if a value is absent. Components (dataset, b
 named by registry name plus keyword arguments, never by import path.
 
 Example:
-    >>> from fewshot.config import load_config  # doctest: +SKIP
-    >>> cfg = load_config("configs/protonet/omniglot_vinyals_1shot.yaml", ["norm=swbn"])  # doctest: +SKIP
-    >>> cfg.train.n_way, cfg.model.norm  # doctest: +SKIP
+    >>> from fewshot.config import configs_dir, load_config
+    >>> cfg = load_config(configs_dir() / "protonet/omniglot_vinyals_1shot.yaml", ["norm=swbn"])
+    >>> cfg.train.n_way, cfg.model.norm
     (60, 'swbn')
 """
 
