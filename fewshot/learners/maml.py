@@ -12,8 +12,9 @@ detached parameters, so the query gradient at the adapted parameters is applied 
 
 How normalization state is handled: state in, next state out, nothing written during the tasks' forwards.
 Every forward reads the model's buffers through ``functional_call``'s buffer dictionary and runs with state
-updates off, so every task of the meta-step reads the same state and the outer backward sees no buffer written
-under it (no snapshot is needed). After the meta-batch, the next state is computed as a value by
+updates off, so every task of the meta-step reads the same state (no snapshot is needed; a layer that reads its
+state in a differentiable pass keeps a copy, SWBN's ``W``, so the commit below leaves the outer backward valid).
+After the meta-batch, the next state is computed as a value by
 ``fewshot.norms.advance`` (one gradient-free train-mode forward of the backbone at the meta-parameters, on copies
 of the buffers) and written once by ``fewshot.norms.commit``: by default one update per meta-step on the
 meta-batch's support sets joined (``norm_state_update="meta_batch"``, norms-spec §2.14: one W update per outer
