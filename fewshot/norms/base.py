@@ -86,6 +86,7 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.norms import functional as FN
+from fewshot.norms.fp32 import fp32_forward
 
 __all__ = ["NormLayer", "POLICIES", "PHASES"]
 
@@ -426,6 +427,7 @@ class NormLayer(nn.Module):
                 stacklevel=4,
             )
 
+    @fp32_forward  # statistics and whitening in float32 under bf16 autocast
     def forward(self, x: Tensor) -> Tensor:
         """Normalize ``x`` (N, C) or (N, C, H, W); returns the same shape."""
         self._check_input_dim(x)

@@ -19,6 +19,7 @@ from torch import Tensor
 from fewshot.norms import functional as FN
 from fewshot.norms import whitening_math as WM
 from fewshot.norms.base import NormLayer
+from fewshot.norms.fp32 import fp32_forward
 from fewshot.norms.functional import Moments
 from fewshot.norms.kernels import fused_kernels_allowed
 from fewshot.norms.registry import NORM_LAYERS
@@ -74,6 +75,7 @@ class BatchNorm(NormLayer):
         self.running_mean.copy_(FN.ema(self.running_mean, stats.mean, factor))
         self.running_var.copy_(FN.ema(self.running_var, unbiased_var, factor))
 
+    @fp32_forward  # statistics and whitening in float32 under bf16 autocast
     def forward(self, x: Tensor) -> Tensor:
         """Normalize ``x`` (N, C) or (N, C, H, W); returns the same shape.
 

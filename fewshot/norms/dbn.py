@@ -16,6 +16,7 @@ from torch import Tensor
 from fewshot.norms import functional as FN
 from fewshot.norms import whitening_math as WM
 from fewshot.norms.base import NormLayer
+from fewshot.norms.fp32 import fp32_forward
 from fewshot.norms.registry import NORM_LAYERS
 
 __all__ = ["BatchWhitening", "DBN", "WhiteningStats"]
@@ -98,6 +99,7 @@ class BatchWhitening(NormLayer):
     def _normalize(self, x: Tensor, stats: WhiteningStats) -> Tensor:
         return self._whiten(x, stats, None, None)
 
+    @fp32_forward  # statistics and whitening in float32 under bf16 autocast
     def forward(self, x: Tensor) -> Tensor:
         """Whiten ``x`` (N, C) or (N, C, H, W); returns the same shape (the memory format of ``x`` is kept).
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from fewshot.norms import functional as FN
 from fewshot.norms import whitening_math as WM
 from fewshot.norms.base import NormLayer
+from fewshot.norms.fp32 import fp32_forward
 from fewshot.norms.functional import Moments
 from fewshot.norms.registry import NORM_LAYERS
 
@@ -245,6 +246,7 @@ class KalmanNorm(NormLayer):
             mean = mean + self.bias
         return y, Moments(mean, scale * scale * stats.obs_var)
 
+    @fp32_forward  # statistics and whitening in float32 under bf16 autocast
     def forward(self, x: Tensor) -> Tensor:
         """Plain BN use (no prior): normalize ``x`` (N, C) or (N, C, H, W) with batch or running statistics."""
         self._check_input_dim(x)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from fewshot.norms import functional as FN
 from fewshot.norms import whitening_math as WM
 from fewshot.norms.base import NormLayer
+from fewshot.norms.fp32 import fp32_forward
 from fewshot.norms.kernels import fused_kernels_allowed
 from fewshot.norms.registry import NORM_LAYERS
 
@@ -261,6 +262,7 @@ class SWBN(NormLayer):
     def _normalize(self, x: Tensor, stats: SWBNStats) -> Tensor:
         return self._whiten(x, stats, None, None)
 
+    @fp32_forward  # statistics and whitening in float32 under bf16 autocast
     def forward(self, x: Tensor) -> Tensor:
         """Normalize and whiten ``x`` (N, C) or (N, C, H, W); returns the same shape.
 
