@@ -15,7 +15,16 @@ import torch
 
 from fewshot.errors import ConfigError
 
-__all__ = ["DEVICE_CHOICES", "DeviceError", "check_device_spec", "device_facts", "resolve_device"]
+__all__ = [
+    "DEVICE_CHOICES",
+    "DeviceError",
+    "check_device_spec",
+    "choose_device",
+    "device_facts",
+    "model_device",
+    "resolve_device",
+    "run_device",
+]
 
 #: The accepted spellings, for help texts (``cuda:N`` takes any device index).
 DEVICE_CHOICES = "auto | cpu | cuda | cuda:N"
@@ -64,6 +73,34 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if i >= n:
         raise DeviceError(f"device {spec!r} asked for, but this machine has {n} CUDA device(s): cuda:0..cuda:{n - 1}")
     return torch.device("cuda", i)
+
+
+_chosen: str | None = None  # the --device of this process's command, which overrides the config key
+
+
+def choose_device(spec: str | None) -> None:
+    """Make ``spec`` (a ``--device`` value) the device of everything this process runs; ``None`` clears it.
+
+    It is resolved at once, so ``--device cuda`` on a machine without CUDA fails before any work starts.
+    """
+    global _chosen
+    if spec is not None:
+        resolve_device(spec)
+    _chosen = spec
+
+
+def run_device(config_device: str | None = "auto") -> torch.device:
+    """The device to run on: the command line's ``--device`` if given, else the config's ``device`` key."""
+    return resolve_device(_chosen if _chosen is not None else config_device)
+
+
+def model_device(module: torch.nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter or buffer (the CPU for a module without tensors)."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 def device_facts(device: torch.device) -> dict[str, Any]:
