@@ -107,7 +107,7 @@ def _cases(
     for name in names:
         learner_name, norm, way, shot, query, shape, mb = CASES[name]
         if shape not in splits:
-            splits[shape] = synthetic_split(max(64, way), per_class, shape)
+            splits[shape] = synthetic_split(max(64, way), max(per_class, shot + query), shape)
         split = splits[shape]
         sampler = EpisodeSampler(split, way, shot, query, seed=0).to(device)
         images = torch.from_numpy(split.images).to(device)  # the plain loop's own copy of the uint8 data
