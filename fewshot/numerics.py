@@ -18,13 +18,22 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from fewshot.errors import ConfigError
 
-__all__ = ["PRECISIONS", "DEFAULT_PRECISION", "autocast", "check_precision", "set_deterministic", "set_precision"]
+__all__ = [
+    "PRECISIONS",
+    "DEFAULT_PRECISION",
+    "autocast",
+    "check_precision",
+    "restoring_numerics",
+    "set_deterministic",
+    "set_precision",
+]
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 DEFAULT_PRECISION = "fp32"
@@ -66,3 +75,25 @@ def set_deterministic(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+@contextlib.contextmanager
+def restoring_numerics() -> Iterator[None]:
+    """Restore the process-wide numerics switches (TF32, deterministic algorithms, cuDNN flags) on exit.
+
+    ``train`` sets them for its run; a notebook or test that trains twice gets its own settings back.
+    """
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[4], saved[5]

@@ -41,7 +41,7 @@ from fewshot.config.loader import config_to_dict, save_config
 from fewshot.config.schema import ExperimentConfig
 from fewshot.device import run_device
 from fewshot.errors import DataError, StorageError
-from fewshot.numerics import autocast, set_deterministic, set_precision
+from fewshot.numerics import autocast, restoring_numerics, set_deterministic, set_precision
 from fewshot.training.build import build_learner, build_split, build_train_sampler
 from fewshot.training.checkpoint import CHECKPOINT_FORMAT, get_rng_state, save_checkpoint, set_rng_state
 from fewshot.training.episode_sets import val_episode_set
@@ -528,8 +528,9 @@ def train(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
     try:
-        trainer.setup()
-        return trainer.run()
+        with restoring_numerics():
+            trainer.setup()
+            return trainer.run()
     finally:
         trainer.locks.close()
         torch.set_num_threads(previous_threads)

@@ -95,3 +95,9 @@ def test_gpu_run_resumes_and_evaluates_on_cpu(tmp_path, data, capsys):
     assert main(["train", "--resume", str(run), "--set", "train.episodes=6", "--device", "cpu", "--quiet"]) == 0
     assert main(["eval", "--run", str(run), "--device", "cpu"]) == 0
     assert main(["eval", "--run", str(run), "--device", "cuda", "--no-reuse"]) == 0
+
+
+def test_training_restores_the_process_numerics(tmp_path, data):
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cuda.matmul.allow_tf32)
+    assert main(["train", *_flags(data, "precision=tf32"), "--deterministic", "--out", str(tmp_path / "r")]) == 0
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cuda.matmul.allow_tf32) == before
