@@ -73,3 +73,38 @@ def test_cli_device_cuda_without_cuda_exits_2_with_one_line(monkeypatch, capsys,
 def test_cuda_facts_name_the_gpu():
     facts = device_facts(resolve_device("cuda"))
     assert facts["device"] == "cuda:0" and facts["gpu"] and facts["cuda"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train"],
+        ["study"],
+        ["sweep", "--grid", "g.yaml"],
+        ["eval", "--run", "r"],
+        ["compare", "--runs", "r", "s"],
+        ["predict", "--run", "r", "--support", "s", "--query", "q"],
+        ["embed", "--run", "r", "--images", "i", "--out", "o.npy"],
+        ["bench", "device"],
+    ],
+)
+def test_every_model_command_takes_device(argv):
+    from fewshot.cli.main import build_parser
+
+    assert build_parser().parse_args([*argv, "--device", "cuda:1"]).device == "cuda:1"
+    assert build_parser().parse_args(argv).device is None  # default: the config key (auto)
+
+
+def test_chosen_device_overrides_the_config_key(monkeypatch):
+    from fewshot.device import choose_device, run_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    try:
+        choose_device("cpu")
+        assert run_device("auto") == torch.device("cpu")
+        with pytest.raises(DeviceError):
+            choose_device("cuda")
+    finally:
+        choose_device(None)
+    with pytest.raises(DeviceError):
+        run_device("cuda")  # nothing chosen: the config key decides
