@@ -24,7 +24,10 @@ F = TypeVar("F", bound=Callable[..., Tensor])
 
 def autocast_enabled(x: Tensor) -> bool:
     """Whether autocast is on for the device type of ``x``."""
-    return torch.is_autocast_enabled(x.device.type)
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4: no device-type argument
+        return torch.is_autocast_cpu_enabled() if x.device.type == "cpu" else torch.is_autocast_enabled()
 
 
 def fp32_forward(forward: F) -> F:
