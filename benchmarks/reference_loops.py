@@ -20,7 +20,7 @@ from torch import nn
 
 from episodes.episode import Episode
 
-__all__ = ["REFERENCE_LOOPS", "ReferenceProtoNet", "conv4_sequential"]
+__all__ = ["REFERENCE_LOOPS", "ReferenceMAML", "ReferenceProtoNet", "conv4_sequential"]
 
 #: Reference loop name → whether it uses the channels-last memory format.
 REFERENCE_LOOPS: dict[str, bool] = {"plain": True, "default": False}
@@ -47,17 +47,30 @@ class ReferenceProtoNet:
         channels_last: convert model and inputs to the channels-last memory format.
         lr: Adam's learning rate.
         seed: seeds the model's initialization.
+        device: where the model runs (the episodes must be there too).
     """
 
-    def __init__(self, in_channels: int, *, channels_last: bool, lr: float = 1e-3, seed: int = 0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        channels_last: bool,
+        lr: float = 1e-3,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
         torch.manual_seed(seed)
-        self.model = conv4_sequential(in_channels)
+        self.model = conv4_sequential(in_channels).to(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
 
     def step(self, episode: Episode) -> float:
         """One training step on ``episode`` (class-major support and query); returns the loss."""
+        return self.train_step(episode).item()
+
+    def train_step(self, episode: Episode) -> torch.Tensor:
+        """One training step; returns the detached loss without reading it (no host synchronisation)."""
         n_support, way = episode.support_y.shape[0], episode.n_way
         x = torch.cat([episode.support_x, episode.query_x]).contiguous(memory_format=self.memory_format)
         z = self.model(x)
@@ -67,4 +80,58 @@ class ReferenceProtoNet:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return loss.item()
+        return loss.detach()
+
+
+class ReferenceMAML:
+    """Second-order MAML as a plain ``torch.func`` loop (Finn et al., ICML 2017, arXiv 1703.03400).
+
+    Conv-4 of ``hidden`` filters (:func:`conv4_sequential`, ``nn.BatchNorm2d`` on batch statistics) and a
+    linear head; per task, ``inner_steps`` SGD steps on the support loss through
+    ``torch.func.functional_call`` with ``create_graph=True``, then the query loss of the adapted weights; the
+    mean over the meta-batch is backpropagated and Adam takes the step.
+
+    Args:
+        in_channels: image channels.
+        n_way: classes per task (the head's outputs).
+        image_size: square image side (sizes the head).
+        hidden: filters per conv layer.
+        inner_lr: inner-loop step size.
+        inner_steps: inner-loop steps per task.
+        device: where the model runs.
+    """
+
+    def __init__(
+        self, in_channels: int, n_way: int, *, image_size: int = 84, hidden: int = 32, inner_lr: float = 0.01,
+        inner_steps: int = 5, lr: float = 1e-3, seed: int = 0, device: torch.device | str = "cpu",
+    ) -> None:  # fmt: skip
+        torch.manual_seed(seed)
+        side = image_size
+        for _ in range(4):
+            side //= 2
+        self.model = nn.Sequential(conv4_sequential(in_channels, hidden), nn.Linear(hidden * side * side, n_way))
+        for m in self.model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.track_running_stats = False  # batch statistics throughout, as the fewshot MAML configs
+                m.running_mean = m.running_var = None
+        self.model = self.model.to(device)
+        self.inner_lr, self.inner_steps = inner_lr, inner_steps
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+
+    def _task_loss(self, episode: Episode) -> torch.Tensor:
+        from torch.func import functional_call
+
+        fast = dict(self.model.named_parameters())
+        for _ in range(self.inner_steps):
+            loss = F.cross_entropy(functional_call(self.model, fast, (episode.support_x,)), episode.support_y)
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
+            fast = {k: w - self.inner_lr * g for (k, w), g in zip(fast.items(), grads, strict=True)}
+        return F.cross_entropy(functional_call(self.model, fast, (episode.query_x,)), episode.query_y)
+
+    def train_step(self, episodes: list[Episode]) -> torch.Tensor:
+        """One meta-step over the tasks ``episodes``; returns the detached mean query loss (not read)."""
+        loss = torch.stack([self._task_loss(ep) for ep in episodes]).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()

@@ -63,6 +63,22 @@ class Episode:
         """Query images per class."""
         return self.query_y.shape[0] // len(self.class_ids)
 
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Episode:
+        """The same episode with its tensors on ``device`` and its images in ``dtype`` (labels stay int64).
+
+        Returns ``self`` when nothing changes. The copy is non-blocking where the source is pinned memory.
+        """
+        sx, qx, sy, qy = self.support_x, self.query_x, self.support_y, self.query_y
+        new = (
+            sx.to(device=device, dtype=dtype, non_blocking=True),
+            sy.to(device=device, non_blocking=True),
+            qx.to(device=device, dtype=dtype, non_blocking=True),
+            qy.to(device=device, non_blocking=True),
+        )
+        if all(a is b for a, b in zip(new, (sx, sy, qx, qy), strict=True)):
+            return self
+        return Episode(*new, self.class_ids, self.support_ids, self.query_ids, self.index)
+
     def __repr__(self) -> str:
         c, h, w = self.support_x.shape[1:]
         return (

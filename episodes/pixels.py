@@ -104,14 +104,14 @@ def to_float(raw: Tensor, norm: PixelNorm | None = None) -> Tensor:
         A new contiguous float32 tensor ``(M, C, H, W)``: ``raw / 255``, or ``(raw / 255 − mean) / std``
         computed as ``raw · (1 / (255·std)) + (−mean / std)`` in one fused multiply-add.
     """
-    x = torch.empty(raw.shape, dtype=torch.float32)  # contiguous NCHW, whatever the store's layout
+    x = torch.empty(raw.shape, dtype=torch.float32, device=raw.device)  # contiguous NCHW, whatever the layout
     if norm is None:
         return torch.div(raw, 255.0, out=x)
     norm.check_channels(raw.shape[1], "the dataset")
     std = torch.tensor(norm.std, dtype=torch.float64)
     scale = (1.0 / (255.0 * std)).to(torch.float32).view(-1, 1, 1)
     shift = (-torch.tensor(norm.mean, dtype=torch.float64) / std).to(torch.float32).view(-1, 1, 1)
-    return torch.addcmul(shift, raw, scale, out=x)
+    return torch.addcmul(shift.to(raw.device), raw, scale.to(raw.device), out=x)
 
 
 def images_to_float(images: np.ndarray, norm: PixelNorm | None = None) -> Tensor:

@@ -358,6 +358,22 @@ class EpisodeSampler:
         """Episode ``i`` (see :class:`~episodes.episode.Episode` for the tensor shapes)."""
         return self._builder(self.indices(i))
 
+    def to(self, device: torch.device | str) -> EpisodeSampler:
+        """Build episodes on ``device`` from now on (returns ``self``).
+
+        On a CUDA device the split's uint8 images are copied there once and each episode is gathered there
+        (:class:`episodes.device_builder.DeviceEpisodeBuilder`); on the CPU the numpy builder is kept. The
+        episodes' images and labels are the same on every device.
+        """
+        device = torch.device(device)
+        if device.type == "cpu":
+            self._builder = EpisodeBuilder(self.split)
+        else:
+            from episodes.device_builder import DeviceEpisodeBuilder
+
+            self._builder = DeviceEpisodeBuilder(self.split, device)
+        return self
+
     def build(self, ind: EpisodeIndices) -> Episode:
         """Build the tensors of an episode from its indices (e.g. indices bound from a fixed-episode file)."""
         return self._builder(ind)

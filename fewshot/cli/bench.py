@@ -1,7 +1,8 @@
 """``run_episode.py bench WHAT``: speed measurements. ``bench norms`` times the normalization layers,
 ``bench train`` the meta-training loop (episodes/s and the share of time outside the model step) and training
 steps side by side with the loops a user would write, ``bench eval`` evaluation against bare forward passes,
-``bench maml`` time and memory per MAML meta-step.
+``bench maml`` time and memory per MAML meta-step, ``bench device`` the trainer's step against a plain loop on
+the same device (a GPU where there is one).
 
 Each ``bench`` subcommand is one entry of :data:`SUBCOMMANDS`: a function adding its parser to the ``bench``
 sub-parsers and setting ``func``. To add another, write ``_add_<name>(sub)`` and list it there.
@@ -313,8 +314,59 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_data)
 
 
+def run_device(args: argparse.Namespace) -> int:
+    """``bench device``: the trainer's step vs a plain loop on the same device, interleaved; print, write the CSV."""
+    from fewshot.device import run_device as selected_device
+
+    bench = load_benchmark("bench_device")
+    out = _check_out(args)
+    device = selected_device("auto")  # --device, else the first CUDA device, else the CPU
+    try:
+        rows = bench.run(
+            device=device, precision=args.precision, only=_comma_list(args.cases) or None, steps=args.steps,
+            rounds=args.rounds, warmup=args.warmup, per_class=args.images_per_class,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    env = bench.environment(device)
+    print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    print(bench.format_table(rows))
+    if args.write:
+        from fewshot.provenance import command_line
+
+        path = bench.write_csv(rows, out, env, command_line(), force=args.force)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _add_device(sub: argparse._SubParsersAction) -> None:
+    from fewshot.cli.device_option import add_device_option
+
+    parser = sub.add_parser(
+        "device",
+        help="trainer step vs a plain torch loop on the same device (GPU or CPU), interleaved; ratios",
+        description=(
+            "ProtoNet Conv-4 BN/SWBN on Omniglot 60w1s5q and miniImageNet-size 20w1s15q, and second-order MAML "
+            "(Conv-4 32 filters, 84x84, 5w1s15q, 5 inner steps, meta-batch 4) against plain loops on the same "
+            "synthetic uint8 data held on the device, interleaved in one process (benchmarks/bench_device.py)."
+        ),
+    )
+    add_device_option(parser)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"), help="numerics (fp32)")
+    parser.add_argument("--cases", default="", help="comma list of cases (default: all of benchmarks/bench_device.py)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per variant per round (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3; the median is kept)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (default 2)")
+    parser.add_argument("--images-per-class", type=int, default=20, help="synthetic images per class (default 20)")
+    parser.add_argument("--write", action="store_true", help="also write the CSV (see --out)")
+    parser.add_argument("--out", default="results/bench_device.csv", help="CSV path for --write")
+    parser.add_argument("--force", action="store_true", help="let --write replace an existing CSV")
+    parser.set_defaults(func=run_device)
+
+
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "data": _add_data,
+    "device": _add_device,
     "maml": _add_maml,
     "norms": _add_norms,
     "train": _add_train,

@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from fewshot.cli.device_option import add_device_option
+
 __all__ = ["comparison_rows", "register", "run"]
 
 
@@ -32,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Compare runs on identical fixed test episodes; the first run is the reference.",
     )
     add = parser.add_argument
+    add_device_option(parser)
     add("--runs", nargs="+", required=True, metavar="DIR", help="run directories; the first is the reference")
     add("--no-reuse", action="store_true", help="recompute evaluations even if matching ones exist")
     add("--runs-root", default=None, metavar="DIR", help="holds _episode_sets/ (default: $FEWSHOT_RUNS or ./runs)")

@@ -16,6 +16,8 @@ import argparse
 
 __all__ = ["register", "run"]
 
+from fewshot.cli.device_option import add_device_option
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -24,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("::")[0].strip().splitlines()[0],
     )
     add = parser.add_argument
+    add_device_option(parser)
     add("--run", required=True, metavar="RUN", help="run folder (runs/... or an archived results/runs/...)")
     add("--images", required=True, nargs="+", metavar="DIR_OR_FILE", help="image files or folders")
     add("--out", required=True, metavar="FILE", help="features file, .npy or .pt; the index goes to FILE.csv")

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from fewshot.cli.device_option import add_device_option
+
 __all__ = ["register", "run"]
 
 
@@ -27,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("::")[0].strip().splitlines()[0],
     )
     add = parser.add_argument
+    add_device_option(parser)
     add("--run", required=True, metavar="DIR", help="run directory written by `train`")
     add("--episodes", type=int, default=None, metavar="N", help="test episodes (default: eval.episodes, 600)")
     add("--n-way", type=int, default=None, metavar="N", help="classes per episode (default: eval.n_way)")

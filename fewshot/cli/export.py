@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fewshot.inference import export_backbone, load_run
 
-    meta = export_backbone(load_run(args.run, args.checkpoint), args.out, force=args.force)
+    meta = export_backbone(load_run(args.run, args.checkpoint, device="cpu"), args.out, force=args.force)
     c, h, w = meta["input_shape"]
     print(f"wrote {args.out}: (N, {c}, {h}, {w}) float32 in [0, 1] -> (N, {meta['features']}) features")
     print(f"preprocessing ({meta['dataset']}): {json.dumps(meta['preprocessing'])}")

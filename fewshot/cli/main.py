@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     record_command(["run_episode.py", *(sys.argv[1:] if argv is None else argv)])
     try:
+        from fewshot.device import choose_device
+
+        choose_device(getattr(args, "device", None))  # --device, resolved before any work (DeviceError: exit 2)
         return int(args.func(args) or 0)
     except FewshotError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,6 +18,8 @@ import argparse
 
 __all__ = ["register", "run"]
 
+from fewshot.cli.device_option import add_device_option
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -26,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("::")[0].strip().splitlines()[0],
     )
     add = parser.add_argument
+    add_device_option(parser)
     add("--run", required=True, metavar="RUN", help="run folder (runs/... or an archived results/runs/...)")
     add("--support", required=True, metavar="DIR", help="one sub-folder of labelled images per class")
     add("--query", required=True, nargs="+", metavar="DIR_OR_FILE", help="query image files or folders")

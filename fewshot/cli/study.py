@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from fewshot.cli.device_option import add_device_option
+
 __all__ = [
     "DEFAULT_NORMS", "QUICKSTART_CONFIG", "QUICKSTART_FALLBACK", "StudyResult", "register", "run",
     "run_study",
@@ -182,6 +184,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "episodes, print and save the table and the paired comparison.",
     )
     add = parser.add_argument
+    add_device_option(parser)
     add("--episodes-per-run", type=int, default=None, metavar="N",
         help="training episodes per run (default: train.episodes of the config, 600)")  # fmt: skip
     add("--out", default=None, metavar="DIR", help="study folder, must not exist (default: runs/study/<UTC time>)")

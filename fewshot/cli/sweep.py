@@ -22,6 +22,8 @@ import argparse
 import shlex
 import sys
 
+from fewshot.cli.device_option import add_device_option
+
 __all__ = ["register", "run", "run_command"]
 
 ACTIONS = ("run", "status", "plan", "report")
@@ -34,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("::")[0].strip().splitlines()[0],
     )
     add = parser.add_argument
+    add_device_option(parser)
     add("action", nargs="?", default="run", choices=ACTIONS, help="what to do (default: run)")
     add("--grid", action="append", required=True, metavar="FILE",
         help="grid file, e.g. configs/study/omniglot_protonet.yaml (report accepts several)")  # fmt: skip

@@ -297,6 +297,8 @@ def apply_overrides(tree: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
 ADDED_KEYS: dict[tuple[str, str], Any] = {
     ("data", "normalize"): None,  # 0.3.0: per-channel input standardization (before: x / 255)
     ("model", "init_from"): None,  # 0.3.0: start from another run's backbone (before: random initialization)
+    ("", "device"): "cpu",  # 0.3.0: device selection (before: CPU only)
+    ("", "precision"): "fp32",  # 0.3.0: selectable numerics (before: float32)
 }
 
 
@@ -304,7 +306,9 @@ def with_added_keys(tree: Mapping[str, Any]) -> dict[str, Any]:
     """A recorded config tree with every :data:`ADDED_KEYS` key it lacks set to its "before" value."""
     out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
     for (section, key), value in ADDED_KEYS.items():
-        if isinstance(out.get(section), dict):
+        if section == "":  # a top-level key
+            out.setdefault(key, value)
+        elif isinstance(out.get(section), dict):
             out[section].setdefault(key, value)
     return out
 

@@ -180,6 +180,12 @@ class ExperimentConfig:
             ``protonet_omniglot_vinyals_1shot``).
         seed: seed of the training episodes (episode ``i`` is a pure function of ``(seed, i)``) and of the
             model initialization.
+        device: where the model runs: ``auto`` (the first CUDA device if torch sees one, else the CPU), ``cpu``,
+            ``cuda`` or ``cuda:N`` (:mod:`fewshot.device`); ``--device`` on the command line overrides it. A run
+            may resume on another device.
+        precision: ``fp32`` (default: float32, TF32 off, CUDA matches the CPU), ``tf32`` (CUDA matrix products
+            and convolutions in TF32) or ``bf16`` (bfloat16 autocast for convolutions and matrix products; norm
+            statistics and whitening stay float32); see :mod:`fewshot.numerics`.
         data: see :class:`DataConfig`.
         model: see :class:`ModelConfig`.
         learner: see :class:`LearnerConfig`.
@@ -189,6 +195,8 @@ class ExperimentConfig:
 
     name: str
     seed: int
+    device: str
+    precision: str
     data: DataConfig
     model: ModelConfig
     learner: LearnerConfig

@@ -19,6 +19,7 @@ from typing import Any
 from fewshot.config.schema import ExperimentConfig
 from fewshot.errors import ConfigError, UnknownNameError
 from fewshot.norms.policy import Policy
+from fewshot.numerics import PRECISIONS
 from fewshot.registry import accepted_options
 
 __all__ = ["validate_config", "resolve_name", "FRAMEWORK_LEARNER_KWARGS", "FRAMEWORK_BACKBONE_KWARGS"]
@@ -109,6 +110,16 @@ _NORM_NUMBERS: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 
 
+def _device_ok(spec: object) -> bool:
+    from fewshot.device import DeviceError, check_device_spec
+
+    try:
+        check_device_spec(spec)
+    except DeviceError:
+        return False
+    return True
+
+
 def _numbers(tree: Any, prefix: str) -> Iterable[tuple[str, float]]:
     """Every int/float leaf of a config tree (dataclasses, dicts, lists) as ``(dotted key, value)``."""
     if dataclasses.is_dataclass(tree):
@@ -152,6 +163,8 @@ def _check_ranges(cfg: ExperimentConfig) -> list[str]:
             problems.append(f"{key} = {value!r}: expected {want}")
 
     need(0 <= cfg.seed < 2**64, "seed", cfg.seed, "an int in [0, 2**64)")
+    need(_device_ok(cfg.device), "device", cfg.device, "auto, cpu, cuda or cuda:N")
+    need(cfg.precision in PRECISIONS, "precision", cfg.precision, f"one of {', '.join(PRECISIONS)}")
     for sec, prefix in ((t, "train"), (e, "eval")):
         need(sec.n_way >= 2, f"{prefix}.n_way", sec.n_way, "n_way >= 2 (a 1-way task has nothing to classify)")
         need(sec.n_shot >= 1, f"{prefix}.n_shot", sec.n_shot, "n_shot >= 1")

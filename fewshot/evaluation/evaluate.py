@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from episodes.episode import Episode
+from fewshot.device import model_device
 from fewshot.evaluation.stats import MeanCI, mean_ci
 from fewshot.norms.policy import Policy
 
@@ -138,6 +139,7 @@ def evaluate_episodes(
     if channels_last:
         learner.to(memory_format=torch.channels_last)
     before = state_snapshot(learner)
+    device = model_device(learner)
     index = np.zeros(n, dtype=np.int64)
     n_correct = np.zeros(n, dtype=np.int64)
     n_total = np.zeros(n, dtype=np.int64)
@@ -150,7 +152,7 @@ def evaluate_episodes(
     start = time.perf_counter()
     with torch.no_grad():  # torch.func transforms (MAML's inner loop) ignore an outer no_grad
         for pos in positions:
-            episode = episodes[pos]
+            episode = episodes[pos].to(device)
             ep_sizes = (episode.n_way, episode.n_shot, episode.n_query)
             if sizes is None:
                 sizes = ep_sizes

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from episodes.cache import atomic_write_bytes
+from fewshot.device import model_device
 from fewshot.errors import ConfigError
 from fewshot.inference.images import image_files, load_images
 from fewshot.inference.run import RunLike, as_loaded_run
@@ -84,6 +85,10 @@ class Embeddings:
 
 
 def _features(learner: Any, x: torch.Tensor, policy: str) -> torch.Tensor:
+    return _features_on_device(learner, x.to(model_device(learner)), policy).cpu()
+
+
+def _features_on_device(learner: Any, x: torch.Tensor, policy: str) -> torch.Tensor:
     backbone = learner.backbone
     with torch.no_grad(), learner.mode(training=False, norm_policy=predict_norm_policy(policy), frozen=True):
         if policy == "transductive":

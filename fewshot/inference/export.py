@@ -9,6 +9,7 @@ the extra file ``fewshot.json`` (``torch.export.load(FILE, extra_files={"fewshot
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from episodes.cache import atomic_write_bytes
+from fewshot.device import model_device
 from fewshot.errors import ConfigError
 from fewshot.evaluation.outputs import file_sha256
 from fewshot.inference.run import RunLike, as_loaded_run
@@ -48,8 +50,10 @@ def export_backbone(run: RunLike, out: str | Path, *, force: bool = False) -> di
         raise ConfigError(f"export writes a torch.export program, whose file ends in {EXPORT_SUFFIX}; got {str(out)!r}")
     if out.exists() and not force:
         raise ConfigError(f"refusing to overwrite {str(out)!r}; pass --force or choose another --out")
-    loaded = as_loaded_run(run)
+    loaded = as_loaded_run(run, device="cpu")  # a CPU program: it loads with torch alone, anywhere
     learner = loaded.learner
+    if model_device(learner).type != "cpu":  # a copy: the caller's model stays where it is
+        learner = copy.deepcopy(learner).cpu()
     example = torch.rand(2, *loaded.image_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), learner.mode(training=False, norm_policy="running", frozen=True):
         batch = torch.export.Dim("batch", min=1, max=1 << 20)

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from episodes.episode import Episode
+from fewshot.device import model_device
 from fewshot.errors import ConfigError
 from fewshot.evaluation.evaluate import check_policy
 from fewshot.inference.images import class_folders, image_files, load_images
@@ -111,7 +112,7 @@ def predict(
         query_ids=tuple(map(str, queries.files)),
         index=0,
     )
-    logits = learner.predict(episode, policy=policy)
+    logits = learner.predict(episode.to(model_device(learner)), policy=policy).cpu()
     return Predictions(
         files=tuple(map(str, queries.files)),
         folders=queries.folders,

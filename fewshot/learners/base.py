@@ -55,7 +55,9 @@ def check_episode(episode: Episode, n_way: int | None = None) -> None:
     """Raise ValueError/TypeError if ``episode``'s tensors are inconsistent (or its way differs from ``n_way``).
 
     Checks: 4-D images with equal (C, H, W) for support and query, 1-D int64 labels of matching length, support
-    labels covering ``0..n_way-1``, query labels in range.
+    labels covering ``0..n_way-1``, query labels in range. On a GPU the label values are checked on the device
+    (``torch._assert_async``: no wait for the host per step; a failure surfaces as a CUDA device-side assertion
+    at the next synchronisation, naming the check); shapes and dtypes are checked at once everywhere.
     """
     if not isinstance(episode, Episode):
         raise TypeError(f"expected an episodes.episode.Episode, got {type(episode).__name__}")
@@ -77,6 +79,9 @@ def check_episode(episode: Episode, n_way: int | None = None) -> None:
             f"episode {episode.index} has {way} classes but the learner was built for n_way={n_way}; build it "
             f"with n_way={way} or sample {n_way}-way episodes"
         )
+    if sy.device.type != "cpu":
+        _assert_labels_on_device(sy, qy, way, episode.index)
+        return
     if sy.numel() == 0 or int(sy.min()) < 0 or int(sy.max()) >= way:
         raise ValueError(
             f"episode {episode.index}: support_y must hold the labels 0..{way - 1}, got {sy.unique().tolist()}"
@@ -89,6 +94,17 @@ def check_episode(episode: Episode, n_way: int | None = None) -> None:
         )
     if qy.numel() and (int(qy.min()) < 0 or int(qy.max()) >= way):
         raise ValueError(f"episode {episode.index}: query_y must lie in 0..{way - 1}, got {qy.unique().tolist()}")
+
+
+def _assert_labels_on_device(sy: Tensor, qy: Tensor, way: int, index: int) -> None:
+    """The label checks of :func:`check_episode` as one asynchronous device-side assertion."""
+    if sy.numel() == 0:
+        raise ValueError(f"episode {index}: support_y must hold the labels 0..{way - 1}, got none")
+    labels = torch.arange(way, device=sy.device)
+    ok = ((sy >= 0) & (sy < way)).all() & (sy[:, None] == labels).any(0).all() & ((qy >= 0) & (qy < way)).all()
+    torch._assert_async(
+        ok, f"episode {index}: support_y must hold every label 0..{way - 1} and query_y lie in 0..{way - 1}"
+    )
 
 
 #: Smallest batch the non-transductive query path runs (see :func:`rowwise`).

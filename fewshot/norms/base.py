@@ -60,6 +60,7 @@ from torch import Tensor, nn
 
 from fewshot.norms import functional as FN
 from fewshot.norms.flow import current_flow
+from fewshot.norms.fp32 import fp32_forward
 from fewshot.norms.policy import Policy
 from fewshot.registry import accepted_options, check_options
 
@@ -435,6 +436,7 @@ class NormLayer(nn.Module):
         self._observe(stats, flow)
         return self.apply(x, stats)
 
+    @fp32_forward  # statistics and whitening in float32 under bf16 autocast
     def forward(self, x: Tensor) -> Tensor:
         """Normalize ``x`` (N, C) or (N, C, H, W) with the statistics the policy picks; returns the same shape."""
         self._check_input_dim(x)

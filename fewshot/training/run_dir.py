@@ -43,6 +43,7 @@ from fewshot.config.loader import (
     diff_configs,
     load_config,
     read_config,
+    with_added_keys,
     with_current_names,
 )
 from fewshot.config.schema import ExperimentConfig
@@ -76,6 +77,7 @@ __all__ = [
 #: Config keys a resumed run may change (they do not alter what an episode computes); ``train.episodes`` may
 #: only grow. The checkpoint's config and ``config.yaml`` may differ in these keys only.
 RESUMABLE_KEYS = (
+    "device",
     "train.episodes",
     "train.max_minutes",
     "train.checkpoint_minutes",
@@ -262,7 +264,7 @@ def check_resume_changes(run: Mapping[str, Any], new: Mapping[str, Any], run_dir
     Raises:
         ConfigError: naming every refused key with the run's value and the new one.
     """
-    diffs = diff_configs(run, new)
+    diffs = diff_configs(with_added_keys(run), new)
     refused = [d for d in diffs if d[0] not in RESUMABLE_KEYS]
     old_episodes, new_episodes = _get(run, "train.episodes"), _get(new, "train.episodes")
     if isinstance(old_episodes, int) and isinstance(new_episodes, int) and new_episodes < old_episodes:
@@ -303,7 +305,11 @@ def read_verified_checkpoint(run_dir: str | Path, name: str) -> tuple[Experiment
     trained = payload.get("config")
     if not isinstance(trained, Mapping):
         raise DataError(f"checkpoint {str(path)!r} carries no config; it was not written by `run_episode.py train`")
-    diffs = [d for d in diff_configs(with_current_names(trained), config_to_dict(cfg)) if d[0] not in RESUMABLE_KEYS]
+    diffs = [
+        d
+        for d in diff_configs(with_current_names(with_added_keys(trained)), config_to_dict(cfg))
+        if d[0] not in RESUMABLE_KEYS
+    ]
     if diffs:
         listed = "; ".join(f"{k}: trained with {a!r}, config.yaml says {b!r}" for k, a, b in diffs)
         raise DataError(
@@ -343,7 +349,9 @@ def read_json(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{str(path)!r} is not valid JSON ({exc}); it was edited or damaged") from None
 
 
-def _environment() -> dict[str, Any]:
+def _environment(device: torch.device | None = None) -> dict[str, Any]:
+    from fewshot.device import device_facts
+
     git = git_info()
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -351,7 +359,7 @@ def _environment() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "cpu_count": os.cpu_count(),
-        "device": "cpu",
+        **device_facts(device if device is not None else torch.device("cpu")),
         "dtype": str(torch.get_default_dtype()).replace("torch.", ""),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -364,15 +372,24 @@ def _environment() -> dict[str, Any]:
 
 
 def write_env(
-    run_dir: str | Path, *, resumed: bool = False, config_changes: Mapping[str, Any] | None = None
+    run_dir: str | Path,
+    *,
+    resumed: bool = False,
+    config_changes: Mapping[str, Any] | None = None,
+    device: torch.device | None = None,
+    numerics: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``env.json`` (first session) or append this session to its ``resumes`` list.
 
     ``config_changes`` (``{key: [old, new]}``, from :func:`check_resume_changes`) is recorded in the session's
-    entry, so the record says which budget each session ran with.
+    entry, so the record says which budget each session ran with. ``device`` (default the CPU) adds its facts
+    (:func:`fewshot.device.device_facts`: device, GPU model, CUDA, cuDNN and driver versions); ``numerics``
+    (precision, TF32 switches, deterministic) is recorded as given.
     """
     path = Path(run_dir) / "env.json"
-    env = _environment()
+    env = _environment(device)
+    if numerics is not None:
+        env["numerics"] = dict(numerics)
     if resumed:
         env["config_changes"] = dict(config_changes or {})
     if resumed and path.is_file():
@@ -406,13 +423,16 @@ class LoadedRun:
     image_shape: tuple[int, int, int]
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device | None = None) -> LoadedRun:
     """Rebuild the learner of a run from ``config.yaml`` and load ``checkpoints/<checkpoint>.pt``.
 
     Args:
         run_dir: a run directory written by ``run_episode.py train``.
         checkpoint: ``"best"`` (falls back to ``last`` with a warning if there is no best checkpoint yet) or
             ``"last"``.
+        device: where the learner is put (``auto | cpu | cuda | cuda:N``); ``None``: the command line's
+            ``--device``, else ``auto`` (:func:`fewshot.device.run_device`). The checkpoint is read onto the CPU
+            (``map_location``) first, so a run trained on a GPU loads on a CPU and the other way round.
 
     Raises:
         ValueError: ``checkpoint`` is neither ``"best"`` nor ``"last"``.
@@ -436,6 +456,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
     with torch.random.fork_rng(devices=[]):  # building initializes parameters: leave the caller's RNG alone
         learner = build_learner(cfg, cfg.train.n_way, shape)
     learner.load_state_dict(payload["model"])
+    from fewshot.device import resolve_device, run_device
+
+    learner.to(run_device("auto") if device is None else resolve_device(device))
     return LoadedRun(
         cfg=cfg,
         learner=learner,

@@ -39,8 +39,10 @@ from tqdm import tqdm
 from episodes.split import ClassSplit
 from fewshot.config.loader import config_to_dict, save_config, with_current_names
 from fewshot.config.schema import ExperimentConfig
+from fewshot.device import run_device
 from fewshot.errors import DataError, StorageError
 from fewshot.norms import NormLayer, notify_lr_scale
+from fewshot.numerics import autocast, restoring_numerics, set_deterministic, set_precision
 from fewshot.training.build import build_learner, build_split, build_train_sampler
 from fewshot.training.checkpoint import CHECKPOINT_FORMAT, get_rng_state, save_checkpoint, set_rng_state
 from fewshot.training.episode_sets import val_episode_set
@@ -83,7 +85,11 @@ class _Trainer:
         train_split: ClassSplit | None,
         val_split: ClassSplit | None,
         runs_root: str | Path | None,
+        deterministic: bool = False,
     ) -> None:
+        self.deterministic = deterministic
+        self._pending: list[tuple[Any, Any]] = []  # per-step (loss, acc) not yet read (tensors stay on the device)
+        self._pending_from = 0  # first episode of the pending steps
         self.cfg, self.run_dir, self.resume, self.quiet, self.callback = cfg, Path(run_dir), resume, quiet, callback
         self._given_splits, self._runs_root = (train_split, val_split), runs_root
         self.state = TrainState()
@@ -125,13 +131,18 @@ class _Trainer:
                 )
         else:
             val_split = None
+        self.device = run_device(cfg.device)
+        set_precision(cfg.precision)
         self.train_split = train_split
-        self.sampler = build_train_sampler(cfg, train_split)
+        self.sampler = build_train_sampler(cfg, train_split).to(self.device)
         self.val_set = val_episode_set(cfg, val_split, self._runs_root) if val_split is not None else None
+        self._val_episodes: list[Any] | None = None  # the validation episodes on the device, built on first use
+        if self.deterministic:
+            set_deterministic(cfg.seed)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        self.learner = build_learner(cfg, t.n_way, train_split.image_shape, train_split.class_names)
+        self.learner = build_learner(cfg, t.n_way, train_split.image_shape, train_split.class_names).to(self.device)
         init_info = None
         if cfg.model.init_from is not None and not self.resume:  # a resumed run restores its own weights
             init_info = load_backbone_weights(self.learner, cfg.model.init_from)
@@ -150,9 +161,17 @@ class _Trainer:
             (self.run_dir / "train_log.csv").unlink(missing_ok=True)
         with self._writing("config.yaml, env.json, init_from.json and train_log.csv"):
             save_config(cfg, self.run_dir / "config.yaml")
+            numerics = {
+                "precision": cfg.precision,
+                "tf32": torch.backends.cuda.matmul.allow_tf32,
+                "deterministic": self.deterministic,
+            }
+            write_env(
+                self.run_dir, resumed=self.resume, config_changes=self._config_changes, device=self.device,
+                numerics=numerics,
+            )  # fmt: skip
             if init_info is not None:
                 write_json(self.run_dir / "init_from.json", init_info)
-            write_env(self.run_dir, resumed=self.resume, config_changes=self._config_changes)
             self.log = TrainLog(self.run_dir / "train_log.csv", self.state.episodes_done if self.resume else None)
         self._sync_lr_scale()
 
@@ -286,11 +305,13 @@ class _Trainer:
         computed exactly as total correct / total queries (equal accuracies compare equal: ties are real ties).
         """
         policy, correct, total = self.cfg.eval.norm_policy, 0, 0
-        for ep in self.val_set.episodes:
+        if self._val_episodes is None:
+            self._val_episodes = [ep.to(self.device) for ep in self.val_set.episodes]
+        for ep in self._val_episodes:
             logits = self.learner.predict(ep, policy=policy)
-            correct += int((logits.argmax(-1) == ep.query_y).sum())
+            correct = correct + (logits.argmax(-1) == ep.query_y).sum()  # summed on the device, read once
             total += int(ep.query_y.numel())
-        val_acc = correct / total
+        val_acc = int(correct) / total
         s = self.state
         s.last_val_acc, s.last_val_episode = val_acc, s.episodes_done
         if s.best_val_acc is None or val_acc > s.best_val_acc:  # ties keep the earliest
@@ -319,13 +340,10 @@ class _Trainer:
         t1 = _clock()
         lr = self._lr()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, m = self.learner.meta_loss(batch, policy=t.norm_policy)
-        if not math.isfinite(m["loss"]):
-            raise FloatingPointError(
-                f"training loss is {m['loss']} at episodes {start}..{start + t.meta_batch - 1}: training diverged; "
-                f"lower train.lr (now {lr:g}) or check norm {self.cfg.model.norm!r}; checkpoints/last.pt holds "
-                "the last saved state"
-            )
+        with autocast(self.cfg.precision, self.device):
+            loss, m = self.learner.meta_loss(batch, policy=t.norm_policy)
+        if not isinstance(m["loss"], torch.Tensor):  # a float costs nothing to check now
+            self._check_finite(m["loss"], start, start + t.meta_batch - 1)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
@@ -335,19 +353,49 @@ class _Trainer:
         self._in_step = False
         return m, lr, t1, t2
 
+    def _check_finite(self, loss: float, first: int, last: int) -> None:
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss} at episodes {first}..{last}: training diverged; lower train.lr (now "
+                f"{self._lr():g}) or check norm {self.cfg.model.norm!r}; checkpoints/last.pt holds the last saved state"
+            )
+
+    def _flush_metrics(self) -> None:
+        """Read the pending steps' loss and accuracy (one device-to-host copy) into the log accumulators.
+
+        Learners may return their metrics as 0-dim tensors; they are read only here, before a log row, a
+        checkpoint or a validation, so a CUDA step never waits for the host. A non-finite loss among them stops
+        training before anything is saved, naming the episodes since the last read.
+        """
+        if not self._pending:
+            return
+        mb, s = self.cfg.train.meta_batch, self.state
+        rows = [[torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in pair] for pair in self._pending]
+        read = torch.stack([torch.stack(r) for r in rows]).tolist()  # the one device-to-host copy
+        first, self._pending, self._pending_from = self._pending_from, [], s.episodes_done
+        for loss, acc in read:  # in step order, as the floats were always added
+            s.log_loss += loss * mb
+            s.log_acc += acc * mb
+            s.log_count += mb
+        self._check_finite(sum(loss for loss, _ in read), first, s.episodes_done - 1)
+
     def _after_step(self, start: int, lr: float) -> float:
         """Validation, log row, periodic checkpoint and metrics as due after a step; returns validation seconds."""
         t, s = self.cfg.train, self.state
         val_seconds, val_acc = 0.0, None
-        if self.val_set is not None and start // t.val_every != s.episodes_done // t.val_every:
+        validate = self.val_set is not None and start // t.val_every != s.episodes_done // t.val_every
+        log = validate or start // t.log_every != s.episodes_done // t.log_every
+        checkpoint = _clock() - self._last_checkpoint >= t.checkpoint_minutes * 60.0
+        if validate or log or checkpoint:
+            self._flush_metrics()
+        if validate:
             tv = _clock()
             val_acc = self._validate()
             val_seconds = _clock() - tv
             s.val_seconds += val_seconds
         s.train_seconds = self._elapsed()
-        if val_acc is not None or start // t.log_every != s.episodes_done // t.log_every:
+        if log:
             self._log_row(lr, val_acc)
-        checkpoint = _clock() - self._last_checkpoint >= t.checkpoint_minutes * 60.0
         if checkpoint:
             self._save_last("running")
             self._last_checkpoint = _clock()
@@ -363,6 +411,7 @@ class _Trainer:
             smoothing=0.05, mininterval=0.5, disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True,
         )  # fmt: skip
         self._session_start, self._base_seconds = _clock(), s.train_seconds
+        self._pending_from = s.episodes_done
         self._last_checkpoint = self._session_start
         ema_loss = ema_acc = None
         lr = self._lr()
@@ -383,9 +432,7 @@ class _Trainer:
                     start = s.episodes_done
                     m, lr, t1, t2 = self._step(start)
                     s.step_seconds += t2 - t1
-                    s.log_loss += m["loss"] * t.meta_batch
-                    s.log_acc += m["acc"] * t.meta_batch
-                    s.log_count += t.meta_batch
+                    self._pending.append((m["loss"], m["acc"]))
                     if not bar.disable:
                         ema_loss = m["loss"] if ema_loss is None else 0.95 * ema_loss + 0.05 * m["loss"]
                         ema_acc = m["acc"] if ema_acc is None else 0.95 * ema_acc + 0.05 * m["acc"]
@@ -394,10 +441,12 @@ class _Trainer:
                     val_seconds = self._after_step(start, lr)
                     s.overhead_seconds += (t1 - t0) + (_clock() - t2) - val_seconds
                     if self.callback is not None:
-                        self.callback(StepInfo(s.episodes_done, m["loss"], m["acc"], lr, s.train_seconds))
+                        loss, acc = float(m["loss"]), float(m["acc"])
+                        self.callback(StepInfo(s.episodes_done, loss, acc, lr, s.train_seconds))
             return self._finish(status, lr)
         except KeyboardInterrupt:
             if not self._in_step:  # between steps the state is consistent: save it for --resume
+                self._flush_metrics()
                 s.train_seconds = self._elapsed()
                 self._save_last("interrupted")
                 self._write_metrics("interrupted")
@@ -412,6 +461,7 @@ class _Trainer:
 
     def _finish(self, status: str, lr: float) -> TrainResult:
         s = self.state
+        self._flush_metrics()
         val_acc = None
         if self.val_set is not None and s.last_val_episode != s.episodes_done:
             tv = _clock()
@@ -436,6 +486,7 @@ def train(
     train_split: ClassSplit | None = None,
     val_split: ClassSplit | None = None,
     runs_root: str | Path | None = None,
+    deterministic: bool = False,
 ) -> TrainResult:
     """Meta-train the learner of ``cfg``, writing everything into ``run_dir``.
 
@@ -448,6 +499,9 @@ def train(
         train_split: use this split instead of loading ``cfg.data.train_split`` (tests, notebooks).
         val_split: likewise for ``cfg.data.val_split`` (ignored when it is ``null``).
         runs_root: where ``_episode_sets/`` lives (default ``$FEWSHOT_RUNS`` or ``./runs``).
+        deterministic: deterministic algorithms, cuBLAS workspace and seeds
+            (:func:`fewshot.numerics.set_deterministic`): two runs on the same device give identical logs and
+            checkpoints.
 
     Returns:
         The :class:`TrainResult` (status ``finished`` or ``stopped_budget``).
@@ -462,13 +516,14 @@ def train(
     """
     trainer = _Trainer(
         cfg, Path(run_dir), resume=resume, quiet=quiet, callback=callback, train_split=train_split,
-        val_split=val_split, runs_root=runs_root,
+        val_split=val_split, runs_root=runs_root, deterministic=deterministic,
     )  # fmt: skip
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
     try:
-        trainer.setup()
-        return trainer.run()
+        with restoring_numerics():
+            trainer.setup()
+            return trainer.run()
     finally:
         trainer.locks.close()
         torch.set_num_threads(previous_threads)

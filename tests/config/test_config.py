@@ -72,7 +72,7 @@ def test_override_values_are_yaml_and_shorthands_expand():
         (
             "trian.n_way=5",
             r"unknown config key 'trian' .*did you mean 'train'\? valid keys at the top level: name, "
-            r"seed, data, model, learner, train, eval",
+            r"seed, device, precision, data, model, learner, train, eval",
         ),
         ("train.n_way=five", r"config key 'train\.n_way' must be an int, got str 'five'"),
         ("train.n_way=2.5", r"config key 'train\.n_way' must be an int, got float 2\.5"),
