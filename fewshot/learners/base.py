@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
 
 import fewshot.norms as norms
 from episodes.episode import Episode
+from fewshot.norms.flow import NormStats
 from fewshot.norms.policy import Policy
 
 __all__ = [
@@ -33,7 +35,35 @@ __all__ = [
     "check_train_policy",
     "rowwise",
     "MIN_QUERY_ROWS",
+    "gather_episode_stats",
+    "gathering_episode_stats",
 ]
+
+#: How a meta-step's per-episode norm statistics become those of the whole meta-batch (set by a distributed
+#: meta-step, fewshot.training.meta_step_sync; ``None``: this process holds the whole meta-batch).
+_episode_stats_gatherer: ContextVar[Callable[[list[NormStats]], list[NormStats]] | None] = ContextVar(
+    "fewshot_episode_stats_gatherer", default=None
+)
+
+
+@contextmanager
+def gathering_episode_stats(gather: Callable[[list[NormStats]], list[NormStats]]) -> Iterator[None]:
+    """Inside the block, :func:`gather_episode_stats` calls ``gather`` (this process's episodes → all of them)."""
+    token = _episode_stats_gatherer.set(gather)
+    try:
+        yield
+    finally:
+        _episode_stats_gatherer.reset(token)
+
+
+def gather_episode_stats(parts: list[NormStats]) -> list[NormStats]:
+    """The norm statistics of every episode of the meta-step, in episode order, from this process's ``parts``.
+
+    One process: ``parts`` itself. Several processes (a meta-batch split by episode index across ranks): every
+    rank's parts, gathered, so each rank computes the same next norm state as one process would.
+    """
+    gather = _episode_stats_gatherer.get()
+    return parts if gather is None else gather(parts)
 
 
 def check_train_policy(policy: object) -> Policy:

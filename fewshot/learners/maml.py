@@ -40,6 +40,7 @@ from fewshot.learners.base import (
     Learner,
     check_episode,
     check_train_policy,
+    gather_episode_stats,
     predict_norm_policy,
     rowwise,
 )
@@ -341,6 +342,7 @@ class MAML(Learner):
         """The meta-step's one state change: next state from the tasks' support statistics, committed (guarded)."""
         if not any(layer.track_running_stats for layer in norm_layers(self)):
             return
+        task_stats = gather_episode_stats(task_stats)  # every rank's tasks, in episode order (one process: these)
         if self.norm_state_update == "task":
             state: Params = dict(buffers)
             for stats in task_stats:

@@ -363,15 +363,21 @@ def _environment() -> dict[str, Any]:
 
 
 def write_env(
-    run_dir: str | Path, *, resumed: bool = False, config_changes: Mapping[str, Any] | None = None
+    run_dir: str | Path,
+    *,
+    resumed: bool = False,
+    config_changes: Mapping[str, Any] | None = None,
+    distributed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``env.json`` (first session) or append this session to its ``resumes`` list.
 
     ``config_changes`` (``{key: [old, new]}``, from :func:`check_resume_changes`) is recorded in the session's
-    entry, so the record says which budget each session ran with.
+    entry, so the record says which budget each session ran with. ``distributed`` (``{"world_size", "backend"}``,
+    default one process: ``{"world_size": 1, "backend": None}``) says how many ranks the session ran on.
     """
     path = Path(run_dir) / "env.json"
     env = _environment()
+    env.update(distributed or {"world_size": 1, "backend": None})
     if resumed:
         env["config_changes"] = dict(config_changes or {})
     if resumed and path.is_file():
