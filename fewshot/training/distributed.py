@@ -168,8 +168,8 @@ def from_env(device: torch.device | str | None = None) -> Distributed:
         raise DistributedError(
             f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but {', '.join(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} not; launch with `torchrun --nproc-per-node N "
-            "run_episode.py ...` (multi-node: add --nnodes, --node-rank, --master-addr, --master-port) or set all of RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, "
-            "MASTER_PORT"
+            "run_episode.py ...` (multi-node: add --nnodes, --node-rank, --master-addr, --master-port) or set all "
+            "of RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT"
         )
     rank, world, local = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
     if world < 1 or not 0 <= rank < world:
