@@ -14,6 +14,7 @@ hangs makes the others stop with that error instead of waiting forever. See docs
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import torch.distributed as dist
 
 from fewshot.errors import FewshotError
 
-__all__ = ["SINGLE", "Distributed", "DistributedError", "backend_for", "from_env", "timeout_seconds"]
+__all__ = ["SINGLE", "Distributed", "DistributedError", "backend_for", "from_env", "timeout_seconds", "to_device"]
 
 T = TypeVar("T")
 
@@ -204,6 +205,14 @@ def from_env(device: torch.device | str | None = None) -> Distributed:
             f"initialized but the environment says RANK={rank}, WORLD_SIZE={world}"
         )
     return Distributed(rank=rank, world_size=world, local_rank=local, backend=backend, device=dev)
+
+
+def to_device(episode: Any, device: torch.device) -> Any:
+    """``episode`` (an ``episodes.episode.Episode``) with its tensors on the rank's ``device`` (itself on the CPU)."""
+    if device.type == "cpu":
+        return episode
+    tensors = ("support_x", "support_y", "query_x", "query_y")
+    return dataclasses.replace(episode, **{k: getattr(episode, k).to(device) for k in tensors})
 
 
 def shutdown(ctx: Distributed) -> None:

@@ -33,7 +33,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from fewshot.learners.base import gathering_episode_stats
 from fewshot.norms import NormLayer, notify_lr_scale
 from fewshot.training.build import build_learner, build_split, build_train_sampler
 from fewshot.training.checkpoint import CHECKPOINT_FORMAT, get_rng_state, save_checkpoint, set_rng_state
-from fewshot.training.distributed import Distributed, DistributedError, from_env
+from fewshot.training.distributed import Distributed, DistributedError, from_env, to_device
 from fewshot.training.episode_sets import val_episode_set
 from fewshot.training.init_from import load_backbone_weights
 from fewshot.training.interrupt import stop_on_signals
@@ -524,11 +524,8 @@ class _Trainer:
 
 
 def _to_device(episode: Any, device: torch.device) -> Any:
-    """``episode`` with its tensors on ``device`` (itself on the CPU)."""
-    if device.type == "cpu":
-        return episode
-    tensors = ("support_x", "support_y", "query_x", "query_y")
-    return replace(episode, **{k: getattr(episode, k).to(device) for k in tensors})
+    """Where the trainer moves an episode to the rank's device (tests patch it, e.g. to train in float64)."""
+    return to_device(episode, device)
 
 
 def train(

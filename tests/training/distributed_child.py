@@ -26,7 +26,11 @@ import fewshot.training.build  # noqa: E402
 import fewshot.training.trainer as trainer_module  # noqa: E402
 from fewshot.cli.main import main  # noqa: E402
 
-SPLITS = {"train": make_split("train"), "val": make_split("val", n_classes=4, seed=1)}
+SPLITS = {
+    "train": make_split("train"),
+    "val": make_split("val", n_classes=4, seed=1),
+    "test": make_split("test", n_classes=4, seed=2),
+}
 
 
 def synthetic_split(cfg, name):  # noqa: ANN001, ANN201 - the signature of build_split

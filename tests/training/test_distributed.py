@@ -29,9 +29,11 @@ import pytest
 import torch
 from conftest import MAML, SWBN, TINY, frozen_zero_gradient_biases, in_float64, make_split
 
+import fewshot.training.build as build_module
 import fewshot.training.trainer as trainer_module
 from fewshot.config import load_config
 from fewshot.errors import ConfigError
+from fewshot.evaluation.run_eval import evaluate_run
 from fewshot.training.build import build_learner
 from fewshot.training.checkpoint import load_checkpoint
 from fewshot.training.distributed import SINGLE, Distributed, DistributedError, from_env
@@ -58,6 +60,7 @@ REFUSED = {
     "forward-update": (*TINY, "train.meta_batch=4", "train.episodes=12"),
 }
 RESUMED = "protonet-resumed"  # 2 ranks for 8 episodes, then one process to 12
+EVALUATED = "protonet-batchnorm"  # evaluated on 2 ranks after training (5 test episodes: shares of 3 and 2)
 
 
 def _free_ports(n: int) -> list[int]:
@@ -114,6 +117,8 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[subp
     runs = [{"name": n, "argv": _argv(n, o, tmp)} for n, o in {**RUNS, **REFUSED}.items()]
     resumed = (*RUNS["protonet-batchnorm"][:-2], "train.episodes=8", *PROTONET_ONCE)
     runs.append({"name": RESUMED, "argv": _argv(RESUMED, resumed, tmp)})
+    run = str(tmp / EVALUATED)
+    runs.append({"name": "eval", "argv": ["eval", "--run", run, "--episodes", "5", "--runs-root", str(tmp / "runs")]})
     return tmp, _launch(tmp, runs, timeout=240)
 
 
@@ -274,3 +279,16 @@ def test_environment_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(DistributedError, match="FEWSHOT_DIST_TIMEOUT_S must be a number of seconds > 0"):
         from_env()
+
+
+def test_evaluation_split_across_ranks_equals_one_process(two_ranks, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp, procs = two_ranks
+    assert [json.loads((tmp / f"eval-rank{r}.json").read_text()) for r in range(2)] == [{"exit": 0}] * 2
+    assert "accuracy:" in procs[0].stdout and "(written)" in procs[0].stdout  # rank 0 reports, as one process
+    assert "accuracy:" not in procs[1].stdout
+    (folder,) = [p for p in (tmp / EVALUATED / "eval").iterdir() if p.is_dir()]
+    two = (folder / "episodes.csv").read_text()
+    assert len(two.splitlines()) == 1 + 5
+    monkeypatch.setattr(build_module, "build_split", lambda cfg, name: make_split("test", n_classes=4, seed=2))
+    one = evaluate_run(tmp / EVALUATED, episodes=5, reuse=False, runs_root=tmp / "runs")
+    assert one.folder == folder and (folder / "episodes.csv").read_text() == two  # the same table, exactly
