@@ -1,4 +1,4 @@
-"""One rank of the distributed tests: ``run_episode.py train`` runs on the tiny synthetic splits of ``conftest.py``.
+"""One rank of the distributed tests: ``run_episode.py`` on the tiny synthetic splits of ``conftest.py``.
 
 Usage: ``python distributed_child.py PLAN.json`` with the torchrun variables ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` set (``MASTER_PORT`` comes from the plan). The plan is a list of runs
@@ -7,7 +7,8 @@ process, one process group per run on its own port; the exit code and, when the 
 model and optimizer state go to ``<out>/<name>-rank<r>.pt`` (``out`` from the plan). ``die_after_step``: this
 rank exits abruptly (``os._exit``) after its first step, as a crashed or killed rank would. As in the
 single-process runs compared, convolution biases right before a norm are frozen
-(``conftest.frozen_zero_gradient_biases``) and the runs train in float64 (``conftest.in_float64``).
+(``distributed_helpers.frozen_zero_gradient_biases``) and the runs train in float64
+(``distributed_helpers.in_float64``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from conftest import frozen_zero_gradient_biases, in_float64, make_split  # noqa: E402
+from distributed_helpers import frozen_zero_gradient_biases, in_float64, make_split  # noqa: E402
 
 import fewshot.training.build  # noqa: E402
 import fewshot.training.trainer as trainer_module  # noqa: E402

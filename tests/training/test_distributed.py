@@ -6,13 +6,13 @@ process training the same config, to float tolerance: the ranks split every meta
 their gradients and merge their episodes' norm statistics in episode order (fewshot.training.meta_step_sync).
 
 Tolerance. The gradient all-reduce sums in another order than one process's backward, so the runs agree to
-rounding, not bitwise. Both runs train in float64 (``conftest.in_float64``) and are held to ``rtol=1e-9,
+rounding, not bitwise. Both runs train in float64 (``distributed_helpers.in_float64``) and are held to ``rtol=1e-9,
 atol=1e-12`` for parameters, norm state and Adam's moments: an error in the split, the gradient average or the
 statistics merge shows at 1e-3 or more, float64 rounding at 1e-14. (In float32 the same runs differ by up to
 2e-6 (ProtoNet) and 2e-4 (MAML) relative to each tensor's largest value after three steps: tiny norm batches of
 three samples amplify float32 noise, which is why the test does not use it.) Convolution biases right before a
 norm have zero true gradient: Adam would turn their rounding noise into full steps of ``lr`` (and running means
-include them), so they are frozen in both runs (``conftest.frozen_zero_gradient_biases``).
+include them), so they are frozen in both runs (``distributed_helpers.frozen_zero_gradient_biases``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MAML, SWBN, TINY, frozen_zero_gradient_biases, in_float64, make_split
+from distributed_helpers import MAML, SWBN, TINY, frozen_zero_gradient_biases, in_float64, make_split
 
 import fewshot.training.build as build_module
 import fewshot.training.trainer as trainer_module
