@@ -102,9 +102,10 @@ def average_gradients(parameters: Iterable[nn.Parameter], ctx: Distributed) -> N
     params = [p for p in parameters if p.requires_grad]
     if not params:
         return
-    flags = torch.tensor([p.grad is not None for p in params], dtype=torch.float64, device=ctx.device)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([flags, *(g.reshape(-1).to(torch.float64) for g in grads)])
+    dtype = grads[0].dtype  # reduced in the gradients' own dtype: 4 bytes per float32 parameter on the wire
+    flags = torch.tensor([p.grad is not None for p in params], dtype=dtype, device=grads[0].device)
+    flat = torch.cat([flags, *(g.reshape(-1).to(dtype) for g in grads)])
     ctx.all_reduce_sum_(flat, "all-reduce of the gradients")
     flat /= ctx.world_size
     offset = len(params)
