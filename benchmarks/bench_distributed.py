@@ -7,12 +7,13 @@ statistics gather, ``Adam.step``; :mod:`fewshot.training.meta_step_sync`) in two
 repeated ``rounds`` times (A B A B) so that a change of machine load hits both:
 
 * ``1x2``: one process, ``torch.set_num_threads(2)``, the whole meta-batch;
-* ``2x1``: two processes (gloo on 127.0.0.1, one thread each), two episodes each.
+* ``2x1``: two processes (gloo on 127.0.0.1, one thread each), two episodes each;
+* ``1x1``: one process, one thread, the whole meta-batch (the reference both speed-ups are read against).
 
 Reported: the median seconds per meta-step of each setup (rank 0's clock; a step ends when its all-reduce has
-heard from both ranks), their ratio, and the bytes each rank sent per step by collective (gradients all-reduced,
-norm statistics all-gathered, the metrics and stop votes), counted at the calls. Episodes are uniform [0, 1)
-images: a step's cost does not depend on pixel values.
+heard from both ranks), the ratio 1x2 / 2x1 and each setup's speed-up over 1x1, and the bytes each rank sent per
+step by collective (gradients all-reduced, norm statistics all-gathered, the metrics and stop votes), counted at
+the calls. Episodes are uniform [0, 1) images: a step's cost does not depend on pixel values.
 """
 
 from __future__ import annotations
@@ -48,9 +49,12 @@ class DistRow:
     meta_batch: int
     steps: int
     rounds: int
+    seconds_1x1: float
     seconds_1x2: float
     seconds_2x1: float
     speedup_2x1: float
+    speedup_1x2_over_1x1: float
+    speedup_2x1_over_1x1: float
     grad_bytes: int
     stats_bytes: int
     other_bytes: int
@@ -177,15 +181,17 @@ def run(*, steps: int = 5, rounds: int = 2, only: list[str] | None = None) -> li
     previous = torch.get_num_threads()
     try:
         for config in only or list(CONFIGS):
-            single, double, sent = [], [], {}
+            one, single, double, sent = [], [], [], {}
             for _ in range(rounds):
+                torch.set_num_threads(1)
+                one += _time_steps(config, SINGLE, steps, _Counter())
                 torch.set_num_threads(2)
                 single += _time_steps(config, SINGLE, steps, _Counter())
                 times, sent = _two_ranks(config, steps)
                 double += times
-            a, b = statistics.median(single), statistics.median(double)
-            rows.append(DistRow(config, META_BATCH, steps, rounds, a, b, a / b, sent["grad"], sent["stats"],
-                                sent["other"]))  # fmt: skip
+            r, a, b = statistics.median(one), statistics.median(single), statistics.median(double)
+            rows.append(DistRow(config, META_BATCH, steps, rounds, r, a, b, a / b, r / a, r / b, sent["grad"],
+                                sent["stats"], sent["other"]))  # fmt: skip
     finally:
         torch.set_num_threads(previous)
     return rows
@@ -193,11 +199,12 @@ def run(*, steps: int = 5, rounds: int = 2, only: list[str] | None = None) -> li
 
 def format_table(rows: list[DistRow]) -> str:
     """One line per configuration."""
-    lines = [f"{'config':26} {'mb':>3} {'1x2 s/step':>10} {'2x1 s/step':>10} {'speed-up':>8} {'grad B':>9} "
-             f"{'stats B':>8} {'other B':>7}"]  # fmt: skip
+    lines = [f"{'config':26} {'mb':>3} {'1x1 s':>7} {'1x2 s':>7} {'2x1 s':>7} {'1x2/2x1':>7} {'1x2 vs 1x1':>10} "
+             f"{'2x1 vs 1x1':>10} {'grad B':>9} {'stats B':>8} {'other B':>7}"]  # fmt: skip
     for r in rows:
         lines.append(
-            f"{r.config:26} {r.meta_batch:3d} {r.seconds_1x2:10.3f} {r.seconds_2x1:10.3f} {r.speedup_2x1:8.2f} "
+            f"{r.config:26} {r.meta_batch:3d} {r.seconds_1x1:7.3f} {r.seconds_1x2:7.3f} {r.seconds_2x1:7.3f} "
+            f"{r.speedup_2x1:7.2f} {r.speedup_1x2_over_1x1:10.2f} {r.speedup_2x1_over_1x1:10.2f} "
             f"{r.grad_bytes:9d} {r.stats_bytes:8d} {r.other_bytes:7d}"
         )
     return "\n".join(lines)
@@ -205,7 +212,20 @@ def format_table(rows: list[DistRow]) -> str:
 
 def to_csv(rows: list[DistRow], env: dict[str, str], command: str) -> str:
     """CSV text: the command and environment lines, then one row per configuration."""
-    return rows_to_csv(rows, DistRow, env, command, {"seconds_1x2": ".4f", "seconds_2x1": ".4f", "speedup_2x1": ".3f"})
+    return rows_to_csv(
+        rows,
+        DistRow,
+        env,
+        command,
+        {
+            "seconds_1x1": ".4f",
+            "seconds_1x2": ".4f",
+            "seconds_2x1": ".4f",
+            "speedup_2x1": ".3f",
+            "speedup_1x2_over_1x1": ".3f",
+            "speedup_2x1_over_1x1": ".3f",
+        },
+    )
 
 
 def write_csv(rows: list[DistRow], path: Path, env: dict[str, str], command: str, force: bool = False) -> Path:

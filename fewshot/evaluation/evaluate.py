@@ -142,6 +142,7 @@ def evaluate_episodes(
     if channels_last:
         learner.to(memory_format=torch.channels_last)
     before = state_snapshot(learner)
+    device = next(iter(learner.parameters()), torch.empty(0)).device  # the episodes follow the model
     index = np.zeros(n, dtype=np.int64)
     n_correct = np.zeros(n, dtype=np.int64)
     n_total = np.zeros(n, dtype=np.int64)
@@ -154,7 +155,7 @@ def evaluate_episodes(
     start = time.perf_counter()
     with torch.no_grad():  # torch.func transforms (MAML's inner loop) ignore an outer no_grad
         for pos in positions:
-            episode = to_device(episodes[pos], dist.device)
+            episode = to_device(episodes[pos], device)
             ep_sizes = (episode.n_way, episode.n_shot, episode.n_query)
             if sizes is None:
                 sizes = ep_sizes

@@ -221,7 +221,9 @@ def evaluate_run(
         if folder is None:
             if dist.is_main:
                 check_writable(run_dir / "eval", "evaluation results")  # before scoring, not after
-            learner = _load_learner(run_dir, checkpoint, request.n_way).to(dist.device)
+            learner = _load_learner(run_dir, checkpoint, request.n_way)
+            if dist.device.type != "cpu":
+                learner.to(dist.device)
             result = evaluate_episodes(
                 learner, eset.episodes, policy=request.policy, channels_last=cfg.train.channels_last,
                 progress=progress, dist=dist,

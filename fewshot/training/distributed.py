@@ -153,17 +153,18 @@ def from_env(device: torch.device | str | None = None) -> Distributed:
 
     Args:
         device: where the model lives (``cpu``, ``cuda``); picks the backend. A CUDA device gets the rank's local
-            GPU (``cuda:LOCAL_RANK``). Default CPU.
+            GPU (``cuda:LOCAL_RANK``). ``None``: the CPU for the backend, and callers leave the model where it is.
 
     Returns:
-        This process's :class:`Distributed`. Calling it again in the same process returns the same group.
+        This process's :class:`Distributed` (one process: :data:`SINGLE`, or one carrying ``device``). Calling it
+        again in the same process returns the same group.
 
     Raises:
         DistributedError: an incomplete or inconsistent environment (e.g. ``RANK`` missing or ``RANK >=
             WORLD_SIZE``), or the other ranks did not join within the timeout.
     """
     if os.environ.get("WORLD_SIZE") in (None, "", "1"):
-        return SINGLE
+        return SINGLE if device is None else Distributed(device=torch.device(device))
     missing = [k for k in _ENV_KEYS if not os.environ.get(k)]
     if missing:
         raise DistributedError(

@@ -111,8 +111,10 @@ class _Trainer:
         val_split: ClassSplit | None,
         runs_root: str | Path | None,
         dist: Distributed,
+        device_requested: bool = False,
     ) -> None:
-        self.dist = dist
+        self.dist, self._device_requested = dist, device_requested
+        self.device = dist.device
         self.cfg, self.run_dir, self.resume, self.quiet, self.callback = cfg, Path(run_dir), resume, quiet, callback
         self._given_splits, self._runs_root = (train_split, val_split), runs_root
         self.state = TrainState()
@@ -193,7 +195,9 @@ class _Trainer:
         random.seed(cfg.seed)
         self.learner = build_learner(cfg, t.n_way, train_split.image_shape, train_split.class_names)
         check_learner(self.learner, dist.world_size)
-        self.learner.to(dist.device)
+        if self._device_requested:  # else the model stays where it was built, and the episodes follow it
+            self.learner.to(dist.device)
+        self.device = next(self.learner.parameters()).device
         init_info = None
         if cfg.model.init_from is not None and not self.resume:  # a resumed run restores its own weights
             init_info = load_backbone_weights(self.learner, cfg.model.init_from)
@@ -364,7 +368,7 @@ class _Trainer:
         policy, correct, total = self.cfg.eval.norm_policy, 0, 0
         episodes = self.val_set.episodes
         for i in split_evenly(len(episodes), self.dist):
-            ep = _to_device(episodes[i], self.dist.device)
+            ep = _to_device(episodes[i], self.device)
             logits = self.learner.predict(ep, policy=policy)
             correct += int((logits.argmax(-1) == ep.query_y).sum())
             total += int(ep.query_y.numel())
@@ -399,7 +403,7 @@ class _Trainer:
         """Meta-step on episodes ``start .. start + meta_batch - 1``: (metrics, lr used, model start, model end)."""
         t, dist = self.cfg.train, self.dist
         self._in_step = True
-        batch = [_to_device(self.sampler[i], dist.device) for i in local_episodes(start, t.meta_batch, dist)]
+        batch = [_to_device(self.sampler[i], self.device) for i in local_episodes(start, t.meta_batch, dist)]
         t1 = _clock()
         lr = self._lr()
         self.optimizer.zero_grad(set_to_none=True)
@@ -551,8 +555,9 @@ def train(
         train_split: use this split instead of loading ``cfg.data.train_split`` (tests, notebooks).
         val_split: likewise for ``cfg.data.val_split`` (ignored when it is ``null``).
         runs_root: where ``_episode_sets/`` lives (default ``$FEWSHOT_RUNS`` or ``./runs``).
-        device: where the model and episodes live (default: the config's ``device`` if it has one, else the CPU);
-            under ``torchrun`` it also picks the backend (``gloo`` for CPU, ``nccl`` for CUDA).
+        device: where the model and episodes live (default: the config's ``device`` if it has one, else where
+            the learner is built); under ``torchrun`` it also picks the backend (``gloo`` for CPU, ``nccl`` for
+            CUDA).
 
     Returns:
         The :class:`TrainResult` (status ``finished`` or ``stopped_budget``).
@@ -566,10 +571,11 @@ def train(
         StorageError: the run directory cannot be written (checked before loading data) or a write failed.
         DistributedError: under ``torchrun``, the ranks could not start together or a rank stopped answering.
     """
-    dist = from_env(device if device is not None else getattr(cfg, "device", None))
+    requested = device if device is not None else getattr(cfg, "device", None)
+    dist = from_env(requested)
     trainer = _Trainer(
         cfg, Path(run_dir), resume=resume, quiet=quiet, callback=callback, train_split=train_split,
-        val_split=val_split, runs_root=runs_root, dist=dist,
+        val_split=val_split, runs_root=runs_root, dist=dist, device_requested=requested is not None,
     )  # fmt: skip
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)

@@ -14,7 +14,7 @@ bench = load_benchmark("bench_distributed")
 
 
 def test_prints_and_writes_csv(tmp_path, monkeypatch, capsys) -> None:
-    row = bench.DistRow("protonet-conv4-batchnorm", 4, 3, 2, 0.5, 0.25, 2.0, 447808, 8264, 16)
+    row = bench.DistRow("protonet-conv4-batchnorm", 4, 3, 2, 0.6, 0.5, 0.25, 2.0, 1.2, 2.4, 447808, 8264, 16)
     monkeypatch.setattr(bench, "run", lambda **kw: [row])
     out = tmp_path / "bench_distributed.csv"
     assert main(["bench", "distributed", "--steps", "1", "--write", "--out", str(out)]) == 0
