@@ -113,10 +113,10 @@ def _counting(dist, counter: _Counter):  # noqa: ANN001, ANN202 - a Distributed 
 
 def _time_steps(config: str, dist, steps: int, counter: _Counter) -> list[float]:  # noqa: ANN001
     """Seconds of ``1 + steps`` meta-steps (the first untimed) as the trainer takes them, on ``dist``'s share."""
-    from fewshot.learners.base import gathering_episode_stats
+    from fewshot.learners.base import syncing_norm_stats
     from fewshot.training.meta_step_sync import (
+        NormStatsSync,
         average_gradients,
-        episode_stats_gatherer,
         local_episodes,
         mean_over_ranks,
     )
@@ -131,7 +131,7 @@ def _time_steps(config: str, dist, steps: int, counter: _Counter) -> list[float]
         batch = _episodes(share.start, len(share))
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with gathering_episode_stats(episode_stats_gatherer(dist)):
+        with syncing_norm_stats(NormStatsSync(dist) if dist.active else None):
             loss, metrics = learner.meta_loss(batch, policy="running")
         mean_over_ranks(metrics, dist)
         loss.backward()

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     def maml(n_query: int, **kwargs) -> Callable[[], None]:
         backbone = backbones.create("conv4_maml", in_channels=1, norm="batchnorm")
         learner = learners.create("maml", backbone, n_way=5, image_size=28, inner_lr=0.4, inner_steps=1, **kwargs)
-        return _train_step(learner, [_episode(5, 1, n_query, seed=s) for s in range(32)], "batch")
+        return _train_step(learner, [_episode(5, 1, n_query, seed=s) for s in range(32)], "transductive")
 
     def protonet(channels_last: bool) -> tuple[Callable[[], None], Callable[[], None]]:
         learner = learners.create("protonet", backbones.create("conv4", in_channels=1), channels_last=channels_last)

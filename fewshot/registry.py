@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from fewshot.errors import UnknownNameError
 
-__all__ = ["Registry", "option_label"]
+__all__ = ["Registry", "accepted_options", "check_options", "option_label"]
 
 
 def _key(name: str) -> str:
@@ -103,3 +104,54 @@ def option_label(name: str, options: Mapping[str, Any] | None = None) -> str:
     """
     opts = ",".join(f"{k}={v}" for k, v in sorted((options or {}).items()))
     return f"{name}[{opts}]" if opts else name
+
+
+def accepted_options(obj: Callable[..., Any], *, exclude: tuple[str, ...] = ()) -> tuple[tuple[str, ...], bool]:
+    """The keyword options a constructor or function takes: ``(names in signature order, takes **kwargs)``.
+
+    The one place fewshot reads signatures to check options (norm layers' ``_init_layer``, backbones, learners,
+    dataset loaders, config sections). Positional-only and ``*args`` parameters are not options.
+
+    Args:
+        obj: a class (its ``__init__``) or a function.
+        exclude: names the caller supplies itself (e.g. ``"backbone"``), left out of the list.
+
+    Example:
+        >>> def load(path, *, size=28, **extra): ...
+        >>> accepted_options(load, exclude=("path",))
+        (('size',), True)
+    """
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: accept anything, as the callee will check
+        return (), True
+    names = tuple(
+        p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in exclude
+    )
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def check_options(
+    given: Mapping[str, Any] | Iterator[str] | tuple[str, ...] | list[str],
+    accepted: tuple[str, ...] | list[str],
+    *,
+    owner: str,
+    error: type[Exception] = TypeError,
+) -> None:
+    """Raise ``error`` naming the options of ``given`` that ``accepted`` lacks, a close match and every option.
+
+    Example:
+        >>> check_options({"hiden": 32}, ("hidden",), owner="backbone 'conv4'")
+        Traceback (most recent call last):
+        ...
+        TypeError: backbone 'conv4' got unknown option(s) 'hiden' (did you mean 'hidden'?); accepted options: hidden
+    """
+    unknown = [k for k in given if k not in accepted]
+    if not unknown:
+        return
+    close = difflib.get_close_matches(unknown[0], list(accepted), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise error(
+        f"{owner} got unknown option(s) {', '.join(repr(u) for u in sorted(unknown))}{hint}; accepted options: "
+        f"{', '.join(accepted) or '(none)'}"
+    )

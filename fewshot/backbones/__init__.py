@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +22,7 @@ from torch import nn
 from fewshot.backbones import conv4 as conv4
 from fewshot.backbones import resnet12 as resnet12
 from fewshot.backbones._registry import BACKBONES as BACKBONES
+from fewshot.registry import accepted_options, check_options
 
 __all__ = ["BACKBONES", "create", "names"]
 
@@ -58,12 +58,6 @@ def create(
         TypeError: if a keyword is not an option of that backbone (the message lists its options).
     """
     cls = BACKBONES.get(name)
-    params = inspect.signature(cls).parameters
-    accepted = [p for p in params if p not in ("in_channels", "norm", "norm_kwargs")]
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise TypeError(
-            f"backbone {BACKBONES.canonical(name)!r} got unknown option(s) {', '.join(map(repr, unknown))}; "
-            f"its options are: {', '.join(accepted) or '(none)'}"
-        )
+    accepted, _ = accepted_options(cls, exclude=("in_channels", "norm", "norm_kwargs"))
+    check_options(kwargs, accepted, owner=f"backbone {BACKBONES.canonical(name)!r}")
     return cls(in_channels, norm=norm, norm_kwargs=norm_kwargs, **kwargs)

@@ -17,7 +17,6 @@ read as JSON when they parse (numbers, booleans, lists), else as strings.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 from typing import Any
@@ -26,6 +25,7 @@ from episodes.datasets import get_dataset, load_split
 from episodes.fixed import FixedEpisodes, make_fixed_episodes
 from episodes.split import ClassSplit
 from fewshot.errors import ConfigError
+from fewshot.registry import accepted_options
 
 __all__ = ["register", "run", "parse_options", "check_options", "format_episodes"]
 
@@ -70,10 +70,9 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 def check_options(dataset: str, options: dict[str, Any]) -> None:
     """Raise ConfigError if the dataset's loader takes no keyword argument named like an option."""
-    params = inspect.signature(get_dataset(dataset).load).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    accepted, takes_any = accepted_options(get_dataset(dataset).load, exclude=("protocol", "split", "data_root"))
+    if takes_any:
         return
-    accepted = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
     for key in options:
         if key not in accepted:
             raise ConfigError(

@@ -14,8 +14,6 @@ from fewshot.config.loader import load_config as load_config
 from fewshot.config.loader import parse_override as parse_override
 from fewshot.config.loader import read_config as read_config
 from fewshot.config.loader import save_config as save_config
-from fewshot.config.schema import EVAL_NORM_POLICIES as EVAL_NORM_POLICIES
-from fewshot.config.schema import TRAIN_NORM_POLICIES as TRAIN_NORM_POLICIES
 from fewshot.config.schema import DataConfig as DataConfig
 from fewshot.config.schema import EvalConfig as EvalConfig
 from fewshot.config.schema import ExperimentConfig as ExperimentConfig
@@ -26,8 +24,6 @@ from fewshot.config.validate import validate_config as validate_config
 
 __all__ = [
     "SHORTHANDS",
-    "EVAL_NORM_POLICIES",
-    "TRAIN_NORM_POLICIES",
     "DataConfig",
     "EvalConfig",
     "ExperimentConfig",

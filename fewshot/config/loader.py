@@ -40,6 +40,7 @@ __all__ = [
     "save_config",
     "parse_override",
     "diff_configs",
+    "with_current_names",
 ]
 
 #: ``--set`` shorthands: short key -> dotted key.
@@ -230,7 +231,7 @@ def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
     """
     from fewshot.config.validate import validate_config
 
-    tree = _merge({}, data, ExperimentConfig, "", "the config")
+    tree = _merge({}, with_current_names(data), ExperimentConfig, "", "the config")
     missing: list[str] = []
     cfg = _build(ExperimentConfig, tree, "", missing)
     if missing:
@@ -305,6 +306,42 @@ def with_added_keys(tree: Mapping[str, Any]) -> dict[str, Any]:
     for (section, key), value in ADDED_KEYS.items():
         if isinstance(out.get(section), dict):
             out[section].setdefault(key, value)
+    return out
+
+
+#: Values renamed after configs and runs were recorded: ``{(section, key): {old value: current value}}``
+#: (``model.norm_kwargs`` is searched for ``policy``). fewshot before 0.3 called the ``transductive``
+#: normalization policy ``batch`` in ``train.norm_policy`` and in the layers' ``policy`` option.
+RENAMED_VALUES: dict[tuple[str, str], dict[str, str]] = {
+    ("train", "norm_policy"): {"batch": "transductive"},
+    ("eval", "norm_policy"): {"batch": "transductive"},
+    ("model", "norm_kwargs.policy"): {"batch": "transductive"},
+}
+
+
+def with_current_names(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A config tree with every renamed value (:data:`RENAMED_VALUES`) under its current name.
+
+    The one place old names are read: configs from YAML (experiment files, ``--set`` overrides, a run's
+    ``config.yaml``) pass through it in :func:`config_from_dict`, the configs stored in checkpoints before
+    they are compared with ``config.yaml``. Past this boundary only the current names exist.
+
+    Example:
+        >>> with_current_names({"train": {"norm_policy": "batch"}})
+        {'train': {'norm_policy': 'transductive'}}
+    """
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
+    for (section, dotted), renames in RENAMED_VALUES.items():
+        node = out.get(section)
+        *parents, key = dotted.split(".")
+        for parent in parents:
+            if not isinstance(node, dict) or not isinstance(node.get(parent), Mapping):
+                node = None
+                break
+            node[parent] = dict(node[parent])  # a copy: the caller's tree is left as it was
+            node = node[parent]
+        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key] in renames:
+            node[key] = renames[node[key]]
     return out
 
 

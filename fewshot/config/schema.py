@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "TRAIN_NORM_POLICIES",
-    "EVAL_NORM_POLICIES",
     "DataConfig",
     "ModelConfig",
     "LearnerConfig",
@@ -27,14 +25,6 @@ __all__ = [
     "EvalConfig",
     "ExperimentConfig",
 ]
-
-#: Norm statistics policies for meta-training: ``running`` (batch statistics in train mode, running state
-#: updated), ``batch`` (always the current batch: transductive), ``support`` (statistics of the support set
-#: applied, frozen, to the query).
-TRAIN_NORM_POLICIES = ("running", "batch", "support")
-#: Norm statistics policies for meta-testing: ``running`` (the running state learnt in training),
-#: ``transductive`` (statistics of the query batch), ``support`` (statistics of the support set only).
-EVAL_NORM_POLICIES = ("running", "transductive", "support")
 
 
 @dataclass(frozen=True)
@@ -117,7 +107,8 @@ class TrainConfig:
         lr_step_episodes: multiply the learning rate by ``lr_gamma`` every this many episodes; ``null``: constant.
         lr_gamma: the factor of each learning-rate step.
         weight_decay: Adam weight decay.
-        norm_policy: norm statistics policy during meta-training (see :data:`TRAIN_NORM_POLICIES`).
+        norm_policy: norm statistics policy during meta-training: a :class:`fewshot.norms.Policy` name (``running``,
+            ``support``, ``transductive``; the older name ``batch`` is read as ``transductive``).
         whitening_rate_follows_lr: scale the whitening rate α of every SWBN layer by ``lr / train.lr`` whenever
             the schedule changes the learning rate (keeping α / lr constant, as the SWBN authors reportedly do).
         channels_last: put the model and its inputs in channels-last memory format (1.35-1.45x faster
@@ -164,7 +155,7 @@ class EvalConfig:
         n_query: query images per class.
         episodes: number of fixed evaluation episodes.
         seed: seed of the fixed episode files (validation and test).
-        norm_policy: norm statistics policy at meta-test (see :data:`EVAL_NORM_POLICIES`).
+        norm_policy: norm statistics policy at meta-test: a :class:`fewshot.norms.Policy` name.
         within_alphabet: draw all classes of an episode from one alphabet (Omniglot).
     """
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
-import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from fewshot.config.schema import EVAL_NORM_POLICIES, TRAIN_NORM_POLICIES, ExperimentConfig
+from fewshot.config.schema import ExperimentConfig
 from fewshot.errors import ConfigError, UnknownNameError
+from fewshot.norms.policy import Policy
+from fewshot.registry import accepted_options
 
 __all__ = ["validate_config", "resolve_name", "FRAMEWORK_LEARNER_KWARGS", "FRAMEWORK_BACKBONE_KWARGS"]
 
@@ -55,13 +56,9 @@ def resolve_name(kind: str, name: str, key: str) -> str:
 
 
 def _accepted(obj: Callable[..., Any]) -> tuple[set[str], bool] | None:
-    """(named keyword parameters, has **kwargs) of a constructor/factory, or None if not inspectable."""
-    try:
-        sig = inspect.signature(obj)
-    except (TypeError, ValueError):
-        return None
-    names = {p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return names, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    """(named keyword parameters, has **kwargs) of a constructor/factory (:func:`fewshot.registry.accepted_options`)."""
+    names, takes_any = accepted_options(obj)
+    return set(names), takes_any
 
 
 def _check_kwargs(
@@ -173,16 +170,9 @@ def _check_ranges(cfg: ExperimentConfig) -> list[str]:
     )  # fmt: skip
     need(0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "a factor in (0, 1]")
     need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "weight_decay >= 0")
-    hint = " ('transductive' is called 'batch' in training)" if t.norm_policy == "transductive" else ""
-    need(
-        t.norm_policy in TRAIN_NORM_POLICIES, "train.norm_policy", t.norm_policy,
-        f"one of {', '.join(TRAIN_NORM_POLICIES)}{hint}",
-    )  # fmt: skip
-    hint = " ('batch' is called 'transductive' at meta-test)" if e.norm_policy == "batch" else ""
-    need(
-        e.norm_policy in EVAL_NORM_POLICIES, "eval.norm_policy", e.norm_policy,
-        f"one of {', '.join(EVAL_NORM_POLICIES)}{hint}",
-    )  # fmt: skip
+    policies = [p.value for p in Policy]
+    need(t.norm_policy in policies, "train.norm_policy", t.norm_policy, f"one of {', '.join(policies)}")
+    need(e.norm_policy in policies, "eval.norm_policy", e.norm_policy, f"one of {', '.join(policies)}")
     need(
         t.val_every >= 1, "train.val_every", t.val_every,
         "val_every >= 1 (set data.val_split=null to turn validation off)",
@@ -222,13 +212,13 @@ def _resolve_data(cfg: ExperimentConfig) -> Any:
                     f"config key 'data.{key}': protocol {protocol!r} of dataset {dataset!r} has no split "
                     f"{value!r}; splits: {', '.join(splits)}"
                 )
-    from episodes.pixels import PixelNorm
-
-    PixelNorm.from_config(d.normalize)  # raises ConfigError naming data.normalize
     _check_kwargs(
         d.options, loader.load, "data.options", f"dataset {dataset!r} (its loader)",
         reserved=("protocol", "split", "data_root"),
     )  # fmt: skip
+    from episodes.pixels import PixelNorm
+
+    PixelNorm.from_config(d.normalize)  # raises ConfigError naming data.normalize
     return dataclasses.replace(d, dataset=dataset, protocol=protocol)
 
 

@@ -29,13 +29,14 @@ from torch import nn
 
 from episodes.episode import Episode
 from fewshot.evaluation.stats import MeanCI, mean_ci
+from fewshot.norms.policy import Policy
 from fewshot.training.distributed import SINGLE, Distributed, to_device
 from fewshot.training.meta_step_sync import split_evenly
 
 __all__ = ["POLICIES", "EvalResult", "check_policy", "evaluate_episodes", "state_snapshot", "assert_state_unchanged"]
 
-POLICIES = ("running", "support", "transductive")
-"""Normalization statistics policies accepted at test time."""
+POLICIES = tuple(p.value for p in Policy)
+"""Normalization statistics policies accepted at test time (the :class:`fewshot.norms.Policy` names)."""
 
 
 def check_policy(policy: str) -> str:

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from torch import nn
@@ -23,6 +22,7 @@ from fewshot.learners import maml as maml
 from fewshot.learners import protonet as protonet
 from fewshot.learners._registry import LEARNERS as LEARNERS
 from fewshot.learners.base import Learner as Learner
+from fewshot.registry import accepted_options, check_options
 
 __all__ = ["LEARNERS", "Learner", "create", "names"]
 
@@ -47,11 +47,6 @@ def create(name: str, backbone: nn.Module, **kwargs: Any) -> Learner:
         TypeError: a keyword that is not an option of that learner (the message lists its options).
     """
     cls = LEARNERS.get(name)
-    accepted = [p for p in inspect.signature(cls).parameters if p != "backbone"]
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise TypeError(
-            f"learner {LEARNERS.canonical(name)!r} got unknown option(s) {', '.join(map(repr, unknown))}; "
-            f"its options are: {', '.join(accepted)}"
-        )
+    accepted, _ = accepted_options(cls, exclude=("backbone",))
+    check_options(kwargs, accepted, owner=f"learner {LEARNERS.canonical(name)!r}")
     return cls(backbone, **kwargs)

@@ -10,17 +10,20 @@ How the inner loop is written. ``params = dict(named_parameters())``; every forw
 the outer ``backward()`` differentiates through ``torch.func.grad``. First order: the inner gradient is taken at
 detached parameters, so the query gradient at the adapted parameters is applied to the meta-parameters as is.
 
-How normalization state is handled: statistics in, next state out, nothing written during the forwards. Every
-forward reads the model's buffers through ``functional_call``'s buffer dictionary and runs inside
-``fewshot.norms.frozen_stats``. The inner loop's support loss returns, as the ``aux`` output of
-``torch.func.grad``, the batch statistics its forward collected (``fewshot.norms.collect``); those of the first
-inner step are the task's support statistics at the meta-parameters. After the meta-batch, the next state is
-computed from them and committed once (``fewshot.norms.next_state`` / ``commit``): by default one update per
-meta-step from the tasks' statistics merged (``norm_state_update="meta_batch"``, norms-spec §2.14: one W update per
-outer iteration, so SWBN's rate α means the same per optimizer step whatever the meta-batch), or one update per
-task in task order (``"task"``: 32 updates per meta-step at meta-batch 32, fewshot 0.1.0's behaviour). Every task
-of the meta-step reads the same state, whatever the option. Under the ``support`` policy, the statistics of a
-support forward at the adapted parameters are passed to the query forward (``fewshot.norms.using``).
+How normalization state is handled: state in, next state out, nothing written during the tasks' forwards.
+Every forward reads the model's buffers through ``functional_call``'s buffer dictionary and runs with state
+updates off, so every task of the meta-step reads the same state and the outer backward sees no buffer written
+under it (no snapshot is needed). After the meta-batch, the next state is computed as a value by
+``fewshot.norms.advance`` (one gradient-free train-mode forward of the backbone at the meta-parameters, on copies
+of the buffers) and written once by ``fewshot.norms.commit``: by default one update per meta-step on the
+meta-batch's support sets joined (``norm_state_update="meta_batch"``, norms-spec §2.14: one W update per outer
+iteration, so SWBN's rate α means the same per optimizer step whatever the meta-batch), or one update per task in
+task order, each from the state the previous one produced (``"task"``: fewshot 0.1.0's behaviour). Why a state
+pass rather than merging the tasks' statistics: beyond the first norm layer, a layer's input in a forward of the
+joined supports differs from its inputs in the tasks' forwards, so merged per-task statistics are not the
+statistics of the joined supports (docs/norm-state.md; tested). Under the ``support`` policy, the statistics of a
+support forward at the adapted parameters are passed to the query forward (``fewshot.norms.collect``/``using``).
+With ``vmap_tasks=True`` the meta-batch's tasks run as one ``torch.func.vmap`` over tasks of equal shapes.
 """
 
 from __future__ import annotations
@@ -40,11 +43,10 @@ from fewshot.learners.base import (
     Learner,
     check_episode,
     check_train_policy,
-    gather_episode_stats,
+    joined_batch_stats,
     predict_norm_policy,
     rowwise,
 )
-from fewshot.norms.flow import NormStats
 from fewshot.norms.policy import Policy
 from fewshot.norms.state import norm_layers
 
@@ -123,6 +125,9 @@ class MAML(Learner):
         channels_last: convert input images to the channels-last memory format.
         norm_state_update: when ``meta_loss`` updates the norm layers' state (see the module docstring):
             ``"meta_batch"`` (once per call, on all support sets concatenated) or ``"task"`` (once per task).
+        vmap_tasks: run the meta-batch's tasks as one ``torch.func.vmap`` over tasks instead of a Python loop
+            (the tasks must have equal shapes; batch statistics are per task, as in the loop). Same losses and
+            gradients as the loop to rounding (tested in float64 for BN and SWBN, second order).
 
     Example:
         >>> backbone = fewshot.backbones.create("conv4_maml")  # doctest: +SKIP
@@ -148,6 +153,7 @@ class MAML(Learner):
         head_init: str = "normal",
         channels_last: bool = False,
         norm_state_update: str = "meta_batch",
+        vmap_tasks: bool = False,
     ) -> None:
         super().__init__(backbone, channels_last=channels_last)
         self.n_way = _positive_int("n_way", n_way, 2)
@@ -166,6 +172,7 @@ class MAML(Learner):
                 f"{norm_state_update!r}; 'meta_batch' updates norm state once per meta-step, 'task' once per task"
             )
         self.norm_state_update = norm_state_update
+        self.vmap_tasks = bool(vmap_tasks)
         if head_init not in _HEAD_INITS:
             raise ValueError(f"maml head_init must be one of {', '.join(map(repr, _HEAD_INITS))}, got {head_init!r}")
         backbone_channels = getattr(backbone, "in_channels", None)
@@ -225,69 +232,52 @@ class MAML(Learner):
             return run(forward, xq)
 
     def _inner_loop(
-        self,
-        loss_fn: Callable[[Params], tuple[Tensor, NormStats]],
-        adapt: Params,
-        steps: int,
-        lr: float,
-        second_order: bool,
-    ) -> tuple[Params, NormStats]:
-        """``steps`` SGD steps ``θ ← θ − lr·∇loss_fn(θ)`` on the dict ``adapt``.
+        self, loss_fn: Callable[[Params], Tensor], adapt: Params, steps: int, lr: float, second_order: bool
+    ) -> Params:
+        """``steps`` SGD steps ``θ ← θ − lr·∇loss_fn(θ)`` on the dict ``adapt``; returns the adapted dict.
 
-        ``loss_fn`` returns ``(loss, norm statistics of its forward)``. Second order: ``torch.func.grad`` at the
-        live parameters, so the outer backward differentiates through the inner gradient. First order: the
-        gradient is taken at detached parameters and detached itself.
-
-        Returns:
-            The adapted dict, and the norm statistics of the first step (at ``adapt``; ``{}`` when ``steps`` is 0).
+        Second order: ``torch.func.grad`` at the live parameters, so the outer backward differentiates through the
+        inner gradient. First order: the gradient is taken at detached parameters and detached itself.
         """
-        grad_fn = torch.func.grad(loss_fn, has_aux=True)
-        first: NormStats = {}
-        for step in range(steps):
+        grad_fn = torch.func.grad(loss_fn)
+        for _ in range(steps):
             if second_order:
-                grads, stats = grad_fn(adapt)
+                grads = grad_fn(adapt)
             else:  # first order: the inner gradient is a constant for the outer backward
-                grads, stats = grad_fn({k: v.detach() for k, v in adapt.items()})
-                grads = {k: g.detach() for k, g in grads.items()}
-            if step == 0:
-                first = stats
+                grads = {k: g.detach() for k, g in grad_fn({k: v.detach() for k, v in adapt.items()}).items()}
             adapt = {k: adapt[k] - lr * grads[k] for k in adapt}
-        return adapt, first
+        return adapt
 
     def _task_logits(
-        self, episode: Episode, adapt: Params, fixed: Params, buffers: Params, how: _Adaptation
-    ) -> tuple[Tensor, NormStats]:
-        """Adapt on the support set; query logits ``(n_query_total, n_way)`` and the support's norm statistics.
-
-        The statistics are those of the support forward at the meta-parameters (what a state update reads).
-        """
-        xs, ys, xq = self.prepare(episode.support_x), episode.support_y, self.prepare(episode.query_x)
+        self, xs: Tensor, ys: Tensor, xq: Tensor, adapt: Params, fixed: Params, buffers: Params, how: _Adaptation
+    ) -> Tensor:
+        """Adapt on the (prepared) support images ``xs``; query logits ``(n_query_total, n_way)``."""
         if self.anil:
             return self._anil_logits(xs, ys, xq, adapt, fixed, buffers, how)
 
         def net(params: Params, x: Tensor) -> Tensor:
             return functional_call(self, (params, fixed, buffers), (x,), strict=True)
 
-        def support_loss(params: Params) -> tuple[Tensor, NormStats]:
-            with norms.collect(self) as stats:
-                loss = F.cross_entropy(net(params, xs), ys)
-            return loss, stats
+        def support_loss(params: Params) -> Tensor:
+            if how.norm_policy is not Policy.SUPPORT:
+                return F.cross_entropy(net(params, xs), ys)
+            with norms.collect(self):  # the support forward normalizes with its own statistics
+                return F.cross_entropy(net(params, xs), ys)
 
-        adapted, stats = self._inner_loop(support_loss, adapt, how.steps, how.lr, how.second_order)
-        return self._score_query(lambda x: net(adapted, x), xs, xq, how.norm_policy, how.rowwise_query), stats
+        adapted = self._inner_loop(support_loss, adapt, how.steps, how.lr, how.second_order)
+        return self._score_query(lambda x: net(adapted, x), xs, xq, how.norm_policy, how.rowwise_query)
 
     def _anil_logits(
         self, xs: Tensor, ys: Tensor, xq: Tensor, adapt: Params, fixed: Params, buffers: Params, how: _Adaptation
-    ) -> tuple[Tensor, NormStats]:
+    ) -> Tensor:
         """ANIL: backbone features once per task at the meta-parameters, inner loop on the head only."""
-        norm_policy, rowwise_query = how.norm_policy, how.rowwise_query
         strip = len("backbone.")
         backbone_state = (
             {k[strip:]: v for k, v in fixed.items() if k.startswith("backbone.")},
             {k[strip:]: v for k, v in buffers.items() if k.startswith("backbone.")},
         )
         head_fixed = {k: v for k, v in fixed.items() if k.startswith("head.")}
-        run = _query_runner(rowwise_query, norm_policy)
+        run = _query_runner(how.rowwise_query, how.norm_policy)
 
         def features(x: Tensor) -> Tensor:
             return functional_call(self.backbone, backbone_state, (x,), strict=True)
@@ -300,10 +290,10 @@ class MAML(Learner):
             support_f = features(xs)
         with norms.using(self, stats):  # under the support policy, the statistics collected just above
             query_f = run(features, xq)
-        adapted, _ = self._inner_loop(
-            lambda p: (F.cross_entropy(head_logits(p, support_f), ys), {}), adapt, how.steps, how.lr, how.second_order
+        adapted = self._inner_loop(
+            lambda p: F.cross_entropy(head_logits(p, support_f), ys), adapt, how.steps, how.lr, how.second_order
         )
-        return run(lambda f: head_logits(adapted, f), query_f), stats
+        return run(lambda f: head_logits(adapted, f), query_f)
 
     # ----------------------------------------------------------------- the learner API
     def meta_loss(self, episodes: Sequence[Episode], *, policy: str = "running") -> tuple[Tensor, dict[str, float]]:
@@ -321,36 +311,60 @@ class MAML(Learner):
         episodes = self._episodes(episodes)
         for ep in episodes:
             check_episode(ep, self.n_way)
-        losses, task_stats, correct, total = [], [], 0, 0
         how = _Adaptation(
             policy, self.inner_steps, self.inner_lr, second_order=not self.first_order, rowwise_query=False
         )
         with self.mode(training=True, norm_policy=policy, frozen=True):
             adapt, fixed = self._split_parameters()
             buffers = dict(self.named_buffers())
-            for ep in episodes:
-                logits, stats = self._task_logits(ep, adapt, fixed, buffers, how)
-                task_stats.append(stats)
-                losses.append(F.cross_entropy(logits, ep.query_y))
-                correct += int((logits.argmax(-1) == ep.query_y).sum())
-                total += ep.query_y.shape[0]
-        self._commit_norm_state(buffers, task_stats)
-        loss = torch.stack(losses).mean()
+            if self.vmap_tasks:
+                logits = self._vmapped_logits(episodes, adapt, fixed, buffers, how)
+            else:
+                logits = [
+                    self._task_logits(
+                        self.prepare(ep.support_x), ep.support_y, self.prepare(ep.query_x), adapt, fixed, buffers, how
+                    )
+                    for ep in episodes
+                ]
+            self._update_norm_state(episodes)
+        loss = torch.stack([F.cross_entropy(lg, ep.query_y) for lg, ep in zip(logits, episodes, strict=True)]).mean()
+        correct = sum(int((lg.argmax(-1) == ep.query_y).sum()) for lg, ep in zip(logits, episodes, strict=True))
+        total = sum(ep.query_y.shape[0] for ep in episodes)
         return loss, {"loss": loss.item(), "acc": correct / total}
 
-    def _commit_norm_state(self, buffers: Params, task_stats: list[NormStats]) -> None:
-        """The meta-step's one state change: next state from the tasks' support statistics, committed (guarded)."""
+    def _vmapped_logits(
+        self, episodes: Sequence[Episode], adapt: Params, fixed: Params, buffers: Params, how: _Adaptation
+    ) -> list[Tensor]:
+        """Every task's query logits from one ``torch.func.vmap`` over the stacked tasks (equal shapes needed)."""
+        shapes = {(tuple(ep.support_x.shape), tuple(ep.query_x.shape)) for ep in episodes}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"maml vmap_tasks=True needs the meta-batch's tasks in equal shapes, got (support, query) shapes "
+                f"{sorted(shapes)}; sample the meta-batch with one n_way, n_shot and n_query, or set vmap_tasks=False"
+            )
+
+        def task(xs: Tensor, ys: Tensor, xq: Tensor) -> Tensor:
+            return self._task_logits(xs, ys, xq, adapt, fixed, buffers, how)
+
+        stacked = torch.func.vmap(task)(
+            torch.stack([self.prepare(ep.support_x) for ep in episodes]),
+            torch.stack([ep.support_y for ep in episodes]),
+            torch.stack([self.prepare(ep.query_x) for ep in episodes]),
+        )
+        return list(stacked.unbind(0))
+
+    def _update_norm_state(self, episodes: Sequence[Episode]) -> None:
+        """The meta-step's one state change: the next state from the supports (module docstring), committed."""
         if not any(layer.track_running_stats for layer in norm_layers(self)):
             return
-        task_stats = gather_episode_stats(task_stats)  # every rank's tasks, in episode order (one process: these)
-        if self.norm_state_update == "task":
-            state: Params = dict(buffers)
-            for stats in task_stats:
-                state.update(norms.next_state(self, stats, state))
-            norms.commit(self, {k: v for k, v in state.items() if v is not buffers[k]})
-            return
-        merged = norms.merge(self, task_stats)
-        norms.commit(self, norms.next_state(self, merged, buffers), merged)
+        supports = [self.prepare(ep.support_x) for ep in episodes]
+        if self.norm_state_update == "meta_batch":
+            supports = [torch.cat(supports)]
+        state = dict(self.backbone.named_buffers())
+        with joined_batch_stats(self.backbone):  # several ranks: each layer's statistics over every rank's supports
+            for xs in supports:
+                state = norms.advance(self.backbone, xs, state)
+        norms.commit(self.backbone, state)
 
     def predict(self, episode: Episode, *, policy: str = "running") -> Tensor:
         """Adapt on the support set and return query logits ``(n_way * n_query, n_way)``; changes no model state.
@@ -364,15 +378,17 @@ class MAML(Learner):
         with torch.no_grad(), self.mode(training=False, norm_policy=norm_policy, frozen=True):
             adapt, fixed = self._split_parameters()
             return self._task_logits(
-                episode, adapt, fixed, dict(self.named_buffers()),
+                self.prepare(episode.support_x), episode.support_y, self.prepare(episode.query_x), adapt, fixed,
+                dict(self.named_buffers()),
                 _Adaptation(norm_policy, self.eval_inner_steps, self.eval_inner_lr, second_order=False,
                             rowwise_query=True),
-            )[0]  # fmt: skip
+            )  # fmt: skip
 
     def extra_repr(self) -> str:
         return (
             f"n_way={self.n_way}, inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
             f"eval_inner_lr={self.eval_inner_lr}, eval_inner_steps={self.eval_inner_steps}, "
             f"first_order={self.first_order}, anil={self.anil}, adapt_norm={self.adapt_norm}, "
-            f"channels_last={self.channels_last}, norm_state_update={self.norm_state_update!r}"
+            f"channels_last={self.channels_last}, norm_state_update={self.norm_state_update!r}, "
+            f"vmap_tasks={self.vmap_tasks}"
         )

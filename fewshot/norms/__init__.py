@@ -7,7 +7,7 @@ constructor ``(num_features, *, eps, momentum, affine, track_running_stats, poli
 
 Entry points: ``create(name, num_features, **kwargs)``, ``names()``, ``convert(model, name, **kwargs)``,
 ``set_policy(model, policy)``, ``frozen_stats(model)``, the statistics flow (``collect``, ``using``,
-``merge``, ``next_state``, ``commit``: :mod:`fewshot.norms.flow`), ``notify_lr_scale(model, factor)``,
+``merge``, ``next_state``, ``advance``, ``commit``: :mod:`fewshot.norms.flow`), ``notify_lr_scale(model, factor)``,
 ``whiteness(x)`` and ``collect_whiteness(model, x)``.
 """
 
@@ -23,6 +23,7 @@ from fewshot.norms.base import NormLayer as NormLayer
 from fewshot.norms.convert import convert as convert
 from fewshot.norms.diagnostics import collect_whiteness as collect_whiteness
 from fewshot.norms.diagnostics import whiteness as whiteness
+from fewshot.norms.flow import advance as advance
 from fewshot.norms.flow import collect as collect
 from fewshot.norms.flow import commit as commit
 from fewshot.norms.flow import merge as merge
@@ -40,6 +41,7 @@ __all__ = [
     "NORM_LAYERS",
     "NormLayer",
     "Policy",
+    "advance",
     "collect",
     "collect_whiteness",
     "commit",

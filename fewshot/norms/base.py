@@ -51,7 +51,6 @@ How to write a layer
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from typing import Any, ClassVar
@@ -62,6 +61,7 @@ from torch import Tensor, nn
 from fewshot.norms import functional as FN
 from fewshot.norms.flow import current_flow
 from fewshot.norms.policy import Policy
+from fewshot.registry import accepted_options, check_options
 
 __all__ = ["NormLayer"]
 
@@ -108,7 +108,8 @@ class NormLayer(nn.Module):
         affine: learn a per-channel scale ``weight`` (ones) and shift ``bias`` (zeros); else both are ``None``.
         track_running_stats: keep running state buffers; else they are ``None`` and batch statistics are used
             in eval mode too.
-        policy: where statistics come from: ``"running"``, ``"batch"`` or ``"support"`` (module docstring);
+        policy: where statistics come from: ``"running"``, ``"support"`` or ``"transductive"``
+            (:class:`~fewshot.norms.policy.Policy`);
             ``None`` means ``"running"``, or the layer's ``fixed_policy`` if it has one.
         device: device of the parameters and buffers.
         dtype: floating dtype of the parameters and buffers (``num_batches_tracked`` is always long).
@@ -150,13 +151,7 @@ class NormLayer(nn.Module):
             raise ValueError(f"{name}: eps must be a finite number >= 0, got {eps!r}")
         if momentum is not None and not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
             raise ValueError(f"{name}: momentum must be in [0, 1] or None (cumulative average), got {momentum!r}")
-        accepted = self.layer_options()
-        unknown = sorted(set(options) - set(accepted))
-        if unknown:
-            raise TypeError(
-                f"{name} got unknown option(s) {', '.join(repr(u) for u in unknown)}; accepted options: "
-                f"{', '.join((*_COMMON_OPTIONS, *accepted))}"
-            )
+        check_options(options, (*_COMMON_OPTIONS, *self.layer_options()), owner=name)
         factory_kwargs = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = float(eps)
@@ -242,8 +237,7 @@ class NormLayer(nn.Module):
     @classmethod
     def layer_options(cls) -> tuple[str, ...]:
         """Names of the layer-specific keyword options (the keyword-only parameters of ``_init_layer``)."""
-        params = inspect.signature(cls._init_layer).parameters.values()
-        return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+        return accepted_options(cls._init_layer, exclude=("self", "factory_kwargs"))[0]
 
     def _validate_policy(self, policy: object) -> Policy:
         name = type(self).__name__

@@ -57,7 +57,9 @@ class BatchWhitening(NormLayer):
     state_buffers = ("running_mean", "running_wm")
     default_group_size: ClassVar[int] = 16
 
-    def _init_groups(self, group_size: int | None) -> None:
+    def _init_groups(self, group_size: int | None, groups: int | None = None) -> None:
+        name = type(self).__name__
+        group_size = WM.native_grouping(self.num_features, groups, group_size, native="group_size", layer=name)
         self.group_size = WM.resolve_group_size(
             self.num_features, group_size, self.default_group_size, layer=type(self).__name__
         )
@@ -153,11 +155,22 @@ class DBN(BatchWhitening):
         torch.Size([20, 32])
     """
 
-    hparams = ("group_size",)
+    hparams = ("group_size", "groups")
     default_group_size = 16
 
-    def _init_layer(self, factory_kwargs: dict[str, Any], *, group_size: int | None = None) -> None:
-        self._init_groups(group_size)
+    def _init_layer(
+        self, factory_kwargs: dict[str, Any], *, group_size: int | None = None, groups: int | None = None
+    ) -> None:
+        self._init_groups(group_size, groups)
 
     def _inv_sqrt(self, sigma: Tensor) -> Tensor:
-        return WM.zca_inv_sqrt(sigma, self.eps)
+        """ZCA of each group; a group whose covariance holds a NaN or infinity gets the identity instead.
+
+        ``eigh`` cannot decompose a non-finite matrix (it raises or returns garbage), so such a group is
+        whitened by ``I`` (its output is non-finite anyway through the mean) and its statistics, non-finite,
+        make :meth:`~fewshot.norms.base.NormLayer.commit` skip the state update and warn, as for every
+        stateful layer. Written with ``torch.where`` (no branch on values), so it stays legal under ``vmap``.
+        """
+        eye = torch.eye(self.group_size, dtype=sigma.dtype, device=sigma.device)
+        finite = torch.isfinite(sigma).all(dim=-1, keepdim=True).all(dim=-2, keepdim=True)
+        return torch.where(finite, WM.zca_inv_sqrt(torch.where(finite, sigma, eye), self.eps), eye)

@@ -80,7 +80,7 @@ def collect_whiteness(model: nn.Module, x: Tensor, *args: Any, **kwargs: Any) ->
     with temporary forward hooks (removed afterwards, also on error), so no parameter, buffer or running state
     changes. Outputs include the layer's affine transform. Layers called through ``forward_with_state`` rather
     than ``__call__`` do not fire hooks and are not measured. A model with ``policy="support"`` layers must be
-    run inside a ``task_phase``.
+    run inside ``fewshot.norms.collect`` or ``using``.
 
     Args:
         model: any ``nn.Module`` containing NormLayers.

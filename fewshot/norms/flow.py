@@ -8,7 +8,12 @@
 * ``next_state(model, stats, buffers)`` — ``{buffer name: next value}`` for every layer with state in ``stats``,
   from ``buffers`` (the dictionary given to ``torch.func.functional_call``; default the module's own), pure.
 * ``commit(model, state, stats)`` — write a next state into the module's buffers (each layer's guarded ``commit``).
-* ``merge(model, parts)`` — the statistics of several batches (e.g. a meta-batch's support sets) as one.
+* ``merge(model, parts)`` — the statistics of several batches (e.g. a meta-batch's support sets, or the
+  processes of a distributed step) as one: exact for the layers' inputs as given.
+* ``advance(module, x, buffers)`` — the next state after one gradient-free train-mode forward of ``x``,
+  computed on copies of ``buffers``: every layer updates from the statistics of its own input, which the
+  layers before it produced with their updated state (what a plain training forward does). MAML's
+  once-per-meta-step update on the meta-batch's joined supports uses it (docs/norm-state.md).
 
 Nothing is stored on the modules: the flow of the innermost ``collect``/``using`` block lives in a context
 variable, so the same model can run under ``vmap``, ``grad`` and ``functional_call`` (the statistics come back
@@ -22,12 +27,14 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 if TYPE_CHECKING:
     from fewshot.norms.base import NormLayer
 
-__all__ = ["collect", "commit", "current_flow", "merge", "next_state", "using"]
+__all__ = ["advance", "collect", "commit", "current_flow", "merge", "next_state", "using"]
 
 NormStats = dict[str, Any]
 
@@ -155,3 +162,46 @@ def commit(model: nn.Module, state: Mapping[str, Tensor], stats: Mapping[str, An
         mine = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and "." not in k[len(prefix) :]}
         if mine:
             layer.commit(mine, None if stats is None else stats.get(path))
+
+
+def advance(module: nn.Module, x: Tensor, buffers: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """``{buffer name: next value}`` after one gradient-free forward of ``x`` that updates the norm state.
+
+    The forward runs through ``torch.func.functional_call`` on copies of ``buffers`` (default: the module's
+    own), inside :func:`collect` (so ``support``-policy layers take the batch's statistics) and with state
+    updates on for its duration; each layer's guarded ``commit`` writes into the copies, never into the module.
+    Run it with the module in train mode (``running``-policy layers read their state in eval mode).
+
+    Args:
+        module: the model (e.g. a learner's backbone).
+        x: the batch ``(N, C, H, W)``.
+        buffers: the state to start from, ``{name: tensor}`` as ``module.named_buffers()`` names them.
+
+    Returns:
+        The next value of every buffer of ``module`` (unchanged ones included); write it with :func:`commit`.
+
+    Example:
+        >>> from fewshot.norms import create
+        >>> layer = create("batchnorm", 3).train()
+        >>> state = advance(layer, torch.ones(4, 3))
+        >>> int(state["num_batches_tracked"]), int(layer.num_batches_tracked)  # the module is unchanged
+        (1, 0)
+        >>> commit(layer, state)
+        >>> int(layer.num_batches_tracked)
+        1
+    """
+    from fewshot.norms.base import NormLayer
+
+    source = dict(module.named_buffers()) if buffers is None else buffers
+    state = {k: v.detach().clone() for k, v in source.items()}
+    layers = [m for m in module.modules() if isinstance(m, NormLayer)]
+    saved = [(m, m.update_stats) for m in layers]
+    try:
+        for m in layers:
+            m.update_stats = True
+        with torch.no_grad(), collect(module):
+            functional_call(module, state, (x,), strict=False)
+    finally:
+        for m, value in saved:
+            m.update_stats = value
+    return state

@@ -36,7 +36,8 @@ class GroupWhitening(NormLayer):
     so train and eval modes agree and every statistics policy gives the same result (``per_sample = True``).
 
     Note the whitened dimension here is the *number of groups* ``G`` (rows decorrelated from each other), while
-    in SWBN, DBN and IterNorm it is the group size; hence the option is ``groups``. The ridge ``eps·I`` (absent
+    in SWBN, DBN and IterNorm it is the group size; hence its own option is ``groups``
+    (``group_size = C // groups`` is accepted too). The ridge ``eps·I`` (absent
     from the official code) makes ``groups=1`` exactly LayerNorm with the same ``eps`` and keeps constant
     samples finite. With ``T = 5`` the output is under-whitened like IterNorm (diagonal ≈ 0.59 for 64
     isotropic groups); use ``T ≥ 10`` when whiteness itself matters.
@@ -60,13 +61,22 @@ class GroupWhitening(NormLayer):
 
     per_sample = True
     reproduces_bn_after_convert = False
-    hparams = ("groups", "T")
+    hparams = ("groups", "group_size", "T")
 
-    def _init_layer(self, factory_kwargs: dict[str, Any], *, groups: int | None = None, T: int = 5) -> None:  # noqa: N803
+    def _init_layer(
+        self,
+        factory_kwargs: dict[str, Any],
+        *,
+        groups: int | None = None,
+        group_size: int | None = None,
+        T: int = 5,  # noqa: N803
+    ) -> None:
         name = type(self).__name__
         if isinstance(T, bool) or not isinstance(T, int) or T < 0:
             raise ValueError(f"{name}: T (Newton iterations) must be an int >= 0, got {T!r}")
+        groups = WM.native_grouping(self.num_features, groups, group_size, native="groups", layer=name)
         self.groups = WM.resolve_group_size(self.num_features, groups, DEFAULT_GROUPS, layer=name, option="groups")
+        self.group_size = self.num_features // self.groups
         self.T = T
 
     def _batch_stats(self, x: Tensor) -> GroupWhiteningStats:

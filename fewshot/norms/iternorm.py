@@ -48,13 +48,20 @@ class IterNorm(BatchWhitening):
         torch.Size([8, 32, 4, 4])
     """
 
-    hparams = ("group_size", "T")
+    hparams = ("group_size", "groups", "T")
     default_group_size = 64
 
-    def _init_layer(self, factory_kwargs: dict[str, Any], *, group_size: int | None = None, T: int = 5) -> None:  # noqa: N803
+    def _init_layer(
+        self,
+        factory_kwargs: dict[str, Any],
+        *,
+        group_size: int | None = None,
+        groups: int | None = None,
+        T: int = 5,  # noqa: N803
+    ) -> None:
         if isinstance(T, bool) or not isinstance(T, int) or T < 0:
             raise ValueError(f"{type(self).__name__}: T (Newton iterations) must be an int >= 0, got {T!r}")
-        self._init_groups(group_size)
+        self._init_groups(group_size, groups)
         self.T = T
 
     def _inv_sqrt(self, sigma: Tensor) -> Tensor:

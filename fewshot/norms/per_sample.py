@@ -14,6 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from fewshot.norms import functional as FN
+from fewshot.norms import whitening_math as WM
 from fewshot.norms.base import NormLayer
 from fewshot.norms.functional import Moments
 from fewshot.norms.registry import NORM_LAYERS
@@ -108,6 +109,8 @@ class GroupNorm(_PerSampleNorm):
             ``num_features`` that is ``≤ groups`` (see :func:`resolve_groups`), so the default works for any
             channel count; ``layer.groups`` is the count used. ``groups=1`` is LayerNorm, ``groups=C``
             InstanceNorm.
+        group_size: channels per group instead (exactly ``groups = C // group_size``; see
+            :func:`~fewshot.norms.whitening_math.native_grouping`).
         Other arguments: see :class:`~fewshot.norms.base.NormLayer` (no running state).
 
     Shape:
@@ -118,10 +121,14 @@ class GroupNorm(_PerSampleNorm):
         24
     """
 
-    hparams = ("groups",)
+    hparams = ("groups", "group_size")
 
-    def _init_layer(self, factory_kwargs: dict[str, Any], *, groups: int = 32) -> None:
-        self.groups = resolve_groups(self.num_features, groups)
+    def _init_layer(
+        self, factory_kwargs: dict[str, Any], *, groups: int | None = None, group_size: int | None = None
+    ) -> None:
+        groups = WM.native_grouping(self.num_features, groups, group_size, native="groups", layer="GroupNorm")
+        self.groups = resolve_groups(self.num_features, 32 if groups is None else groups)
+        self.group_size = self.num_features // self.groups
 
     def _batch_stats(self, x: Tensor) -> Moments:
         return FN.group_moments(x, self.groups)

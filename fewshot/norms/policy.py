@@ -8,15 +8,15 @@
 * ``transductive``: the current batch's own statistics, in train and eval mode (the query batch normalizes
   itself; predictions depend on the other queries).
 
-``batch`` is the name configs used for ``transductive`` before fewshot 0.3; :func:`from_config` maps it (the only
-place that knows it), so committed configs and recorded runs keep loading.
+``batch``, the name configs used for ``transductive`` before fewshot 0.3, is mapped where configs are read
+(:func:`fewshot.config.loader.with_current_names`), the only place that knows it.
 """
 
 from __future__ import annotations
 
 import enum
 
-__all__ = ["CONFIG_ALIASES", "Policy", "from_config"]
+__all__ = ["Policy"]
 
 
 class Policy(str, enum.Enum):
@@ -40,27 +40,4 @@ class Policy(str, enum.Enum):
         try:
             return cls(value)
         except ValueError:
-            hint = f" ('{value}' is the config name of 'transductive')" if value in CONFIG_ALIASES else ""
-            raise ValueError(
-                f"{where} must be one of {', '.join(repr(p.value) for p in cls)}, got {value!r}{hint}"
-            ) from None
-
-
-#: Names accepted in configs and on the command line besides the :class:`Policy` names.
-CONFIG_ALIASES: dict[str, Policy] = {"batch": Policy.TRANSDUCTIVE}
-
-
-def from_config(value: object, *, key: str) -> Policy:
-    """The policy a config value names, aliases included (``batch`` → ``transductive``).
-
-    Args:
-        value: the config value.
-        key: the config key, for the error message (e.g. ``"train.norm_policy"``).
-
-    Example:
-        >>> from_config("batch", key="train.norm_policy")
-        <Policy.TRANSDUCTIVE: 'transductive'>
-    """
-    if isinstance(value, str) and value in CONFIG_ALIASES:
-        return CONFIG_ALIASES[value]
-    return Policy.parse(value, where=f"config key {key!r}")
+            raise ValueError(f"{where} must be one of {', '.join(repr(p.value) for p in cls)}, got {value!r}") from None

@@ -124,6 +124,8 @@ class SWBN(NormLayer):
             :class:`~fewshot.norms.base.NormLayer`.
         group_size: channels per group ``g`` (default 16; larger than ``num_features`` → one group; see
             :func:`~fewshot.norms.whitening_math.resolve_group_size`).
+        groups: number of groups instead (exactly ``group_size = C // groups``; see
+            :func:`~fewshot.norms.whitening_math.native_grouping`).
         alpha: whitening rate ``α ≥ 0`` (``0`` freezes ``W`` and gives BN).
         criterion: ``"kl"`` or ``"fro"``.
         tau: floor of ``‖E‖_F`` in the Fro step.
@@ -141,19 +143,21 @@ class SWBN(NormLayer):
     """
 
     state_buffers = ("running_mean", "running_var", "whitening_matrix")
-    hparams = ("group_size", "alpha", "criterion", "tau", "shrinkage")
+    hparams = ("group_size", "groups", "alpha", "criterion", "tau", "shrinkage")
 
     def _init_layer(
         self,
         factory_kwargs: dict[str, Any],
         *,
         group_size: int | None = None,
+        groups: int | None = None,
         alpha: float = DEFAULT_ALPHA,
         criterion: str = "kl",
         tau: float = 1e-12,
         shrinkage: float = 0.0,
     ) -> None:
         name = type(self).__name__
+        group_size = WM.native_grouping(self.num_features, groups, group_size, native="group_size", layer=name)
         self.group_size = WM.resolve_group_size(self.num_features, group_size, DEFAULT_GROUP_SIZE, layer=name)
         self.groups = self.num_features // self.group_size
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
@@ -176,7 +180,7 @@ class SWBN(NormLayer):
         if not self.track_running_stats:
             warnings.warn(
                 "SWBN with track_running_stats=False keeps no whitening matrix, so it is batch-statistics BN; for a "
-                "transductive SWBN that still learns W use policy='batch' with track_running_stats=True",
+                "transductive SWBN that still learns W use policy='transductive' with track_running_stats=True",
                 stacklevel=4,
             )
 

@@ -61,29 +61,29 @@ class TaskNorm(NormLayer):
 
     Where the context comes from:
 
-    * ``policy="support"`` (the intended use, non-transductive): the support set, cached in
-      ``task_phase(model, "support")`` and applied to each query example in ``task_phase(model, "query")``
-      together with that example's own instance moments; query outputs do not depend on other queries.
-    * ``policy="running"`` or ``"batch"``: the current batch itself, in train and eval mode (TaskNorm keeps no
+    * ``policy="support"`` (the intended use, non-transductive): the support set's statistics, collected with
+      ``fewshot.norms.collect(model)`` and applied to each query example inside ``fewshot.norms.using(model,
+      stats)`` together with that example's own instance moments; query outputs do not depend on other queries.
+    * ``policy="running"`` or ``"transductive"``: the current batch itself, in train and eval mode (TaskNorm keeps no
       running state, ``track_running_stats`` is always False); this is transductive.
 
     Differences from the official code: variances are biased (the official code uses ``torch.var``'s unbiased
     default), so that ``α = 1`` equals BN/MetaBN and ``α = 0`` equals ``F.instance_norm`` exactly; the context
-    is marked by ``task_phase`` instead of train/eval switching. The running buffers of the official
+    is passed as a value (``collect``/``using``) instead of train/eval switching. The running buffers of the official
     ``BatchNorm2d`` base class are never used there and do not exist here.
 
     Args: see :class:`~fewshot.norms.base.NormLayer` (no layer-specific options).
 
     Shape:
-        input ``(N, C)`` or ``(N, C, H, W)``; ``N ≥ 2`` for a context forward, any ``N`` in a query phase.
+        input ``(N, C)`` or ``(N, C, H, W)``; ``N ≥ 2`` for a context forward, any ``N`` inside ``using``.
 
     Example:
         >>> import torch
-        >>> from fewshot.norms import task_phase
+        >>> from fewshot.norms import collect, using
         >>> layer = TaskNorm(8, policy="support")
-        >>> with task_phase(layer, "support"):
+        >>> with collect(layer) as stats:
         ...     _ = layer(torch.randn(5, 8, 4, 4))
-        >>> with task_phase(layer, "query"):
+        >>> with using(layer, stats):
         ...     layer(torch.randn(1, 8, 4, 4)).shape
         torch.Size([1, 8, 4, 4])
     """

@@ -83,6 +83,51 @@ def resolve_group_size(
     return value
 
 
+def native_grouping(
+    num_features: int, groups: int | None, group_size: int | None, *, native: str, layer: str
+) -> int | None:
+    """The value of a grouped layer's own option (``native``) from ``groups`` and/or ``group_size``.
+
+    Every grouped layer (``groupnorm``, ``groupwhiten``, ``dbn``, ``iternorm``, ``swbn``) takes both options,
+    so that one config names grouping one way across layers. The one the layer does not keep natively is
+    converted exactly (``group_size = C // groups``, ``groups = C // group_size``); it must divide ``C``.
+    Both given must agree (``groups · group_size = C``). Neither: ``None`` (the layer's default).
+
+    Args:
+        num_features: the channel count ``C``.
+        groups, group_size: the requested values (``None``: not given).
+        native: ``"groups"`` or ``"group_size"``, the option the layer resolves itself.
+        layer: layer name for messages.
+
+    Example:
+        >>> native_grouping(32, 4, None, native="group_size", layer="SWBN")
+        8
+        >>> native_grouping(32, None, 8, native="groups", layer="GroupNorm")
+        4
+    """
+    given = {"groups": groups, "group_size": group_size}
+    for option, value in given.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{layer}: {option} must be a positive int, got {value!r}")
+    if groups is not None and group_size is not None:
+        if groups * group_size != num_features:
+            raise ValueError(
+                f"{layer}: groups={groups} and group_size={group_size} disagree for num_features={num_features} "
+                f"(groups · group_size must equal it); pass only one of them"
+            )
+        return given[native]
+    other = "group_size" if native == "groups" else "groups"
+    if given[other] is None:
+        return given[native]
+    if num_features % given[other]:
+        divisors = [d for d in range(1, num_features + 1) if num_features % d == 0]
+        raise ValueError(
+            f"{layer}: {other}={given[other]} does not divide num_features={num_features}, so it gives no exact "
+            f"{native}; pick one of {divisors} or pass {native} instead"
+        )
+    return num_features // given[other]
+
+
 class _ChannelMoments(torch.autograd.Function):
     """Per-channel mean and biased variance with a one-pass backward ``dx = dμ/m + 2 dν (x − μ)/m``.
 

@@ -52,6 +52,7 @@ import yaml
 from fewshot.config.loader import configs_dir, load_config
 from fewshot.config.schema import ExperimentConfig
 from fewshot.errors import ConfigError
+from fewshot.norms.policy import Policy
 from fewshot.training.episode_sets import runs_root
 
 __all__ = [
@@ -62,7 +63,7 @@ __all__ = [
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _GRID_KEYS = ("name", "config", "set", "seeds", "cells", "evaluation", "diagnostics")
 _CELL_KEYS = ("name", "config", "set", "seeds", "priority", "evaluation", "after", "evaluate")
-_POLICIES = ("running", "support", "transductive")
+_POLICIES = tuple(p.value for p in Policy)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ tests (every YAML file under ``configs/`` is built by ``tests/config/test_all_co
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from episodes.sampler import EpisodeSampler
 from episodes.split import ClassSplit
 from fewshot.config.schema import ExperimentConfig
 from fewshot.errors import ConfigError
+from fewshot.registry import accepted_options
 
 __all__ = ["build_split", "build_backbone", "build_learner", "build_train_sampler", "clear_split_cache"]
 
@@ -87,9 +87,8 @@ def build_backbone(cfg: ExperimentConfig, in_channels: int) -> nn.Module:
 def _learner_signature(name: str) -> tuple[set[str], bool]:
     from fewshot.learners import LEARNERS
 
-    params = inspect.signature(LEARNERS.get(name)).parameters.values()
-    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return named, any(p.kind is p.VAR_KEYWORD for p in params)
+    named, takes_any = accepted_options(LEARNERS.get(name))
+    return set(named), takes_any
 
 
 def build_learner(

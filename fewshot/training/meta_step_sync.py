@@ -9,10 +9,13 @@ Three things make ``W`` ranks equal to one process (docs/distributed.md):
 * **Gradients.** Each rank's loss is the mean over its ``B/W`` episodes, so the mean of the ranks' gradients is
   the gradient of the mean over all ``B`` episodes: one flat all-reduce (sum, then ÷ ``W``) per step
   (:func:`average_gradients`), after which every rank's Adam takes the same step from the same state.
-* **Normalization state.** A learner's meta-batch state update reads the per-episode norm statistics (counts,
-  means, (co)variances: sufficient statistics); :func:`episode_stats_gatherer` all-gathers them so every rank
-  merges all ``B`` episodes' statistics in episode order (Chan's rule, ``fewshot.norms.merge``) and applies the
-  same update: the state after the step is the single-process state. Nothing is broadcast from rank 0.
+* **Normalization state.** State updates read sufficient statistics (counts, means, (co)variances), which
+  merge exactly (Chan's rule, ``fewshot.norms.merge``); :class:`NormStatsSync` all-gathers them. ProtoNet's
+  ``meta_batch`` update merges the per-episode statistics of all ``B`` episodes in episode order. MAML's update
+  is a gradient-free pass over the joined supports: there each norm layer merges its statistics across the
+  ranks *inside* the pass before normalizing, since layer ``l``'s statistics depend on layer ``l-1`` normalized
+  with the joined statistics. Every rank applies the same update: the state after the step is the
+  single-process state. Nothing is broadcast from rank 0.
 
 Equality with one process is to float tolerance: the gradient all-reduce sums in another order than one
 process's backward over the stacked losses.
@@ -20,7 +23,9 @@ process's backward over the stacked losses.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,10 +36,10 @@ from fewshot.norms.flow import NormStats
 from fewshot.training.distributed import Distributed
 
 __all__ = [
+    "NormStatsSync",
     "average_gradients",
     "check_learner",
     "check_meta_batch",
-    "episode_stats_gatherer",
     "local_episodes",
     "mean_over_ranks",
     "split_evenly",
@@ -62,12 +67,21 @@ def check_learner(learner: nn.Module, world_size: int) -> None:
     """Refuse a learner whose norm state cannot be kept as single-process state on ``world_size`` ranks.
 
     ProtoNet's ``norm_state_update="forward"`` updates the state in every forward, so episode ``i+1`` reads the
-    state episode ``i`` left: a chain no split across ranks reproduces.
+    state episode ``i`` left; MAML's ``"task"`` makes one update per task in task order: chains no split across
+    ranks reproduces.
 
     Raises:
-        ConfigError: ``learner.kwargs.norm_state_update`` is ``forward`` on more than one rank.
+        ConfigError: ``learner.kwargs.norm_state_update`` is ``forward`` or ``task`` on more than one rank.
     """
-    if world_size > 1 and getattr(learner, "norm_state_update", None) == "forward":
+    mode = getattr(learner, "norm_state_update", None)
+    if world_size > 1 and mode == "task":
+        raise ConfigError(
+            f"learner {type(learner).__name__} has norm_state_update='task' (one norm state update per task, each "
+            f"from the state the previous task left), which {world_size} ranks cannot reproduce; set "
+            "learner.kwargs.norm_state_update=meta_batch (the default: one update per meta-step from the joined "
+            "supports), or train on one process"
+        )
+    if world_size > 1 and mode == "forward":
         raise ConfigError(
             f"learner {type(learner).__name__} has norm_state_update='forward' (norm state updated in every "
             f"training forward, each episode reading the state the previous one left), which {world_size} ranks "
@@ -126,40 +140,82 @@ def mean_over_ranks(values: dict[str, float], ctx: Distributed) -> dict[str, flo
     return {k: float(v) / ctx.world_size for k, v in zip(keys, flat.tolist(), strict=True)}
 
 
-def episode_stats_gatherer(ctx: Distributed) -> Callable[[list[NormStats]], list[NormStats]]:
-    """``parts`` (this rank's episodes' norm statistics) → every rank's, in rank order = episode order.
+def _gather_parts(parts: list, ctx: Distributed, what: str) -> list:
+    """``parts`` (a list of pytrees of tensors, equal structure on every rank) of every rank, in rank order.
 
-    Each rank's parts are flattened (a pytree of NamedTuples of tensors) into one float64 vector, gathered with
-    one ``all_gather`` and rebuilt with this rank's structure and dtypes (float32 → float64 → float32 is exact).
-    Every rank holds the same number of episodes (:func:`check_meta_batch`) with the same layers, so the vectors
-    have equal lengths. For :func:`fewshot.learners.base.gathering_episode_stats`.
+    Flattened into one float64 vector, gathered with one ``all_gather`` and rebuilt with this rank's structure
+    and dtypes (float32 → float64 → float32 is exact). Every rank must pass the same number of parts with the
+    same shapes (:func:`check_meta_batch`), else a ConfigError.
+    """
+    if not ctx.active:
+        return parts
+    leaves, spec = tree_flatten(parts)
+    where = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
+    tensors = [leaves[i].detach() for i in where]
+    flat = (
+        torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
+        if tensors
+        else torch.zeros(0, dtype=torch.float64, device=ctx.device)
+    ).to(ctx.device)
+    size = torch.tensor([flat.numel()], dtype=torch.float64, device=ctx.device)
+    sizes = ctx.all_gather(size, f"all-gather of the {what}' sizes")
+    if any(int(s.item()) != flat.numel() for s in sizes):
+        raise ConfigError(
+            f"the ranks' {what} differ in size ({[int(s.item()) for s in sizes]} values): every rank must run the "
+            "same model on the same number of episodes with the same shapes"
+        )
+    out: list = []
+    for flat_r in ctx.all_gather(flat, f"all-gather of the {what}"):
+        rebuilt, offset = list(leaves), 0
+        for i, t in zip(where, tensors, strict=True):
+            rebuilt[i] = flat_r[offset : offset + t.numel()].view(t.shape).to(dtype=t.dtype, device=t.device)
+            offset += t.numel()
+        out.extend(tree_unflatten(rebuilt, spec))
+    return out
+
+
+class NormStatsSync:
+    """The norm statistics of a meta-step split across ``ctx``'s ranks, made those of the whole meta-batch.
+
+    * :meth:`gather`: every rank's per-episode statistics in episode order (rank order is episode order,
+      :func:`local_episodes`); the learner merges them (ProtoNet ``norm_state_update="meta_batch"``).
+    * :meth:`joined`: inside the block, every batch-statistics forward of a norm layer computes its batch's
+      statistics, all-gathers them and uses the merge (Chan's rule, rank order) to update the state and to
+      normalize: the statistics of the rank-ordered concatenation of the ranks' batches. For MAML's gradient-free
+      state pass over the joined supports: layer ``l``'s input is then, row for row, what one process computes on
+      the joined supports, so each layer's merged statistics are the joined ones (to rounding).
+
+    For :func:`fewshot.learners.base.syncing_norm_stats`.
     """
 
-    def gather(parts: list[NormStats]) -> list[NormStats]:
-        if not ctx.active:
-            return parts
-        leaves, spec = tree_flatten(parts)
-        where = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
-        tensors = [leaves[i].detach() for i in where]
-        flat = (
-            torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
-            if tensors
-            else torch.zeros(0, dtype=torch.float64, device=ctx.device)
-        ).to(ctx.device)
-        size = torch.tensor([flat.numel()], dtype=torch.float64, device=ctx.device)
-        sizes = ctx.all_gather(size, "all-gather of the norm statistics' sizes")
-        if any(int(s.item()) != flat.numel() for s in sizes):
-            raise ConfigError(
-                f"the ranks' norm statistics differ in size ({[int(s.item()) for s in sizes]} values): every rank "
-                "must run the same model on the same number of episodes with the same shapes"
-            )
-        out: list[NormStats] = []
-        for flat_r in ctx.all_gather(flat, "all-gather of the norm statistics"):
-            rebuilt, offset = list(leaves), 0
-            for i, t in zip(where, tensors, strict=True):
-                rebuilt[i] = flat_r[offset : offset + t.numel()].view(t.shape).to(dtype=t.dtype, device=t.device)
-                offset += t.numel()
-            out.extend(tree_unflatten(rebuilt, spec))
-        return out
+    def __init__(self, ctx: Distributed) -> None:
+        self.ctx = ctx
 
-    return gather
+    def gather(self, parts: list[NormStats]) -> list[NormStats]:
+        return _gather_parts(parts, self.ctx, "norm statistics")
+
+    @contextmanager
+    def joined(self, module: nn.Module) -> Iterator[None]:
+        from fewshot.norms.base import NormLayer
+
+        if not self.ctx.active:
+            yield
+            return
+        layers = [m for m in module.modules() if isinstance(m, NormLayer) and not m.per_sample]
+        for layer in layers:
+            layer._batch_forward = self._joined_forward(layer)  # instance attribute: shadows the class method
+        try:
+            yield
+        finally:
+            for layer in layers:
+                del layer._batch_forward
+
+    def _joined_forward(self, layer: Any) -> Callable[[Tensor, Any], Tensor]:
+        """``layer``'s ``_batch_forward`` (the base class's steps) with the statistics of every rank's batch."""
+
+        def forward(x: Tensor, flow: Any) -> Tensor:
+            stats = layer.merge_stats(_gather_parts([layer.stats(x)], self.ctx, "layer statistics"))
+            layer._observe(stats, flow)  # records it, and updates the state (the pass runs with updates on)
+            return layer.apply(x, stats)
+
+        return forward

@@ -43,6 +43,7 @@ from fewshot.config.loader import (
     diff_configs,
     load_config,
     read_config,
+    with_current_names,
 )
 from fewshot.config.schema import ExperimentConfig
 from fewshot.errors import ConfigError, DataError, StorageError
@@ -302,7 +303,7 @@ def read_verified_checkpoint(run_dir: str | Path, name: str) -> tuple[Experiment
     trained = payload.get("config")
     if not isinstance(trained, Mapping):
         raise DataError(f"checkpoint {str(path)!r} carries no config; it was not written by `run_episode.py train`")
-    diffs = [d for d in diff_configs(trained, config_to_dict(cfg)) if d[0] not in RESUMABLE_KEYS]
+    diffs = [d for d in diff_configs(with_current_names(trained), config_to_dict(cfg)) if d[0] not in RESUMABLE_KEYS]
     if diffs:
         listed = "; ".join(f"{k}: trained with {a!r}, config.yaml says {b!r}" for k, a, b in diffs)
         raise DataError(

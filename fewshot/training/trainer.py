@@ -43,10 +43,10 @@ import torch
 from tqdm import tqdm
 
 from episodes.split import ClassSplit
-from fewshot.config.loader import config_to_dict, save_config
+from fewshot.config.loader import config_to_dict, save_config, with_current_names
 from fewshot.config.schema import ExperimentConfig
 from fewshot.errors import DataError, StorageError
-from fewshot.learners.base import gathering_episode_stats
+from fewshot.learners.base import syncing_norm_stats
 from fewshot.norms import NormLayer, notify_lr_scale
 from fewshot.training.build import build_learner, build_split, build_train_sampler
 from fewshot.training.checkpoint import CHECKPOINT_FORMAT, get_rng_state, save_checkpoint, set_rng_state
@@ -55,10 +55,10 @@ from fewshot.training.episode_sets import val_episode_set
 from fewshot.training.init_from import load_backbone_weights
 from fewshot.training.interrupt import stop_on_signals
 from fewshot.training.meta_step_sync import (
+    NormStatsSync,
     average_gradients,
     check_learner,
     check_meta_batch,
-    episode_stats_gatherer,
     local_episodes,
     mean_over_ranks,
     split_evenly,
@@ -243,7 +243,9 @@ class _Trainer:
                 f"{self.run_dir / 'checkpoints' / 'last.pt'} has checkpoint format {payload.get('format')!r}, "
                 f"this fewshot writes {CHECKPOINT_FORMAT}; resume it with the fewshot version that wrote it"
             )
-        self._config_changes = check_resume_changes(payload["config"], config_to_dict(self.cfg), self.run_dir)
+        self._config_changes = check_resume_changes(
+            with_current_names(payload["config"]), config_to_dict(self.cfg), self.run_dir
+        )
         return payload
 
     def _restore(self, payload: dict[str, Any]) -> None:
@@ -407,7 +409,7 @@ class _Trainer:
         t1 = _clock()
         lr = self._lr()
         self.optimizer.zero_grad(set_to_none=True)
-        with gathering_episode_stats(episode_stats_gatherer(dist)):
+        with syncing_norm_stats(NormStatsSync(dist) if dist.active else None):
             loss, m = self.learner.meta_loss(batch, policy=t.norm_policy)
         m = mean_over_ranks(m, dist)  # every rank sees the whole meta-batch's metrics (and stops together)
         if not math.isfinite(m["loss"]):

@@ -79,7 +79,7 @@ def test_a_channel_count_that_does_not_fit_is_a_config_error(monkeypatch):
         ("{mean: [0.5]}", "mapping with the keys 'mean' and 'std'"),
         ("{mean: [0.5, 0.5], std: [0.5]}", "one mean and one std per channel"),
         ("{mean: [0.5], std: [0]}", "stds > 0"),
-        ("{mean: [0.5], std: [.nan]}", "stds > 0"),
+        ("{mean: [0.5], std: [.nan]}", r"data.normalize.std\[0\] = nan: expected a finite number"),
         ("{mean: a, std: [1]}", "list of numbers"),
     ],
 )

@@ -45,7 +45,7 @@ def test_accuracy_matches_manual_count(episodes, centroid_learner):
 
 def test_unknown_policy_is_rejected(episodes):
     with pytest.raises(ValueError, match="unknown test-time normalization policy 'batch'"):
-        evaluate_episodes(FixedLogits(), episodes, policy="transductive")
+        evaluate_episodes(FixedLogits(), episodes, policy="batch")  # a config name, mapped only in configs
 
 
 def test_empty_and_mixed_sizes_are_rejected(episodes, episode_factory):
@@ -96,7 +96,7 @@ def test_resolve_request_applies_overrides_and_rejects_bad_values():
     assert (r.n_way, r.n_shot, r.n_query, r.episodes, r.seed, r.policy) == (20, 5, 15, 100, 1234, "support")
     assert resolve_request(_cfg()).policy == "running"
     with pytest.raises(ConfigError, match="unknown test-time normalization policy 'batch'"):
-        resolve_request(_cfg(), policy="transductive")
+        resolve_request(_cfg(), policy="batch")
     with pytest.raises(ConfigError, match="n_query must be a positive integer, got 0"):
         resolve_request(_cfg(), n_query=0)
 

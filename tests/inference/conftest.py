@@ -27,7 +27,7 @@ def _overrides(data: Path, extra: tuple[str, ...]) -> list[str]:
     return [arg for s in sets for arg in ("--set", s)]
 
 
-MAML = ("learner.name=maml", "learner.kwargs={inner_steps: 1, eval_inner_steps: 2}", "train.norm_policy=batch",
+MAML = ("learner.name=maml", "learner.kwargs={inner_steps: 1, eval_inner_steps: 2}", "train.norm_policy=transductive",
         "eval.norm_policy=transductive", "model.backbone=conv4_maml")  # fmt: skip
 
 

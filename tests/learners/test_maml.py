@@ -276,7 +276,74 @@ def test_bad_options_and_episodes_raise(tiny_backbone, episode_factory):
     learner = _maml(tiny_backbone())
     with pytest.raises(ValueError, match="3 classes but the learner was built for n_way=5"):
         learner.meta_loss([episode_factory(0, n_way=3)])
-    with pytest.raises(ValueError, match="meta-training norm policy must be one of"):
-        learner.meta_loss([episode_factory(0)], policy="transductive")
-    with pytest.raises(ValueError, match="meta-test policy must be one of"):
-        learner.predict(episode_factory(0), policy="transductive")
+    with pytest.raises(ValueError, match=r"meta-training norm policy \(train.norm_policy\) must be one of"):
+        learner.meta_loss([episode_factory(0)], policy="batch")  # the config name, mapped only in configs
+    with pytest.raises(ValueError, match="meta-test norm policy .*must be one of"):
+        learner.predict(episode_factory(0), policy="batch")
+
+
+# ----------------------------------------------------------------------------------------------- state as values
+@pytest.mark.parametrize("update", ["meta_batch", "task"])
+@pytest.mark.parametrize("norm", ["batchnorm", "swbn"])
+def test_the_state_update_equals_plain_training_forwards_of_the_supports(tiny_backbone, episode_factory, norm, update):
+    """The next state is that of plain train-mode forwards (fewshot 0.2's update): joined supports, or each in turn."""
+    torch.manual_seed(0)
+    learner = _maml(tiny_backbone(norm=norm), inner_steps=1, norm_state_update=update)
+    reference = copy.deepcopy(learner.backbone).train()
+    episodes = [episode_factory(s) for s in range(3)]
+    learner.meta_loss(episodes, policy="running")
+    with torch.no_grad():
+        if update == "meta_batch":
+            reference(torch.cat([ep.support_x for ep in episodes]))
+        else:
+            for ep in episodes:
+                reference(ep.support_x)
+    for (name, got), (_, want) in zip(learner.backbone.named_buffers(), reference.named_buffers(), strict=True):
+        assert torch.equal(got, want), name
+
+
+def test_merged_task_statistics_equal_the_joined_supports_at_the_first_layer_only(tiny_backbone, episode_factory):
+    """Why MAML's state pass runs the joined supports: merging is exact for a layer's inputs as given, but past the
+    first layer the inputs themselves differ (each task's were normalized with its own statistics)."""
+    torch.manual_seed(0)
+    backbone = tiny_backbone().double().train()
+    supports = [episode_factory(s, dtype=torch.float64).support_x for s in range(3)]
+    with torch.no_grad(), norms.frozen_stats(backbone):
+        parts = []
+        for xs in supports:
+            with norms.collect(backbone) as stats:
+                backbone(xs)
+            parts.append(stats)
+        with norms.collect(backbone) as joined:
+            backbone(torch.cat(supports))
+    merged = norms.merge(backbone, parts)
+    torch.testing.assert_close(merged["norm1"].mean, joined["norm1"].mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(merged["norm1"].var, joined["norm1"].var, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(merged["norm2"].mean, joined["norm2"].mean, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["transductive", "support"])
+@pytest.mark.parametrize("norm", ["batchnorm", "swbn"])
+def test_vmap_over_tasks_equals_the_loop_second_order(tiny_backbone, episode_factory, norm, policy):
+    torch.manual_seed(0)
+    kwargs = {"group_size": 8} if norm == "swbn" else {}
+    loop = _maml(tiny_backbone(norm=norm, **kwargs), inner_steps=2).double()
+    batched = _maml(tiny_backbone(norm=norm, **kwargs), inner_steps=2, vmap_tasks=True).double()
+    batched.load_state_dict(loop.state_dict())
+    episodes = [episode_factory(s, dtype=torch.float64) for s in range(3)]
+    results = []
+    for learner in (loop, batched):
+        loss, metrics = learner.meta_loss(episodes, policy=policy)
+        grads = torch.autograd.grad(loss, list(learner.parameters()), allow_unused=True)
+        results.append((loss, metrics["acc"], grads, dict(learner.named_buffers())))
+    (loss_a, acc_a, grads_a, state_a), (loss_b, acc_b, grads_b, state_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-9, atol=1e-12)
+    assert acc_a == acc_b
+    for g_a, g_b in zip(grads_a, grads_b, strict=True):
+        assert (g_a is None) == (g_b is None)
+        if g_a is not None:
+            torch.testing.assert_close(g_b, g_a, rtol=1e-9, atol=1e-12)
+    for name, value in state_a.items():
+        torch.testing.assert_close(state_b[name], value, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="vmap_tasks=True needs the meta-batch's tasks in equal shapes"):
+        batched.meta_loss([episodes[0], episode_factory(9, n_query=2, dtype=torch.float64)], policy=policy)

@@ -11,9 +11,23 @@ import pytest
 import torch
 
 import fewshot.norms as norms
-from fewshot.learners.base import gathering_episode_stats
+from fewshot.learners.base import syncing_norm_stats
 from fewshot.learners.protonet import ProtoNet
 from fewshot.norms.state import norm_layers
+
+
+class _Capture:
+    """A sync that keeps the statistics handed to it and hands back none (so no state update is made)."""
+
+    def __init__(self, parts: list) -> None:
+        self.parts = parts
+
+    def gather(self, parts: list) -> list:
+        self.parts.extend(parts)
+        return []
+
+    def joined(self, module):  # noqa: ANN001, ANN201 - unused by ProtoNet
+        raise AssertionError("ProtoNet makes no joined pass")
 
 
 @pytest.mark.parametrize("norm", ["batchnorm", "swbn"])
@@ -33,7 +47,7 @@ def test_meta_batch_update_is_one_update_from_the_merged_statistics(tiny_backbon
     # hands back none), so the reference keeps the initial state for every episode.
     parts, losses = [], []
     for ep in episodes:
-        with gathering_episode_stats(lambda p: (parts.extend(p), [])[1]):
+        with syncing_norm_stats(_Capture(parts)):
             losses.append(reference.meta_loss([ep], policy=policy)[0])
     assert all(int(layer.num_batches_tracked) == 0 for layer in norm_layers(reference))
     torch.testing.assert_close(loss, torch.stack(losses).mean())  # every episode read the same state

@@ -82,7 +82,7 @@ def test_state_buffers_must_match_make_state():
         ({"eps": -1.0}, "eps must be a finite number >= 0"),
         ({"eps": float("nan")}, "eps must be a finite number >= 0"),
         ({"momentum": 1.5}, r"momentum must be in \[0, 1\] or None"),
-        ({"policy": "transductive"}, "policy must be one of 'running', 'batch', 'support'"),
+        ({"policy": "batch"}, "policy must be one of 'running', 'support', 'transductive', got 'batch'"),
     ],
 )
 def test_constructor_validates_common_options(kwargs, message):
@@ -93,7 +93,7 @@ def test_constructor_validates_common_options(kwargs, message):
 
 def test_layer_options_lists_keyword_options():
     assert CenterOnly.layer_options() == ("shift",)
-    assert create("groupnorm", 8).layer_options() == ("groups",)
+    assert create("groupnorm", 8).layer_options() == ("groups", "group_size")
     with pytest.raises(TypeError, match=r"CenterOnly got unknown option\(s\) 'groups'.*policy, device, dtype, shift"):
         CenterOnly(3, groups=2)
 
@@ -102,12 +102,6 @@ def test_device_and_dtype_reach_parameters_and_buffers():
     layer = create("batchnorm", 3, dtype=torch.float64, device="cpu")
     assert layer.weight.dtype == layer.running_var.dtype == torch.float64
     assert layer.num_batches_tracked.dtype == torch.long
-
-
-def test_set_phase_validates():
-    layer = create("batchnorm", 3)
-    with pytest.raises(ValueError, match="phase must be one of 'support', 'query' or None"):
-        layer.set_phase("test")
 
 
 def test_support_cache_keeps_the_graph_so_query_gradients_reach_the_support(make_x):

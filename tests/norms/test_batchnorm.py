@@ -138,10 +138,10 @@ def test_transductive_batchnorm_equals_torch_without_running_stats_in_both_modes
 
 
 def test_transductive_batchnorm_policy_is_fixed(make_x):
-    with pytest.raises(ValueError, match=r"always uses policy 'batch'.*got policy='support'"):
+    with pytest.raises(ValueError, match=r"always uses policy 'transductive'.*got policy='support'"):
         create("batchnorm_transductive", 4, policy="support")
     layer = create("batchnorm_transductive", 4, policy="transductive")
-    with pytest.raises(ValueError, match="always uses policy 'batch'"):
+    with pytest.raises(ValueError, match="always uses policy 'transductive'"):
         layer.policy = "running"
     set_policy(layer, "support")  # set_policy leaves fixed-policy layers alone
     assert layer.policy == "transductive"

@@ -91,10 +91,10 @@ def test_collect_whiteness_measures_every_norm_layer_output_without_changing_sta
     assert result["1"]["mean_abs_corr"] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_collect_whiteness_removes_hooks_on_error_and_works_in_a_task_phase(make_x):
+def test_collect_whiteness_removes_hooks_on_error_and_works_while_collecting_support_statistics(make_x):
     model = _model()
     set_policy(model, "support")
-    with pytest.raises(RuntimeError, match="outside a task phase"):
+    with pytest.raises(RuntimeError, match="no support statistics"):
         collect_whiteness(model, make_x(6, 1, 3, 3))
     assert all(not m._forward_hooks for m in model.modules())
     with collect(model):

@@ -59,7 +59,7 @@ def test_unknown_option_raises_listing_accepted_options(name):
 def test_extra_repr_lists_every_hyperparameter(name):
     layer = create(name, C)
     text = repr(layer)
-    for key in ("eps=", "momentum=", "affine=", "track_running_stats=", f"policy={layer.policy!r}"):
+    for key in ("eps=", "momentum=", "affine=", "track_running_stats=", f"policy={layer.policy.value!r}"):
         assert key in text
     for key in layer.hparams:
         assert f"{key}=" in text
@@ -305,3 +305,21 @@ def test_support_policy_errors_without_collected_or_given_support_statistics(nam
         layer(make_x(5, C, 3, 3))
     with using(layer, {}), pytest.raises(RuntimeError, match="statistics given to `using` hold none for it"):
         layer(make_x(5, C, 3, 3))
+
+
+GROUPED = ["groupnorm", "groupwhiten", "dbn", "iternorm", "swbn"]
+
+
+@pytest.mark.parametrize("name", GROUPED)
+def test_every_grouped_layer_takes_groups_and_group_size_converted_exactly(name):
+    by_groups, by_size = create(name, 32, groups=4), create(name, 32, group_size=8)
+    assert (by_groups.groups, by_groups.group_size) == (by_size.groups, by_size.group_size) == (4, 8)
+    assert (create(name, 32, groups=4, group_size=8).groups, create(name, 32, groups=4, group_size=8).group_size) == (
+        4,
+        8,
+    )
+    with pytest.raises(ValueError, match=r"groups=4 and group_size=4 disagree for num_features=32"):
+        create(name, 32, groups=4, group_size=4)
+    other = "group_size" if name in ("groupnorm", "groupwhiten") else "groups"
+    with pytest.raises(ValueError, match=rf"{other}=5 does not divide num_features=32"):
+        create(name, 32, **{other: 5})

@@ -139,8 +139,10 @@ def test_set_policy_restore_method_and_fixed_policy_layers():
 
 
 def test_set_policy_validates_the_policy_and_refuses_native_batchnorm():
-    with pytest.raises(ValueError, match=r"expects one of 'running', 'batch', 'support', got 'transductive'"):
-        set_policy(_model(), "transductive")
+    with pytest.raises(
+        ValueError, match=r"set_policy: policy must be one of 'running', 'support', 'transductive', got 'batch'"
+    ):
+        set_policy(_model(), "batch")
     native = nn.Sequential(nn.Conv2d(2, 4, 1), nn.BatchNorm2d(4))
     with pytest.raises(TypeError, match=r"cannot control torch layer BatchNorm2d at '1'.*convert the model first"):
         set_policy(native, "transductive")

@@ -54,7 +54,7 @@ MAML = (
     "learner.name=maml",
     "learner.kwargs={inner_steps: 1, eval_inner_steps: 2}",
     "train.meta_batch=2",
-    "train.norm_policy=batch",
+    "train.norm_policy=transductive",
     "eval.norm_policy=transductive",
 )
 SWBN = ("norm=swbn", "model.norm_kwargs={alpha: 0.05, group_size: 4}")

@@ -109,7 +109,7 @@ def test_resume_with_a_different_config_names_the_keys(tmp_path, splits, tiny_co
     train(tiny_config("train.episodes=2"), tmp_path / "run", train_split=train_split, val_split=val_split,
           runs_root=tmp_path, quiet=True)  # fmt: skip
     with pytest.raises(ConfigError, match=r"train\.lr: run has 0\.001, given 0\.01.*norm_policy"):
-        resume_config(tmp_path / "run", overrides=["train.lr=0.01", "train.norm_policy=batch"])
+        resume_config(tmp_path / "run", overrides=["train.lr=0.01", "train.norm_policy=support"])
     # budget-like keys may change
     assert resume_config(tmp_path / "run", overrides=["train.max_minutes=5"]).train.max_minutes == 5.0
 
