@@ -3,16 +3,19 @@
 Every rank runs the real CLI (``distributed_child.py``) with the torchrun environment variables. After three
 meta-steps of four episodes, each rank's parameters, Adam state and normalization state must equal those of one
 process training the same config, to float tolerance: the ranks split every meta-batch by episode index, average
-their gradients and merge their episodes' norm statistics in episode order (fewshot.training.meta_step_sync).
+their gradients and merge their norm statistics in episode order (fewshot.training.meta_step_sync; MAML's
+layer by layer inside its state pass over the joined supports).
 
 Tolerance. The gradient all-reduce sums in another order than one process's backward, so the runs agree to
-rounding, not bitwise. Both runs train in float64 (``distributed_helpers.in_float64``) and are held to ``rtol=1e-9,
-atol=1e-12`` for parameters, norm state and Adam's moments: an error in the split, the gradient average or the
-statistics merge shows at 1e-3 or more, float64 rounding at 1e-14. (In float32 the same runs differ by up to
-2e-6 (ProtoNet) and 2e-4 (MAML) relative to each tensor's largest value after three steps: tiny norm batches of
-three samples amplify float32 noise, which is why the test does not use it.) Convolution biases right before a
-norm have zero true gradient: Adam would turn their rounding noise into full steps of ``lr`` (and running means
-include them), so they are frozen in both runs (``distributed_helpers.frozen_zero_gradient_biases``).
+rounding, not bitwise. Both runs train in float64 (``distributed_helpers.in_float64``) and are held to
+``rtol=1e-9, atol=1e-12`` for parameters, norm state and Adam's moments (checked to fail when MAML's state pass
+normalizes with each rank's own statistics instead of the merged ones, or when the statistics are not gathered).
+In float32 the same runs differ by up to 2e-6 (ProtoNet) to 1.1e-3 (second-order MAML SWBN) relative to each
+tensor's largest value after three steps: tiny norm batches amplify float32 rounding, and one process on 1 thread
+vs 2 threads differs by 1.3e-2 in that run; float32 equality would need a tolerance that hides real errors.
+Convolution biases right before a norm have zero true gradient: Adam would turn their rounding noise into full
+steps of ``lr`` (and running means include them), so they are frozen in both runs
+(``distributed_helpers.frozen_zero_gradient_biases``).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ RUNS = {
 REFUSED = {
     "indivisible": (*TINY, *PROTONET_ONCE, "train.meta_batch=3", "train.episodes=12"),
     "forward-update": (*TINY, "train.meta_batch=4", "train.episodes=12"),
+    "maml-task-update": (*TINY, *MAML, *STEP, "learner.kwargs={inner_steps: 1, norm_state_update: task}"),
 }
 RESUMED = "protonet-resumed"  # 2 ranks for 8 episodes, then one process to 12
 EVALUATED = "protonet-batchnorm"  # evaluated on 2 ranks after training (5 test episodes: shares of 3 and 2)
@@ -210,6 +214,7 @@ def test_refused_on_two_ranks(two_ranks, name: str) -> None:
     expected = {
         "indivisible": "train.meta_batch = 3 is not a multiple of the world size 2",
         "forward-update": "set learner.kwargs.norm_state_update=meta_batch",
+        "maml-task-update": "has norm_state_update='task' (one norm state update per task",
     }[name]
     for r, p in enumerate(procs):
         assert json.loads((tmp / f"{name}-rank{r}.json").read_text()) == {"exit": 2}
