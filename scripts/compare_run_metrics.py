@@ -12,7 +12,7 @@ For each run folder name present under both roots (e.g. ``before/protonet_bn`` a
 Prints one row per (run, quantity) and, with ``--out``, writes them as CSV under a comment line holding the
 command. Exit status 1 when a quantity differs by more than ``--atol`` (default 0: bitwise equal).
 
-Usage: python scripts/compare_run_metrics.py BEFORE_ROOT AFTER_ROOT [--out CSV] [--atol A]
+Usage: PYTHONPATH=. python scripts/compare_run_metrics.py BEFORE_ROOT AFTER_ROOT [--out CSV] [--atol A]
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from fewshot.training.checkpoint import load_checkpoint
 
 _CLOCK_COLUMNS = ("elapsed_s",)
 FIELDS = ("run", "quantity", "values", "max_abs_diff", "identical")
@@ -85,8 +87,8 @@ def compare_runs(before: Path, after: Path, name: str) -> list[dict[str, Any]]:
         )
         rows.append({"run": name, "quantity": f"train_log.{column}", "values": len(a), "max_abs_diff": diff,
                      "identical": same})  # fmt: skip
-    ca = torch.load(before / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-    cb = torch.load(after / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    ca = load_checkpoint(before / "checkpoints" / "last.pt")  # verified against its SHA-256 header
+    cb = load_checkpoint(after / "checkpoints" / "last.pt")
     for group in ("model", "optimizer"):
         n, diff, same = _tensor_group_diff(ca[group], cb[group])
         rows.append({"run": name, "quantity": f"last.pt.{group}", "values": n, "max_abs_diff": diff, "identical": same})

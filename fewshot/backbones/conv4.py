@@ -114,8 +114,9 @@ class Conv4(_Conv4Base):
         (the flattened ``(hidden, H', W')`` map, floor-halved four times).
 
     Example:
-        >>> net = Conv4(1, norm="batchnorm")  # doctest: +SKIP
-        >>> net(torch.rand(10, 1, 28, 28)).shape, net.out_features(28)  # doctest: +SKIP
+        >>> import torch
+        >>> net = Conv4(1, norm="batchnorm")
+        >>> net(torch.rand(10, 1, 28, 28)).shape, net.out_features(28)
         (torch.Size([10, 64]), 64)
     """
 
@@ -145,8 +146,9 @@ class Conv4MAML(_Conv4Base):
         input ``(N, in_channels, H, W)``; feature maps 28→14→7→4→2; output ``(N, hidden)``.
 
     Example:
-        >>> net = Conv4MAML(1)  # doctest: +SKIP
-        >>> net(torch.rand(5, 1, 28, 28)).shape  # doctest: +SKIP
+        >>> import torch
+        >>> net = Conv4MAML(1)
+        >>> net(torch.rand(5, 1, 28, 28)).shape
         torch.Size([5, 64])
     """
 

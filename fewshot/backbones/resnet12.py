@@ -134,8 +134,8 @@ class ResNet12(nn.Module):
         pool.
 
     Example:
-        >>> net = ResNet12(3, widths=(8, 8, 16, 16))  # doctest: +SKIP
-        >>> net(torch.rand(4, 3, 32, 32)).shape  # doctest: +SKIP
+        >>> net = ResNet12(3, widths=(8, 8, 16, 16))
+        >>> net(torch.rand(4, 3, 32, 32)).shape
         torch.Size([4, 16])
     """
 

@@ -6,9 +6,9 @@ fails with the list of missing keys if a value is absent. Components (dataset, b
 named by registry name plus keyword arguments, never by import path.
 
 Example:
-    >>> from fewshot.config import load_config  # doctest: +SKIP
-    >>> cfg = load_config("configs/protonet/omniglot_vinyals_1shot.yaml", ["norm=swbn"])  # doctest: +SKIP
-    >>> cfg.train.n_way, cfg.model.norm  # doctest: +SKIP
+    >>> from fewshot.config import configs_dir, load_config
+    >>> cfg = load_config(configs_dir() / "protonet/omniglot_vinyals_1shot.yaml", ["norm=swbn"])
+    >>> cfg.train.n_way, cfg.model.norm
     (60, 'swbn')
 """
 
@@ -109,8 +109,9 @@ class TrainConfig:
         weight_decay: Adam weight decay.
         norm_policy: norm statistics policy during meta-training: a :class:`fewshot.norms.Policy` name (``running``,
             ``support``, ``transductive``; the older name ``batch`` is read as ``transductive``).
-        whitening_rate_follows_lr: scale the whitening rate α of every SWBN layer by ``lr / train.lr`` whenever
-            the schedule changes the learning rate (keeping α / lr constant, as the SWBN authors reportedly do).
+        whitening_rate_follows_lr: tell every norm layer ``lr / train.lr`` whenever the schedule changes the
+            learning rate (``NormLayer.on_lr_scale``; SWBN scales its whitening rate α by it, keeping α / lr
+            constant, as the SWBN authors reportedly do).
         channels_last: put the model and its inputs in channels-last memory format (1.35-1.45x faster
             ProtoNet steps on CPU; no gain for second-order MAML).
         within_alphabet: draw all classes of an episode from one alphabet (Omniglot).

@@ -12,8 +12,9 @@ detached parameters, so the query gradient at the adapted parameters is applied 
 
 How normalization state is handled: state in, next state out, nothing written during the tasks' forwards.
 Every forward reads the model's buffers through ``functional_call``'s buffer dictionary and runs with state
-updates off, so every task of the meta-step reads the same state and the outer backward sees no buffer written
-under it (no snapshot is needed). After the meta-batch, the next state is computed as a value by
+updates off, so every task of the meta-step reads the same state (no snapshot is needed; a layer that reads its
+state in a differentiable pass keeps a copy, SWBN's ``W``, so the commit below leaves the outer backward valid).
+After the meta-batch, the next state is computed as a value by
 ``fewshot.norms.advance`` (one gradient-free train-mode forward of the backbone at the meta-parameters, on copies
 of the buffers) and written once by ``fewshot.norms.commit``: by default one update per meta-step on the
 meta-batch's support sets joined (``norm_state_update="meta_batch"``, norms-spec §2.14: one W update per outer
@@ -130,10 +131,20 @@ class MAML(Learner):
             gradients as the loop to rounding (tested in float64 for BN and SWBN, second order).
 
     Example:
-        >>> backbone = fewshot.backbones.create("conv4_maml")  # doctest: +SKIP
-        >>> learner = MAML(backbone, n_way=5, image_size=28)  # doctest: +SKIP
-        >>> loss, metrics = learner.meta_loss(episodes, policy="transductive")  # doctest: +SKIP
-        >>> loss.backward()  # doctest: +SKIP
+        >>> import fewshot.backbones
+        >>> from episodes.episode import Episode
+        >>> def random_episode(n_shot, n_query):  # 5 classes of random 28x28 images
+        ...     ids = lambda k: tuple(f"img{i}" for i in range(5 * k))
+        ...     label = lambda k: torch.arange(5).repeat_interleave(k)
+        ...     x = lambda k: torch.rand(5 * k, 1, 28, 28)
+        ...     support, query = (x(n_shot), label(n_shot)), (x(n_query), label(n_query))
+        ...     return Episode(*support, *query, tuple("abcde"), ids(n_shot), ids(n_query), 0)
+        >>> episodes = [random_episode(n_shot=1, n_query=2), random_episode(n_shot=1, n_query=2)]
+        >>> learner = MAML(fewshot.backbones.create("conv4_maml"), n_way=5, image_size=28)
+        >>> loss, metrics = learner.meta_loss(episodes, policy="transductive")
+        >>> loss.backward()
+        >>> sorted(metrics)
+        ['acc', 'loss']
     """
 
     def __init__(

@@ -69,9 +69,18 @@ class ProtoNet(Learner):
             meta-batch; the only choice a distributed meta-step accepts (docs/distributed.md).
 
     Example:
-        >>> learner = ProtoNet(fewshot.backbones.create("conv4"))  # doctest: +SKIP
-        >>> loss, metrics = learner.meta_loss([episode])  # doctest: +SKIP
-        >>> learner.predict(episode, policy="running").shape  # doctest: +SKIP
+        >>> import fewshot.backbones
+        >>> from episodes.episode import Episode
+        >>> def random_episode(n_shot, n_query):  # 5 classes of random 28x28 images
+        ...     ids = lambda k: tuple(f"img{i}" for i in range(5 * k))
+        ...     label = lambda k: torch.arange(5).repeat_interleave(k)
+        ...     x = lambda k: torch.rand(5 * k, 1, 28, 28)
+        ...     support, query = (x(n_shot), label(n_shot)), (x(n_query), label(n_query))
+        ...     return Episode(*support, *query, tuple("abcde"), ids(n_shot), ids(n_query), 0)
+        >>> episode = random_episode(n_shot=5, n_query=15)
+        >>> learner = ProtoNet(fewshot.backbones.create("conv4"))
+        >>> loss, metrics = learner.meta_loss([episode])
+        >>> learner.predict(episode, policy="running").shape
         torch.Size([75, 5])
     """
 

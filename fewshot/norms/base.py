@@ -404,15 +404,15 @@ class NormLayer(nn.Module):
         return self.training and self.update_stats and self.track_running_stats
 
     def _source(self, flow: Any) -> str:
-        """``"batch"``, ``"state"`` or ``"given"``: where this forward's statistics come from (the policy)."""
+        """``"own"`` (the batch's), ``"state"`` or ``"given"``: where this forward's statistics come from."""
         if self.per_sample or self.policy is Policy.TRANSDUCTIVE:
-            return "batch"
+            return "own"
         if self.policy is Policy.RUNNING:
-            return "batch" if self.training or not self.track_running_stats else "state"
+            return "own" if self.training or not self.track_running_stats else "state"
         if flow is not None and flow.gives(self):
             return "given"
         if flow is not None and flow.collects:
-            return "batch"
+            return "own"
         raise RuntimeError(
             f"{type(self).__name__} has policy='support' but got a forward with no support statistics; run the "
             "support set inside `with fewshot.norms.collect(model) as stats:` and the query inside "
@@ -440,7 +440,7 @@ class NormLayer(nn.Module):
         self._check_input_dim(x)
         flow = current_flow()
         source = self._source(flow)
-        if source == "batch":
+        if source == "own":
             return self._batch_forward(x, flow)
         stats = flow.given(self) if source == "given" else self.state_stats(self.state())
         return self.apply(x, stats)

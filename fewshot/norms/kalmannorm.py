@@ -245,7 +245,7 @@ class KalmanNorm(NormLayer):
                 )
         flow = current_flow()
         source = self._source(flow)
-        if source == "batch":
+        if source == "own":
             self._check_batch_size(x)
             self._prior = prior
             try:

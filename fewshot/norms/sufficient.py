@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["count_of", "merge_covariances", "merge_moments", "stack_parts"]
+__all__ = ["count_of", "merge_covariances", "merge_moments"]
 
 
 def count_of(x: Tensor) -> Tensor:
@@ -82,17 +82,3 @@ def merge_covariances(parts: Sequence[tuple[Tensor, Tensor, Tensor]], group_size
         count, mean = total, mean + (mean_b - mean) * frac_b.to(mean.dtype)
         cov = (m2 / total).to(mean.dtype)
     return count, mean, cov
-
-
-def stack_parts(stats: object) -> list:
-    """The per-task statistics of a meta-batch stacked along dim 0 (e.g. ``vmap``'s output), as a list of parts.
-
-    Args:
-        stats: a NamedTuple whose tensors all have the meta-batch as their leading dimension.
-
-    Returns:
-        ``[type(stats)(*(t[i] for t in stats)) for i in range(B)]``.
-    """
-    fields = list(stats)  # type: ignore[call-overload]
-    size = next(t.shape[0] for t in fields if isinstance(t, Tensor))
-    return [type(stats)(*(t[i] if isinstance(t, Tensor) else t for t in fields)) for i in range(size)]

@@ -66,53 +66,21 @@ class SWBN(NormLayer):
     ``policy="support"`` the support set's ``μ, ν`` standardize the query; ``W`` is the global state either way.
     ``track_running_stats=False`` keeps no state at all, ``W`` included, so the layer is then batch-statistics BN.
 
-    Choices where the paper is silent (each checked by a test or the benchmark):
+    Choices where the paper is silent (the reasons and the measurements behind them: docs/swbn.md):
 
-    * ``alpha`` (whitening rate) default ``1e-3``. The third-party value ``α = 1e-5`` barely moves ``W`` in
-      episodic training: per eigen-direction the KL step contracts the error by ``1 − 2α``, a relaxation time of
-      ``≈ 1/(2α) = 5·10⁴`` updates, while a few-shot run has 10⁴–10⁵ episodes with one update each (in
-      simulation the whiteness error only fell from 0.90 to 0.61 after 2·10⁴ steps), so ``W`` would stay near
-      ``I`` and SWBN would be BN. ``α = 1e-3`` relaxes in ``≈ 500`` updates and averages ``R_B`` over about as
-      many episodes; it is far inside the stability bound ``α < 1/(λ_max(R) − 1)``, and ``λ_max(R) ≤ g`` since
-      ``tr R = g``, so ``α < 1/(g − 1)`` (1/15 for ``g = 16``) is always safe. A warning is issued above it.
-      MAML (:mod:`fewshot.learners.maml`) updates the state once per outer iteration by default, on the support
-      sets of the meta-batch together, so ``α`` is a rate per optimizer step there too. With one update per task
-      (``norm_state_update="task"``, fewshot 0.1.0) a meta-batch of ``B`` tasks takes ``B`` steps per outer
-      iteration and ``α / B`` gives the same rate. Measured that way on Omniglot 5-way 1-shot MAML (``B = 32``,
-      ``results/pilots/`` and ``results/runs/``): with ``α = 1e-3`` ``W`` relaxed within ~16 outer iterations,
-      the training loss rose from 3.0 to 3.8 over the first 300 iterations (validation 44% against BN's 68%),
-      while ``α = 1e-3/32`` followed BN's loss curve.
-    * ``criterion`` default ``"kl"``: the KL relative-gradient step converges linearly to ``R^{-1/2}`` at a rate
-      independent of the spectrum, while the Frobenius step is a normalized gradient that hovers at distance
-      ``O(α)``; with fresh batches the population whiteness error of Fro is markedly worse at small ``m`` (0.49 vs
-      0.13 for ``m = 25``, 0.30 vs 0.064 for ``m = 80``; norms-spec §2.15).
-    * ``group_size`` default 16 (channels per group). The Gram matrix and the whitening product cost
-      ``O(m·C·g)`` and dominate. Measured side by side with ``python run_episode.py bench norms`` (Conv-4
-      ProtoNet training step, channels_last; shared machine, so read the ratios): with SWBN at g = 8/16/32/64 a
-      step took 346/332/362/385 ms (Omniglot 60-way) and 785/772/773/870 ms (miniImageNet 5-way) of CPU time on
-      one thread, so below 16 nothing is saved (the batched products lose efficiency). On two threads, SWBN at
-      g = 16 costs 1.27× (Omniglot) and 1.41× (miniImageNet) a step with torch's fused ``BatchNorm2d``, and
-      0.59×/0.69× one with fewshot's primitive-op ``batchnorm``. At the same g the layers themselves are much
-      cheaper than IterNorm and DBN (miniImageNet shapes, g = 16: 373 vs 728 and 703 ms; g = 64: 473 vs 1216 and
-      1211 ms), because SWBN never differentiates through the covariance. Small groups also suit tiny supports
-      (norms-spec §10.5). ``results/bench_norms.csv`` holds the current numbers.
-    * ``eps`` 1e-5 and ``momentum`` 0.1 as in BN (the re-implementation's 1e-8 is fragile in low precision), and
-      ``running_var`` stores the unbiased variance like BN, so ``alpha=0`` reproduces BN exactly in both modes.
+    * ``alpha`` (whitening rate) default ``1e-3``, a rate per state update; stable for ``α < 1/(g − 1)``, which
+      ``tr R = g`` guarantees (a warning is issued above it). MAML updates the state once per outer iteration by
+      default, so ``α`` is a rate per optimizer step there too; with one update per task use ``α / B``.
+    * ``criterion`` default ``"kl"`` (linear convergence to ``R^{-1/2}`` whatever the spectrum; norms-spec §2.15).
+    * ``group_size`` default 16 channels per group (smaller groups save no time; ``results/bench_norms.csv``).
+    * ``eps`` 1e-5 and ``momentum`` 0.1 as in BN, and ``running_var`` stores the unbiased variance like BN, so
+      ``alpha=0`` reproduces BN exactly in both modes.
     * ``W`` is symmetrized after every step (ZCA-type whitening; avoids rotation drift).
     * ``tau`` 1e-12 only guards the Fro step's 0/0 at an exact fixed point; it never binds otherwise.
-    * ``shrinkage`` ``ρ`` (default 0, the specification's rule): the update uses ``(1 − ρ) R_B + ρ I``
-      (:func:`~fewshot.norms.whitening_math.shrink_to_identity`) in place of ``R_B``. Why it exists: where the
-      channels of a group span fewer dimensions than ``g``, ``R_B`` is singular in every batch and the KL step
-      grows ``W`` along the null directions (``w ← (1 + α) w`` per update at eigenvalue 0) until the small drift
-      of those directions between batches balances it, far above any whitening of the signal. This
-      happens in the first layer of Conv-4 on grey images: 64 filters of one 3×3 input channel are linear maps of
-      a 9-dimensional patch, so each 16-channel group has rank ≤ 9. Measured in the MAML run of
-      ``results/runs/maml_omniglot_vinyals_5w1s/`` (SWBN, ρ = 0): after 9,056 updates the 7 largest eigenvalues
-      of every first-layer ``W`` were 15–55, their eigenvectors 81–99% inside the null space of the conv map,
-      and as the filters move, those directions pick up signal. With ``ρ > 0`` the fixed point is
-      ``R_ρ^{-1/2}``, whose eigenvalues are at most ``1/√ρ`` (3.2 for ``ρ = 0.1``). With any ``ρ`` the
-      eigenvalues of ``W`` are capped at ``1/√eps`` (316 for eps = 1e-5, those of the exact whitening of
-      ``R + eps·I``), so ``W`` stays finite on rank-deficient batches; trained layers stay far below the cap.
+    * ``shrinkage`` ``ρ`` (default 0, the specification's rule): the update whitens ``(1 − ρ) R_B + ρ I``
+      (:func:`~fewshot.norms.whitening_math.shrink_to_identity`), which bounds ``W``'s eigenvalues by ``1/√ρ``
+      where a group's channels span fewer than ``g`` dimensions (Conv-4's first layer on grey images). With any
+      ``ρ`` the eigenvalues of ``W`` are capped at ``1/√eps``, so ``W`` stays finite on rank-deficient batches.
 
     The learning-rate schedule: the authors reportedly keep ``α / lr`` constant. The trainer calls
     :func:`fewshot.norms.notify_lr_scale` (this layer's :meth:`on_lr_scale`, or :meth:`set_whitening_rate`

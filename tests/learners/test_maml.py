@@ -171,12 +171,12 @@ def test_meta_loss_updates_norm_state_once_per_meta_batch_on_all_supports(tiny_b
     episodes = [episode_factory(s) for s in range(3)]
     before = learner.backbone.conv1(torch.cat([ep.support_x for ep in episodes])).detach()
     loss, _ = learner.meta_loss(episodes, policy=policy)
-    loss.backward()  # the in-place state update leaves the outer backward valid
+    loss.backward()  # the committed state leaves the outer backward valid
     for layer in norm_layers(learner):
         assert int(layer.num_batches_tracked) == 1
     # One EMA step from 0 with the mean of the three support sets together, at the meta-parameters.
     torch.testing.assert_close(learner.backbone.norm1.running_mean, before.mean(dim=(0, 2, 3)) * 0.1)
-    # The update does not change this meta-step's loss: every task read the snapshot taken before it.
+    # The update does not change this meta-step's loss: every task read the state as it was before it.
     per_task = _maml(tiny_backbone(), inner_steps=2, norm_state_update="task")
     per_task.load_state_dict(learner.state_dict())
     other = _maml(tiny_backbone(), inner_steps=2)

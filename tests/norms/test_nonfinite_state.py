@@ -162,3 +162,17 @@ def test_swbn_cap_never_binds_on_full_rank_input():
         mean, var, cov = WM.channel_moments_and_covariance(x, 4)
         plain = WM.swbn_step(plain, WM.correlation(cov, torch.rsqrt(var + layer.eps)), alpha)
     assert torch.equal(layer.whitening_matrix, plain)
+
+
+def test_dbn_whitens_a_non_finite_group_by_the_identity_and_the_others_as_usual():
+    torch.manual_seed(0)
+    layer = create("dbn", 8, group_size=4).train()
+    x = torch.randn(6, 8, 3, 3)
+    clean = layer.stats(x).matrix
+    x[2, 5, 1, 1] = math.nan  # channel 5: the second group
+    matrix = layer.stats(x).matrix
+    assert torch.equal(matrix[1], torch.eye(4))
+    torch.testing.assert_close(matrix[0], clean[0], rtol=0, atol=0)
+    with pytest.warns(RuntimeWarning, match="NaN or infinity in its batch statistics"):
+        layer(x)
+    assert int(layer.num_batches_tracked) == 0

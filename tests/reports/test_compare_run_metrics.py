@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fewshot.training.checkpoint import save_checkpoint
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_run_metrics.py"
 
 
@@ -25,7 +27,9 @@ def _run(root: Path, loss: str, weight: float, elapsed: str = "1.0") -> None:
     (run / "checkpoints").mkdir(parents=True)
     (run / "train_log.csv").write_text(f"episode,loss,acc,lr,elapsed_s,val_acc\n10,{loss},0.5,0.001,{elapsed},\n")
     model = {"w": torch.tensor([weight, 2.0]), "norm.num_batches_tracked": torch.tensor(10)}
-    torch.save({"model": model, "optimizer": {"state": {0: {"exp_avg": torch.ones(2)}}}}, run / "checkpoints/last.pt")
+    save_checkpoint(
+        {"model": model, "optimizer": {"state": {0: {"exp_avg": torch.ones(2)}}}}, run / "checkpoints/last.pt"
+    )
 
 
 def test_identical_runs_differ_by_zero_whatever_the_clock(compare, tmp_path):

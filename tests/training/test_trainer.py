@@ -164,3 +164,22 @@ def test_a_run_that_fails_to_start_leaves_no_directory(tmp_path, splits, split_f
         train(tiny_config(), tmp_path / "run", train_split=split_factory("train", n_classes=2),
               val_split=splits[1], runs_root=tmp_path)  # fmt: skip
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("follows", [True, False])
+def test_learning_rate_changes_reach_every_norm_layer_through_one_generic_hook(
+    tmp_path, splits, tiny_config, monkeypatch, follows
+):
+    """The trainer names no layer: it calls ``NormLayer.on_lr_scale`` (SWBN keeps ``α / lr`` through it)."""
+    from fewshot.norms import NormLayer
+
+    heard: list[tuple[str, float]] = []
+    monkeypatch.setattr(NormLayer, "on_lr_scale", lambda self, factor: heard.append((type(self).__name__, factor)))
+    train_split, val_split = splits
+    cfg = tiny_config(f"train.whitening_rate_follows_lr={str(follows).lower()}")  # lr halves every 4 episodes
+    train(cfg, tmp_path / "run", train_split=train_split, val_split=val_split, runs_root=tmp_path, quiet=True)
+    factors = sorted({f for _, f in heard}, reverse=True)
+    assert factors == ([0.5, 0.25, 0.125] if follows else [])
+    assert {name for name, _ in heard} <= {"BatchNorm"}
+    source = open(trainer.__file__).read().lower()
+    assert "swbn" not in source and "whitening_rate_hook" not in source
