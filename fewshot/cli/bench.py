@@ -2,7 +2,7 @@
 ``bench train`` the meta-training loop (episodes/s and the share of time outside the model step) and training
 steps side by side with the loops a user would write, ``bench eval`` evaluation against bare forward passes,
 ``bench maml`` time and memory per MAML meta-step, ``bench device`` the trainer's step against a plain loop on
-the same device (a GPU where there is one).
+the same device (a GPU where there is one), ``bench distributed`` 2 ranks against 1 process per meta-step.
 
 Each ``bench`` subcommand is one entry of :data:`SUBCOMMANDS`: a function adding its parser to the ``bench``
 sub-parsers and setting ``func``. To add another, write ``_add_<name>(sub)`` and list it there.
@@ -24,7 +24,16 @@ from types import ModuleType
 
 from fewshot.errors import ConfigError
 
-__all__ = ["SUBCOMMANDS", "load_benchmark", "register", "run_eval", "run_maml", "run_norms", "run_train"]
+__all__ = [
+    "SUBCOMMANDS",
+    "load_benchmark",
+    "register",
+    "run_distributed",
+    "run_eval",
+    "run_maml",
+    "run_norms",
+    "run_train",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -364,9 +373,41 @@ def _add_device(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_device)
 
 
+def run_distributed(args: argparse.Namespace) -> int:
+    """``bench distributed``: 2 ranks × 1 thread vs 1 process × 2 threads per meta-step; print, write the CSV."""
+    bench = load_benchmark("bench_distributed")
+    out = _check_out(args)
+    try:
+        rows = bench.run(steps=args.steps, rounds=args.rounds, only=_comma_list(args.configs) or None)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return _report_rows(bench, rows, args, out)
+
+
+def _add_distributed(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "distributed",
+        help="seconds per meta-step on 2 ranks x 1 thread vs 1 process x 2 threads, and the bytes sent per step",
+        description=(
+            "The trainer's meta-step (meta_loss, backward, gradient all-reduce, norm statistics gather, Adam) on "
+            "one process with 2 threads and on 2 gloo ranks with 1 thread each, A B A B, for ProtoNet and MAML "
+            "on Conv-4 (benchmarks/bench_distributed.py)."
+        ),
+    )
+    parser.add_argument("--steps", type=int, default=5, help="timed meta-steps per setup and round (after 1 untimed)")
+    parser.add_argument("--rounds", type=int, default=2, help="A B rounds per configuration")
+    parser.add_argument("--configs", default="", help="comma list of configurations (default: all)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--write", action="store_true", help="also write the CSV (see --out)")
+    parser.add_argument("--out", default="results/bench_distributed.csv", help="CSV path for --write")
+    parser.add_argument("--force", action="store_true", help="let --write replace an existing CSV")
+    parser.set_defaults(func=run_distributed)
+
+
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "data": _add_data,
     "device": _add_device,
+    "distributed": _add_distributed,
     "maml": _add_maml,
     "norms": _add_norms,
     "train": _add_train,

@@ -55,13 +55,20 @@ def run(args: argparse.Namespace) -> int:
     from fewshot.evaluation.compare import run_label
     from fewshot.evaluation.run_eval import evaluate_run, load_run_config
     from fewshot.reports.text import format_eval
+    from fewshot.training.distributed import from_env, shutdown
 
-    evaluation = evaluate_run(
-        args.run, n_way=args.n_way, n_shot=args.n_shot, n_query=args.n_query, episodes=args.episodes,
-        policy=args.policy, checkpoint=args.checkpoint, reuse=not args.no_reuse,
-        leak_episodes=args.leak_episodes if args.check_leak else None, progress=sys.stderr.isatty() and not args.json,
-        runs_root=args.runs_root,
-    )  # fmt: skip
+    dist = from_env(getattr(load_run_config(args.run), "device", None))  # under torchrun: the ranks split the episodes
+    try:
+        evaluation = evaluate_run(
+            args.run, n_way=args.n_way, n_shot=args.n_shot, n_query=args.n_query, episodes=args.episodes,
+            policy=args.policy, checkpoint=args.checkpoint, reuse=not args.no_reuse,
+            leak_episodes=args.leak_episodes if args.check_leak else None,
+            progress=sys.stderr.isatty() and not args.json, runs_root=args.runs_root, dist=dist,
+        )  # fmt: skip
+    finally:
+        shutdown(dist)
+    if not dist.is_main:  # rank 0 reports
+        return 0
     if args.json:
         out = {"run": str(evaluation.run_dir), "eval_folder": str(evaluation.folder), "reused": evaluation.reused,
                "summary": evaluation.summary}  # fmt: skip

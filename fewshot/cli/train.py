@@ -15,6 +15,9 @@ checkpoints/{last,best}.pt. ``--resume RUN`` continues a stopped run exactly whe
 recorded in env.json. Ctrl-C or SIGTERM once: finish the step, save, exit 130. A run stopped before its first
 checkpoint is started again in place (by --resume or by the same command); a second process on the same run is
 refused (run lock). Checkpoints and config.yaml are verified on resume (docs/reliability.md).
+
+Under ``torchrun --nproc-per-node N run_episode.py train ...`` the N ranks train one run, each on its share of
+every meta-step's episodes; rank 0 alone writes the run folder and prints (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from fewshot.config import config_to_dict, load_config
     from fewshot.device import run_device
     from fewshot.errors import ConfigError
+    from fewshot.training.distributed import from_env, shutdown
     from fewshot.training.run_dir import default_run_dir, find_latest_run, resume_config
     from fewshot.training.trainer import train
 
@@ -102,7 +106,14 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         print(f"# run directory: {run_dir}{' (resume)' if resume else ''}")
         return 0
-    result = train(cfg, run_dir, resume=resume, quiet=args.quiet, deterministic=args.deterministic)
+    dist = from_env(getattr(cfg, "device", None))  # under torchrun: join the ranks (the trainer reuses the group)
+    try:
+        run_dir = dist.broadcast_object(run_dir, "broadcast of the run directory")  # rank 0's clock and git sha
+        result = train(cfg, run_dir, resume=resume, quiet=args.quiet, deterministic=args.deterministic)
+    finally:
+        shutdown(dist)
+    if not dist.is_main:  # rank 0 reports for the run
+        return 0
     m = result.metrics
     if result.best_val_acc is not None:
         best = f"best val acc {result.best_val_acc:.4f} at episode {result.best_episode}"

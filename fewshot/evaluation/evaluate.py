@@ -31,6 +31,8 @@ from episodes.episode import Episode
 from fewshot.device import model_device
 from fewshot.evaluation.stats import MeanCI, mean_ci
 from fewshot.norms.policy import Policy
+from fewshot.training.distributed import SINGLE, Distributed
+from fewshot.training.meta_step_sync import split_evenly
 
 __all__ = ["POLICIES", "EvalResult", "check_policy", "evaluate_episodes", "state_snapshot", "assert_state_unchanged"]
 
@@ -111,6 +113,7 @@ def evaluate_episodes(
     channels_last: bool = False,
     progress: bool = False,
     on_episode: Callable[[int, float], None] | None = None,
+    dist: Distributed = SINGLE,
 ) -> EvalResult:
     """Score ``learner`` on every episode of ``episodes`` and return the per-episode accuracies.
 
@@ -123,7 +126,9 @@ def evaluate_episodes(
         channels_last: convert the model to the channels-last memory format first (faster convolutions on
             CPU; values are unchanged).
         progress: show a tqdm progress bar on stderr.
-        on_episode: called as ``on_episode(position, accuracy)`` after each episode.
+        on_episode: called as ``on_episode(position, accuracy)`` after each episode (this rank's episodes).
+        dist: several ranks (``torchrun``): each scores its contiguous share of the episodes and the per-episode
+            counts are summed over the ranks (integers: the result equals one process's exactly).
 
     Returns:
         An :class:`EvalResult`; ``result.summary`` gives mean ± 95% CI.
@@ -143,9 +148,9 @@ def evaluate_episodes(
     index = np.zeros(n, dtype=np.int64)
     n_correct = np.zeros(n, dtype=np.int64)
     n_total = np.zeros(n, dtype=np.int64)
-    sizes: tuple[int, int, int] | None = None
-    positions = range(n)
-    if progress:
+    sizes: tuple[int, int, int] | None = (episodes[0].n_way, episodes[0].n_shot, episodes[0].n_query)
+    positions = split_evenly(n, dist)
+    if progress and dist.is_main:
         from tqdm import tqdm
 
         positions = tqdm(positions, desc=f"eval ({policy})", unit="episode", leave=False)
@@ -175,6 +180,9 @@ def evaluate_episodes(
                 on_episode(pos, correct / n_total[pos])
     seconds = time.perf_counter() - start
     assert_state_unchanged(learner, before, f"evaluation with policy {policy!r}")
+    if dist.active:  # every rank filled its own positions: the sum over ranks is the whole table
+        table = torch.from_numpy(np.stack([index, n_correct, n_total])).to(dist.device)
+        index, n_correct, n_total = dist.all_reduce_sum_(table, "all-reduce of the evaluation counts").cpu().numpy()
     assert sizes is not None
     return EvalResult(
         index=index,

@@ -8,6 +8,9 @@ episode-set content hash, policy and checkpoint digest (sha256 of the checkpoint
 checkpoint's own SHA-256 and its config are checked against ``config.yaml`` first
 (:func:`fewshot.training.run_dir.read_verified_checkpoint`), and the ``eval/`` folder is checked for writability
 before any episode is scored.
+
+Under ``torchrun`` (``dist``) the ranks score contiguous shares of the episodes and sum the per-episode counts;
+rank 0 alone makes the episode file, decides on reuse, writes ``eval/`` and runs the leak check.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from fewshot.errors import ConfigError, DataError
 from fewshot.evaluation.evaluate import check_policy, evaluate_episodes
 from fewshot.evaluation.leak import LeakReport, check_leak
 from fewshot.evaluation.outputs import file_sha256, find_reusable, read_episode_accuracies, read_summary, write_eval
+from fewshot.training.distributed import SINGLE, Distributed
 
 __all__ = [
     "CHECKPOINTS", "EvalRequest", "RunEvaluation", "resolve_request", "checkpoint_file", "load_run_config",
@@ -164,6 +168,7 @@ def evaluate_run(
     leak_episodes: int | None = None,
     progress: bool = False,
     runs_root: str | Path | None = None,
+    dist: Distributed = SINGLE,
 ) -> RunEvaluation:
     """Evaluate a run on its fixed test episodes (or reuse a matching earlier evaluation).
 
@@ -175,6 +180,7 @@ def evaluate_run(
         leak_episodes: also run the leak check on this many episodes (``None``: no leak check).
         progress: show a progress bar.
         runs_root: where ``_episode_sets/`` lives (default ``$FEWSHOT_RUNS`` or ``./runs``).
+        dist: this process's rank (module docstring); every rank returns the same evaluation (rank 0's leak check).
 
     Returns:
         A :class:`RunEvaluation`.
@@ -193,22 +199,34 @@ def evaluate_run(
     cfg, _ = read_verified_checkpoint(run_dir, ckpt.stem)
     request = resolve_request(cfg, n_way=n_way, n_shot=n_shot, n_query=n_query, episodes=episodes, policy=policy)
     split = build_split(cfg, cfg.data.test_split)
-    eset = get_episode_set(
-        split, request.n_way, request.n_shot, request.n_query, seed=request.seed, count=request.episodes,
-        within_alphabet=request.within_alphabet, root=runs_root,
-    )  # fmt: skip
+
+    def episode_set() -> Any:
+        return get_episode_set(
+            split, request.n_way, request.n_shot, request.n_query, seed=request.seed, count=request.episodes,
+            within_alphabet=request.within_alphabet, root=runs_root,
+        )  # fmt: skip
+
+    eset = episode_set() if dist.is_main else None  # rank 0 writes the shared file, then the others read it
+    dist.barrier("barrier after rank 0 made the test episode set")
+    eset = eset or episode_set()
     ckpt_sha = file_sha256(ckpt)
     episode_hash = eset.content_hash
-    folder = find_reusable(run_dir, episode_hash, request.policy, checkpoint, ckpt_sha) if reuse else None
+    folder = None
+    if dist.is_main and reuse:
+        folder = find_reusable(run_dir, episode_hash, request.policy, checkpoint, ckpt_sha)
+    folder = dist.broadcast_object(folder, "broadcast of the reuse decision")
     reused = folder is not None
     learner = None
     with _threads(cfg.train.threads):
         if folder is None:
-            check_writable(run_dir / "eval", "evaluation results")  # before scoring, not after
+            if dist.is_main:
+                check_writable(run_dir / "eval", "evaluation results")  # before scoring, not after
             learner = _load_learner(run_dir, checkpoint, request.n_way)
+            if dist.device.type != "cpu":
+                learner.to(dist.device)
             result = evaluate_episodes(
                 learner, eset.episodes, policy=request.policy, channels_last=cfg.train.channels_last,
-                progress=progress,
+                progress=progress, dist=dist,
             )  # fmt: skip
             info = {
                 "dataset": split.dataset,
@@ -222,11 +240,17 @@ def evaluate_run(
                 "checkpoint_file": str(ckpt.relative_to(run_dir)),
                 "checkpoint_sha256": ckpt_sha,
             }
-            folder = write_eval(run_dir, result, info)
+            folder = write_eval(run_dir, result, info) if dist.is_main else None
         leak = None
-        if leak_episodes is not None:
+        if leak_episodes is not None and dist.is_main:
             learner = learner if learner is not None else _load_learner(run_dir, checkpoint, request.n_way)
             leak = check_leak(learner, eset.episodes, policy=request.policy, n_episodes=leak_episodes)
+    if dist.active:  # rank 0's files, read there (the other ranks need no shared disk)
+        folder, summary, acc, leak = dist.broadcast_object(
+            (folder, read_summary(folder), read_episode_accuracies(folder), leak) if dist.is_main else None,
+            "broadcast of the evaluation's results",
+        )
+        return RunEvaluation(run_dir=run_dir, folder=folder, summary=summary, acc=acc, reused=reused, leak=leak)
     summary = read_summary(folder)
     acc = read_episode_accuracies(folder)
     return RunEvaluation(run_dir=run_dir, folder=folder, summary=summary, acc=acc, reused=reused, leak=leak)

@@ -16,13 +16,16 @@ mode contexts, the channels-last input conversion, episode checks and accuracy.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextvars import ContextVar
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
 import fewshot.norms as norms
 from episodes.episode import Episode
+from fewshot.norms.flow import NormStats
 from fewshot.norms.policy import Policy
 
 __all__ = [
@@ -33,7 +36,63 @@ __all__ = [
     "check_train_policy",
     "rowwise",
     "MIN_QUERY_ROWS",
+    "NormStatsSync",
+    "gather_episode_stats",
+    "joined_batch_stats",
+    "syncing_norm_stats",
 ]
+
+
+class NormStatsSync(Protocol):
+    """How the norm statistics of a meta-step split across processes become those of the whole meta-batch.
+
+    ``fewshot.training.meta_step_sync.NormStatsSync`` implements it for ``torch.distributed`` ranks; a learner
+    calls it through :func:`gather_episode_stats` and :func:`joined_batch_stats` and never knows about ranks.
+    """
+
+    def gather(self, parts: list[NormStats]) -> list[NormStats]:
+        """Every rank's per-episode statistics, in episode order, from this rank's ``parts``."""
+        ...
+
+    def joined(self, module: nn.Module) -> AbstractContextManager[None]:
+        """A block in which every batch-statistics forward of ``module``'s norm layers uses the statistics of
+        the rank-ordered concatenation of every rank's batch (each layer's merged across ranks before use)."""
+        ...
+
+
+#: The sync of the current meta-step (``None``: this process holds the whole meta-batch).
+_norm_stats_sync: ContextVar[NormStatsSync | None] = ContextVar("fewshot_norm_stats_sync", default=None)
+
+
+@contextmanager
+def syncing_norm_stats(sync: NormStatsSync | None) -> Iterator[None]:
+    """Inside the block, :func:`gather_episode_stats` and :func:`joined_batch_stats` go through ``sync``."""
+    token = _norm_stats_sync.set(sync)
+    try:
+        yield
+    finally:
+        _norm_stats_sync.reset(token)
+
+
+def gather_episode_stats(parts: list[NormStats]) -> list[NormStats]:
+    """The norm statistics of every episode of the meta-step, in episode order, from this process's ``parts``.
+
+    One process: ``parts`` itself. Several processes (a meta-batch split by episode index across ranks): every
+    rank's parts, gathered, so each rank computes the same next norm state as one process would.
+    """
+    sync = _norm_stats_sync.get()
+    return parts if sync is None else sync.gather(parts)
+
+
+def joined_batch_stats(module: nn.Module) -> AbstractContextManager[None]:
+    """A block whose batch-statistics forwards of ``module`` see every rank's batch (one process: no change).
+
+    For a gradient-free state pass over a meta-batch's supports split across ranks: layer ``l``'s statistics
+    depend on layer ``l-1``'s output normalized with the joined statistics, so the ranks merge each layer's
+    statistics inside the pass, not after it.
+    """
+    sync = _norm_stats_sync.get()
+    return nullcontext() if sync is None else sync.joined(module)
 
 
 def check_train_policy(policy: object) -> Policy:

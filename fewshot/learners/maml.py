@@ -44,6 +44,7 @@ from fewshot.learners.base import (
     Learner,
     check_episode,
     check_train_policy,
+    joined_batch_stats,
     predict_norm_policy,
     rowwise,
 )
@@ -371,8 +372,9 @@ class MAML(Learner):
         if self.norm_state_update == "meta_batch":
             supports = [torch.cat(supports)]
         state = dict(self.backbone.named_buffers())
-        for xs in supports:
-            state = norms.advance(self.backbone, xs, state)
+        with joined_batch_stats(self.backbone):  # several ranks: each layer's statistics over every rank's supports
+            for xs in supports:
+                state = norms.advance(self.backbone, xs, state)
         norms.commit(self.backbone, state)
 
     def predict(self, episode: Episode, *, policy: str = "running") -> Tensor:

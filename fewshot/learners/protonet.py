@@ -19,14 +19,18 @@ from fewshot.learners.base import (
     Learner,
     check_episode,
     check_train_policy,
+    gather_episode_stats,
     predict_norm_policy,
     rowwise,
 )
+from fewshot.norms.flow import NormStats
 from fewshot.norms.policy import Policy
+from fewshot.norms.state import norm_layers
 
 __all__ = ["ProtoNet"]
 
 _DISTANCES = ("euclidean", "cosine")
+_NORM_STATE_UPDATES = ("forward", "meta_batch")
 
 
 @LEARNERS.register("protonet")
@@ -58,6 +62,11 @@ class ProtoNet(Learner):
             with the same call.
         image_size: unused; accepted for the same reason.
         in_channels: unused; accepted for the same reason.
+        norm_state_update: when ``meta_loss`` updates the norm layers' state (running moments, SWBN's ``W``):
+            ``"forward"`` (default): in every training forward, PyTorch's BatchNorm semantics (episode ``i+1`` of
+            a meta-batch reads the state episode ``i`` left); ``"meta_batch"``: every episode of the meta-batch
+            reads the same state, and one update from their statistics merged (Chan's rule) follows the
+            meta-batch; the only choice a distributed meta-step accepts (docs/distributed.md).
 
     Example:
         >>> import fewshot.backbones
@@ -86,8 +95,16 @@ class ProtoNet(Learner):
         n_way: int | None = None,
         image_size: int | None = None,
         in_channels: int | None = None,
+        norm_state_update: str = "forward",
     ) -> None:
         super().__init__(backbone, channels_last=channels_last)
+        if norm_state_update not in _NORM_STATE_UPDATES:
+            raise ValueError(
+                f"protonet norm_state_update must be one of {', '.join(map(repr, _NORM_STATE_UPDATES))}, got "
+                f"{norm_state_update!r}; 'forward' updates norm state in every training forward, 'meta_batch' once "
+                "per meta-step from the meta-batch's merged statistics"
+            )
+        self.norm_state_update = norm_state_update
         if distance not in _DISTANCES:
             raise ValueError(f"protonet distance must be one of {', '.join(map(repr, _DISTANCES))}, got {distance!r}")
         self.distance = distance
@@ -145,19 +162,24 @@ class ProtoNet(Learner):
             return math.exp(self.log_temperature.item())
         return math.exp(self._fixed_log_temperature)
 
-    def _embed(self, episode: Episode, norm_policy: Policy) -> tuple[Tensor, Tensor]:
-        """Support and query embeddings ``((n_support, D), (n_query_total, D))`` under ``norm_policy``."""
+    def _embed(self, episode: Episode, norm_policy: Policy) -> tuple[Tensor, Tensor, NormStats]:
+        """Support and query embeddings ``((n_support, D), (n_query_total, D))`` under ``norm_policy``.
+
+        The third value is the norm statistics of the batch-statistics forward (support+query, or the support
+        alone under ``support``): what a ``meta_batch`` state update reads.
+        """
         sx, qx = episode.support_x, episode.query_x
         if norm_policy is Policy.SUPPORT:
             with norms.collect(self) as support_stats:
                 support_z = self.backbone(self.prepare(sx))
             with norms.using(self, support_stats):
                 query_z = rowwise(self.backbone, self.prepare(qx))
-            return support_z, query_z
+            return support_z, query_z, support_stats
         if norm_policy is Policy.TRANSDUCTIVE or self.training:
-            z = self.backbone(self.prepare(torch.cat([sx, qx])))
-            return z[: sx.shape[0]], z[sx.shape[0] :]
-        return self.backbone(self.prepare(sx)), rowwise(self.backbone, self.prepare(qx))
+            with norms.collect(self) as stats:
+                z = self.backbone(self.prepare(torch.cat([sx, qx])))
+            return z[: sx.shape[0]], z[sx.shape[0] :], stats
+        return self.backbone(self.prepare(sx)), rowwise(self.backbone, self.prepare(qx)), {}
 
     def meta_loss(self, episodes: Sequence[Episode], *, policy: str = "running") -> tuple[Tensor, dict[str, float]]:
         """Mean query cross-entropy over ``episodes`` in train mode, and ``{"loss", "acc"}``.
@@ -174,16 +196,27 @@ class ProtoNet(Learner):
         episodes = self._episodes(episodes)
         for ep in episodes:
             check_episode(ep)
-        losses, correct, total = [], 0, 0
-        with self.mode(training=True, norm_policy=policy, frozen=False):
+        losses, episode_stats, correct, total = [], [], 0, 0
+        once = self.norm_state_update == "meta_batch"
+        with self.mode(training=True, norm_policy=policy, frozen=once):
             for ep in episodes:
-                support_z, query_z = self._embed(ep, policy)
+                support_z, query_z, stats = self._embed(ep, policy)
+                episode_stats.append(stats)
                 logits = self.logits(support_z, ep.support_y, query_z, ep.n_way)
                 losses.append(F.cross_entropy(logits, ep.query_y))
                 correct += int((logits.argmax(-1) == ep.query_y).sum())
                 total += ep.query_y.shape[0]
+        if once:
+            self._commit_norm_state(episode_stats)
         loss = torch.stack(losses).mean()
         return loss, {"loss": loss.item(), "acc": correct / total}
+
+    def _commit_norm_state(self, episode_stats: list[NormStats]) -> None:
+        """``meta_batch``: the meta-step's one state change, from every episode's statistics merged in order."""
+        if not any(layer.track_running_stats for layer in norm_layers(self)):
+            return
+        merged = norms.merge(self, gather_episode_stats(episode_stats))
+        norms.commit(self, norms.next_state(self, merged), merged)
 
     def predict(self, episode: Episode, *, policy: str = "running") -> Tensor:
         """Meta-test logits ``(n_way * n_query, n_way)`` for ``episode.query_x``; changes no model state.
@@ -196,7 +229,7 @@ class ProtoNet(Learner):
         norm_policy = predict_norm_policy(policy)
         check_episode(episode)
         with torch.no_grad(), self.mode(training=False, norm_policy=norm_policy, frozen=True):
-            support_z, query_z = self._embed(episode, norm_policy)
+            support_z, query_z, _ = self._embed(episode, norm_policy)
             return self.logits(support_z, episode.support_y, query_z, episode.n_way)
 
     def extra_repr(self) -> str:
@@ -204,4 +237,6 @@ class ProtoNet(Learner):
         if self.distance == "cosine":
             parts.append(f"temperature={self.temperature:.4g}, learn_temperature={self.log_temperature is not None}")
         parts.append(f"channels_last={self.channels_last}")
+        if self.norm_state_update != "forward":
+            parts.append(f"norm_state_update={self.norm_state_update!r}")
         return ", ".join(parts)

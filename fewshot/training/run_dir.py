@@ -378,18 +378,21 @@ def write_env(
     config_changes: Mapping[str, Any] | None = None,
     device: torch.device | None = None,
     numerics: Mapping[str, Any] | None = None,
+    distributed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``env.json`` (first session) or append this session to its ``resumes`` list.
 
     ``config_changes`` (``{key: [old, new]}``, from :func:`check_resume_changes`) is recorded in the session's
-    entry, so the record says which budget each session ran with. ``device`` (default the CPU) adds its facts
-    (:func:`fewshot.device.device_facts`: device, GPU model, CUDA, cuDNN and driver versions); ``numerics``
-    (precision, TF32 switches, deterministic) is recorded as given.
+    entry, so the record says which budget each session ran with. ``distributed`` (``{"world_size", "backend"}``,
+    default one process: ``{"world_size": 1, "backend": None}``) says how many ranks the session ran on.
+    ``device`` (default the CPU) adds its facts (:func:`fewshot.device.device_facts`: device, GPU model, CUDA,
+    cuDNN and driver versions); ``numerics`` (precision, TF32 switches, deterministic) is recorded as given.
     """
     path = Path(run_dir) / "env.json"
     env = _environment(device)
     if numerics is not None:
         env["numerics"] = dict(numerics)
+    env.update(distributed or {"world_size": 1, "backend": None})
     if resumed:
         env["config_changes"] = dict(config_changes or {})
     if resumed and path.is_file():

@@ -15,6 +15,12 @@ Faults: the run directory is checked for writability before any data is loaded; 
 the run (``.lock``, see :func:`~fewshot.training.run_dir.run_lock`); a write that fails (disk full, read-only
 folder, quota) raises :class:`~fewshot.errors.StorageError` while ``last.pt`` still holds the previous complete
 checkpoint; a run stopped before its first checkpoint is started again in place.
+
+Several processes (``torchrun``, :mod:`~fewshot.training.distributed`): each rank trains on its share of every
+meta-step's episodes and the ranks average gradients and gather norm statistics
+(:mod:`~fewshot.training.meta_step_sync`), so every rank holds the single-process model after each step. Rank 0
+alone holds the lock and writes the run folder; validation episodes are split across the ranks and their counts
+summed; stop decisions (budget, signals) are agreed by all ranks before each step. docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -39,15 +45,26 @@ from tqdm import tqdm
 from episodes.split import ClassSplit
 from fewshot.config.loader import config_to_dict, save_config, with_current_names
 from fewshot.config.schema import ExperimentConfig
-from fewshot.device import run_device
+from fewshot.device import model_device, run_device
 from fewshot.errors import DataError, StorageError
+from fewshot.learners.base import syncing_norm_stats
 from fewshot.norms import NormLayer, notify_lr_scale
 from fewshot.numerics import autocast, restoring_numerics, set_deterministic, set_precision
 from fewshot.training.build import build_learner, build_split, build_train_sampler
 from fewshot.training.checkpoint import CHECKPOINT_FORMAT, get_rng_state, save_checkpoint, set_rng_state
+from fewshot.training.distributed import Distributed, DistributedError, from_env, to_device
 from fewshot.training.episode_sets import val_episode_set
 from fewshot.training.init_from import load_backbone_weights
 from fewshot.training.interrupt import stop_on_signals
+from fewshot.training.meta_step_sync import (
+    NormStatsSync,
+    average_gradients,
+    check_learner,
+    check_meta_batch,
+    local_episodes,
+    mean_over_ranks,
+    split_evenly,
+)
 from fewshot.training.run_dir import (
     check_resume_changes,
     check_writable,
@@ -73,6 +90,16 @@ def _label_norm_layers(model: torch.nn.Module) -> None:
             module.label = name
 
 
+class _NoLog:
+    """The train log of a rank other than 0 (rank 0 alone writes ``train_log.csv``)."""
+
+    def write(self, *args: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class _Trainer:
     def __init__(
         self,
@@ -86,10 +113,14 @@ class _Trainer:
         val_split: ClassSplit | None,
         runs_root: str | Path | None,
         deterministic: bool = False,
+        dist: Distributed,
+        device_requested: bool = False,
     ) -> None:
         self.deterministic = deterministic
         self._pending: list[tuple[Any, Any]] = []  # per-step (loss, acc) not yet read (tensors stay on the device)
         self._pending_from = 0  # first episode of the pending steps
+        self.dist, self._device_requested = dist, device_requested
+        self.device = dist.device
         self.cfg, self.run_dir, self.resume, self.quiet, self.callback = cfg, Path(run_dir), resume, quiet, callback
         self._given_splits, self._runs_root = (train_split, val_split), runs_root
         self.state = TrainState()
@@ -100,23 +131,48 @@ class _Trainer:
         self._saved_episode: int | None = None  # episode of the last complete last.pt
         self.locks = contextlib.ExitStack()  # the run lock, held from setup until train() returns
         self._locked = False
+        self.log: Any = _NoLog()
 
     # ------------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
-        cfg, t = self.cfg, self.cfg.train
+        t, dist = self.cfg.train, self.dist
+        check_meta_batch(t.meta_batch, dist.world_size)
+        restart, payload, failure = False, None, None
+        if dist.is_main:
+            try:
+                restart, payload = self._open_run_dir()
+            except Exception as exc:
+                failure = exc
+        if dist.active:  # the other ranks learn rank 0's outcome, and the checkpoint to resume (no shared disk needed)
+            told = dist.broadcast_object(
+                (self.resume, payload, None if failure is None else f"{type(failure).__name__}: {failure}"),
+                "broadcast of the run folder's state from rank 0",
+            )
+            if failure is None and told[2] is not None:
+                raise DistributedError(f"rank {dist.rank}: rank 0 could not open the run: {told[2]}")
+            self.resume, payload = told[0], told[1]
+        if failure is not None:
+            raise failure
+        self._load_and_build(restart, payload)
+
+    def _open_run_dir(self) -> tuple[bool, dict[str, Any] | None]:
+        """Rank 0: check, lock and read the run folder before any data is loaded; (restart, payload to resume)."""
         restart = self.run_dir.is_dir() and never_checkpointed(self.run_dir)
         if restart:
             warnings.warn(
                 f"run {str(self.run_dir)!r} was stopped before its first checkpoint: nothing to resume, starting it "
                 "again from episode 0 in place",
-                stacklevel=3,
+                stacklevel=4,
             )
             self.resume = False
         prepare_run_dir(self.run_dir, resume=self.resume, create=False)  # fail fast, before loading data
         if self.run_dir.is_dir():
             self._lock()  # before anything in the directory is read or replaced
         check_writable(self.run_dir / "checkpoints", "the run's checkpoints")
-        payload = self._verified_last() if self.resume else None  # before loading any data
+        return restart, (self._verified_last() if self.resume else None)  # before loading any data
+
+    def _load_and_build(self, restart: bool, payload: dict[str, Any] | None) -> None:
+        cfg, t, dist = self.cfg, self.cfg.train, self.dist
         train_split, val_split = self._given_splits
         train_split = train_split or build_split(cfg, cfg.data.train_split)
         if cfg.data.val_split is not None:
@@ -127,22 +183,31 @@ class _Trainer:
                     f"{len(shared)} of the {val_split.n_classes} validation classes (split {cfg.data.val_split!r}) "
                     f"are also training classes (split {cfg.data.train_split!r}): validation accuracy will not "
                     "measure generalization; use data.train_split=train or data.val_split=null",
-                    stacklevel=4,
+                    stacklevel=5,
                 )
         else:
             val_split = None
-        self.device = run_device(cfg.device)
         set_precision(cfg.precision)
         self.train_split = train_split
         self.sampler = build_train_sampler(cfg, train_split).to(self.device)
-        self.val_set = val_episode_set(cfg, val_split, self._runs_root) if val_split is not None else None
+        self.val_set = None
+        if val_split is not None:  # rank 0 writes the shared episode file first, the others read it
+            if dist.is_main:
+                self.val_set = val_episode_set(cfg, val_split, self._runs_root)
+            dist.barrier("barrier after rank 0 made the validation episode set")
+            if not dist.is_main:
+                self.val_set = val_episode_set(cfg, val_split, self._runs_root)
         self._val_episodes: list[Any] | None = None  # the validation episodes on the device, built on first use
         if self.deterministic:
             set_deterministic(cfg.seed)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        self.learner = build_learner(cfg, t.n_way, train_split.image_shape, train_split.class_names).to(self.device)
+        self.learner = build_learner(cfg, t.n_way, train_split.image_shape, train_split.class_names)
+        check_learner(self.learner, dist.world_size)
+        if self._device_requested:  # else the model stays where it was built, and the episodes follow it
+            self.learner.to(self.device)
+        self.device = model_device(self.learner)
         init_info = None
         if cfg.model.init_from is not None and not self.resume:  # a resumed run restores its own weights
             init_info = load_backbone_weights(self.learner, cfg.model.init_from)
@@ -154,6 +219,13 @@ class _Trainer:
         _label_norm_layers(self.learner)
         if payload is not None:
             self._restore(payload)
+        if dist.is_main:
+            self._write_run_files(restart, init_info)
+        self._sync_lr_scale()
+
+    def _write_run_files(self, restart: bool, init_info: dict[str, Any] | None) -> None:
+        """Rank 0: the run folder, its lock, config.yaml, env.json (world size, backend), init_from.json, the log."""
+        cfg = self.cfg
         prepare_run_dir(self.run_dir, resume=self.resume)
         if not self._locked:  # a new run's directory exists only now
             self._lock()
@@ -168,12 +240,11 @@ class _Trainer:
             }
             write_env(
                 self.run_dir, resumed=self.resume, config_changes=self._config_changes, device=self.device,
-                numerics=numerics,
+                numerics=numerics, distributed=self.dist.describe(),
             )  # fmt: skip
             if init_info is not None:
                 write_json(self.run_dir / "init_from.json", init_info)
             self.log = TrainLog(self.run_dir / "train_log.csv", self.state.episodes_done if self.resume else None)
-        self._sync_lr_scale()
 
     def _lock(self) -> None:
         self.locks.enter_context(run_lock(self.run_dir))
@@ -193,13 +264,13 @@ class _Trainer:
         return payload
 
     def _restore(self, payload: dict[str, Any]) -> None:
-        if payload["train_fingerprint"] != self.train_split.fingerprint:
+        if payload["train_fingerprint"] != self.train_split.fingerprint:  # every rank checks its own data
             raise DataError(
                 f"cannot resume {str(self.run_dir)!r} exactly: the training split {self.cfg.data.train_split!r} "
                 "differs from the one the run started on (its fingerprint changed: other data or preprocessing "
                 "options); restore the original data or start a new run"
             )
-        self.learner.load_state_dict(payload["model"])
+        self.learner.load_state_dict(payload["model"])  # a checkpoint of N ranks loads on M: the state is one model
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         known = {f.name for f in fields(TrainState)}
@@ -252,11 +323,16 @@ class _Trainer:
             ) from exc
 
     def _save_last(self, status: str) -> None:
+        if not self.dist.is_main:
+            return
         with self._writing("checkpoints/last.pt"):
             save_checkpoint(self._checkpoint_payload(status), self.run_dir / "checkpoints" / "last.pt")
         self._saved_episode = self.state.episodes_done
 
     def _save_best(self, val_acc: float | None) -> None:
+        self.state.best_val_acc, self.state.best_episode = val_acc, self.state.episodes_done
+        if not self.dist.is_main:
+            return
         payload = {
             "format": CHECKPOINT_FORMAT,
             "episode": self.state.episodes_done,
@@ -267,7 +343,6 @@ class _Trainer:
         }
         with self._writing("checkpoints/best.pt"):
             save_checkpoint(payload, self.run_dir / "checkpoints" / "best.pt")
-        self.state.best_val_acc, self.state.best_episode = val_acc, self.state.episodes_done
 
     def metrics(self, status: str, error: str | None = None) -> dict[str, Any]:
         s = self.state
@@ -294,6 +369,8 @@ class _Trainer:
 
     def _write_metrics(self, status: str, error: str | None = None) -> dict[str, Any]:
         m = self.metrics(status, error)
+        if not self.dist.is_main:
+            return m
         with self._writing("metrics.json"):
             write_json(self.run_dir / "metrics.json", m)
         return m
@@ -303,14 +380,20 @@ class _Trainer:
 
         Every episode of the set has the same number of queries, so the mean of per-episode accuracies is
         computed exactly as total correct / total queries (equal accuracies compare equal: ties are real ties).
+        On several ranks each scores its contiguous share of the episodes and the counts are summed.
         """
         policy, correct, total = self.cfg.eval.norm_policy, 0, 0
         if self._val_episodes is None:
-            self._val_episodes = [ep.to(self.device) for ep in self.val_set.episodes]
-        for ep in self._val_episodes:
+            self._val_episodes = [_to_device(ep, self.device) for ep in self.val_set.episodes]
+        episodes = self._val_episodes
+        for i in split_evenly(len(episodes), self.dist):
+            ep = episodes[i]
             logits = self.learner.predict(ep, policy=policy)
             correct = correct + (logits.argmax(-1) == ep.query_y).sum()  # summed on the device, read once
             total += int(ep.query_y.numel())
+        if self.dist.active:
+            counts = torch.tensor([float(correct), float(total)], dtype=torch.float64, device=self.dist.device)
+            correct, total = (int(v) for v in self.dist.all_reduce_sum_(counts, "all-reduce of validation counts"))
         val_acc = int(correct) / total
         s = self.state
         s.last_val_acc, s.last_val_episode = val_acc, s.episodes_done
@@ -321,6 +404,9 @@ class _Trainer:
     def _log_row(self, lr: float, val_acc: float | None) -> None:
         s = self.state
         n = s.log_count
+        if not self.dist.is_main:
+            s.log_loss, s.log_acc, s.log_count = 0.0, 0.0, 0
+            return
         with self._writing("train_log.csv"):
             self.log.write(
                 s.episodes_done, s.log_loss / n if n else None, s.log_acc / n if n else None, lr, s.train_seconds,
@@ -334,17 +420,22 @@ class _Trainer:
 
     def _step(self, start: int) -> tuple[dict[str, float], float, float, float]:
         """Meta-step on episodes ``start .. start + meta_batch - 1``: (metrics, lr used, model start, model end)."""
-        t = self.cfg.train
+        t, dist = self.cfg.train, self.dist
         self._in_step = True
-        batch = [self.sampler[i] for i in range(start, start + t.meta_batch)]
+        batch = [_to_device(self.sampler[i], self.device) for i in local_episodes(start, t.meta_batch, dist)]
         t1 = _clock()
         lr = self._lr()
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.cfg.precision, self.device):
+        with (
+            syncing_norm_stats(NormStatsSync(dist) if dist.active else None),
+            autocast(self.cfg.precision, self.device),
+        ):
             loss, m = self.learner.meta_loss(batch, policy=t.norm_policy)
+        m = mean_over_ranks(m, dist)  # every rank sees the whole meta-batch's metrics (and stops together)
         if not isinstance(m["loss"], torch.Tensor):  # a float costs nothing to check now
             self._check_finite(m["loss"], start, start + t.meta_batch - 1)
         loss.backward()
+        average_gradients(self.learner.parameters(), dist)
         self.optimizer.step()
         self.scheduler.step()
         self._sync_lr_scale()
@@ -424,10 +515,13 @@ class _Trainer:
                     if s.episodes_done >= t.episodes:
                         status = "finished"
                         break
-                    if budget is not None and s.train_seconds >= budget:
+                    out_of_budget, signalled = self._agree(
+                        budget is not None and s.train_seconds >= budget, stop.is_set()
+                    )
+                    if out_of_budget:
                         status = "stopped_budget"
                         break
-                    if stop.is_set():
+                    if signalled:
                         raise KeyboardInterrupt
                     start = s.episodes_done
                     m, lr, t1, t2 = self._step(start)
@@ -459,6 +553,13 @@ class _Trainer:
             bar.close()
             self.log.close()
 
+    def _agree(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag true on any rank (the budget clock and signals are per process; the decision is shared)."""
+        if not self.dist.active:
+            return flags
+        votes = torch.tensor([float(f) for f in flags], dtype=torch.float64, device=self.dist.device)
+        return tuple(bool(v > 0) for v in self.dist.all_reduce_sum_(votes, "all-reduce of the stop decision"))
+
     def _finish(self, status: str, lr: float) -> TrainResult:
         s = self.state
         self._flush_metrics()
@@ -476,6 +577,11 @@ class _Trainer:
         return TrainResult(self.run_dir, status, s.episodes_done, s.best_val_acc, s.best_episode, metrics)
 
 
+def _to_device(episode: Any, device: torch.device) -> Any:
+    """Where the trainer moves an episode to the rank's device (tests patch it, e.g. to train in float64)."""
+    return to_device(episode, device)
+
+
 def train(
     cfg: ExperimentConfig,
     run_dir: str | Path,
@@ -487,6 +593,7 @@ def train(
     val_split: ClassSplit | None = None,
     runs_root: str | Path | None = None,
     deterministic: bool = False,
+    device: torch.device | str | None = None,
 ) -> TrainResult:
     """Meta-train the learner of ``cfg``, writing everything into ``run_dir``.
 
@@ -502,6 +609,9 @@ def train(
         deterministic: deterministic algorithms, cuBLAS workspace and seeds
             (:func:`fewshot.numerics.set_deterministic`): two runs on the same device give identical logs and
             checkpoints.
+        device: where the model and episodes live (default: the config's ``device`` if it has one, else where
+            the learner is built); under ``torchrun`` it also picks the backend (``gloo`` for CPU, ``nccl`` for
+            CUDA).
 
     Returns:
         The :class:`TrainResult` (status ``finished`` or ``stopped_budget``).
@@ -513,10 +623,14 @@ def train(
             changes what was trained, or another process holds the run.
         DataError: ``last.pt`` is damaged or edited, or ``config.yaml`` differs from it.
         StorageError: the run directory cannot be written (checked before loading data) or a write failed.
+        DistributedError: under ``torchrun``, the ranks could not start together or a rank stopped answering.
     """
+    requested = device if device is not None else run_device(cfg.device)
+    dist = from_env(requested)
     trainer = _Trainer(
         cfg, Path(run_dir), resume=resume, quiet=quiet, callback=callback, train_split=train_split,
-        val_split=val_split, runs_root=runs_root, deterministic=deterministic,
+        val_split=val_split, runs_root=runs_root, deterministic=deterministic, dist=dist,
+        device_requested=requested is not None,
     )  # fmt: skip
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)

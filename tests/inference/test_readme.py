@@ -9,7 +9,8 @@ Rule for the shell commands (every line of every ``bash`` block; ``\\`` continua
   fetch``, ``predict``, ``embed``, ``export``) is parsed by the real argument parser, and ``train`` additionally
   loads and validates its config with every ``--set`` (what fails before any training would);
 * every other command runs as written (``list``, ``data info``, ``episodes``, ``render_results.py --check``);
-* ``bash scripts/<x>.sh`` must exist, and ``.ci/run`` must call ``bash scripts/test.sh``.
+* ``bash scripts/<x>.sh`` must exist, and ``.ci/run`` must call ``bash scripts/test.sh``;
+* ``torchrun [options] run_episode.py ...`` is checked as ``python run_episode.py ...`` (what each rank runs).
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def test_the_python_example_runs_as_written(toy, own_images, tmp_path, monkeypat
 @pytest.mark.parametrize("command", shell_commands())
 def test_every_shell_command_runs_as_written(command, tmp_path, capsys) -> None:
     argv = shlex.split(command)
+    if argv[0] == "torchrun":  # every rank runs the command after torchrun's own options
+        assert "run_episode.py" in argv, command
+        argv = ["python", *argv[argv.index("run_episode.py") :]]
+        command = shlex.join(argv)
     if argv[0] == "bash":
         assert (ROOT / argv[1]).is_file()
         assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
@@ -96,6 +101,6 @@ def test_every_shell_command_runs_as_written(command, tmp_path, capsys) -> None:
         if argv[2] == "train":
             from fewshot.config import load_config
 
-            load_config(ROOT / args.config, args.overrides)
+            load_config(ROOT / args.config if args.config else None, args.overrides)
         return
     assert main(argv[2:]) == 0, capsys.readouterr().err
