@@ -86,7 +86,11 @@ class BatchNorm(NormLayer):
         instead (:meth:`_fused_batch_forward`, module docstring).
         """
         self._check_input_dim(x)
-        if self._stats_source() == "batch" and self.policy != "support" and fused_kernels_allowed(x, self.weight, self.bias):
+        if (
+            self._stats_source() == "batch"
+            and self.policy != "support"
+            and fused_kernels_allowed(x, self.weight, self.bias)
+        ):
             return self._fused_batch_forward(x)
         stats = self._select_stats(x)
         scale = torch.rsqrt(stats.var + self.eps)

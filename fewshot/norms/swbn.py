@@ -268,7 +268,11 @@ class SWBN(NormLayer):
         (one pass over ``x`` instead of two).
         """
         self._check_input_dim(x)
-        if self._stats_source() == "batch" and self.policy != "support" and fused_kernels_allowed(x, self.weight, self.bias):
+        if (
+            self._stats_source() == "batch"
+            and self.policy != "support"
+            and fused_kernels_allowed(x, self.weight, self.bias)
+        ):
             return self._fused_batch_forward(x)
         stats = self._select_stats(x)
         return self._whiten(x, stats, self.weight, self.bias)
