@@ -14,6 +14,7 @@ from fewshot.norms import whitening_math as WM
 from fewshot.norms.base import NormLayer
 from fewshot.norms.kernels import fused_kernels_allowed
 from fewshot.norms.registry import NORM_LAYERS
+from fewshot.norms.swbn_kernel import standardize_then_group_matrix
 
 __all__ = ["SWBN", "SWBNStats", "scale_whitening_rate"]
 
@@ -288,14 +289,12 @@ class SWBN(NormLayer):
         :meth:`_select_stats` before ``W`` is read, as on the exact path.
         """
         self._check_batch_size(x)  # our message, before the kernel raises its own
-        x_hat, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, self.eps)
+        with torch.no_grad():  # the backward is standardize_then_group_matrix's closed form
+            x_hat, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, self.eps)
         var = (invstd.double().pow(-2) - self.eps).clamp_min(0).to(invstd.dtype)
-        corr = WM.group_second_moment(x_hat.detach(), self.group_size) if self._updates_state() else None
+        corr = WM.group_second_moment(x_hat, self.group_size) if self._updates_state() else None
         self._select_stats(x, SWBNStats(mean, var, corr))
-        matrix = self._current_w(x)
-        if self.weight is not None:
-            matrix = matrix * self.weight.reshape(self.groups, self.group_size, 1)
-        return WM.apply_group_matrix(x_hat, matrix, self.bias)
+        return standardize_then_group_matrix(x, x_hat, invstd, self._current_w(x), self.weight, self.bias, self.eps)
 
 
 def _cap_spectrum(w: Tensor, cap: float) -> Tensor:
