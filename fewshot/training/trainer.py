@@ -41,6 +41,7 @@ from fewshot.config.loader import config_to_dict, save_config
 from fewshot.config.schema import ExperimentConfig
 from fewshot.errors import DataError, StorageError
 from fewshot.training.build import build_learner, build_split, build_train_sampler
+from fewshot.training.compile import compile_backbone
 from fewshot.training.checkpoint import CHECKPOINT_FORMAT, get_rng_state, save_checkpoint, set_rng_state
 from fewshot.training.episode_sets import val_episode_set
 from fewshot.training.init_from import load_backbone_weights
@@ -141,6 +142,8 @@ class _Trainer:
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
         self.learner = build_learner(cfg, t.n_way, train_split.image_shape, train_split.class_names)
+        if t.compile:
+            compile_backbone(self.learner, cfg.learner.name)
         init_info = None
         if cfg.model.init_from is not None and not self.resume:  # a resumed run restores its own weights
             init_info = load_backbone_weights(self.learner, cfg.model.init_from)
