@@ -41,8 +41,8 @@ from fewshot.config.loader import config_to_dict, save_config
 from fewshot.config.schema import ExperimentConfig
 from fewshot.errors import DataError, StorageError
 from fewshot.training.build import build_learner, build_split, build_train_sampler
-from fewshot.training.compile import compile_backbone
 from fewshot.training.checkpoint import CHECKPOINT_FORMAT, get_rng_state, save_checkpoint, set_rng_state
+from fewshot.training.compile import compile_backbone
 from fewshot.training.episode_sets import val_episode_set
 from fewshot.training.init_from import load_backbone_weights
 from fewshot.training.interrupt import stop_on_signals
