@@ -148,7 +148,6 @@ class TrainConfig:
     norm_policy: str
     whitening_rate_follows_lr: bool
     channels_last: bool
-    compile: bool
     within_alphabet: bool
     rotation_augment: bool | None
     val_every: int
@@ -156,6 +155,7 @@ class TrainConfig:
     checkpoint_minutes: float
     threads: int | None
     log_every: int
+    compile: bool = False  # added after runs were saved: a run's config.yaml without it means False
 
 
 @dataclass(frozen=True)
