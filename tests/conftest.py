@@ -1,15 +1,19 @@
-"""Fixtures shared by every test folder: the toy "bar" image-folder dataset used by the end-to-end tests.
+"""Fixtures shared by every test folder: the toy "bar" image-folder dataset used by the end-to-end tests, and a spy.
 
 Toy class ``c``: a 16x16 grey image of dark noise (0..59) with a bright bar (255) at rows ``2c, 2c+1``, so a
 few episodes of training separate the classes.
+
+Also ``fused_calls``: a spy on the normalization layers' fused-kernel forwards (norm and learner tests).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 
@@ -57,3 +61,31 @@ def bar_image_fixture():
 def write_classes_fixture():
     """:func:`write_classes`, as a fixture."""
     return write_classes
+
+
+class FusedCall(NamedTuple):
+    """One call of a layer's fused batch-statistics forward: the input shape and whether it ran under ``grad``."""
+
+    shape: tuple[int, ...]
+    under_grad: bool
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """A list that gets one :class:`FusedCall` per call of ``_fused_batch_forward`` (BatchNorm and SWBN).
+
+    ``under_grad`` is True when a ``torch.func`` transform was active (MAML's inner loop), so tests can tell
+    the inner-loop forwards from the plain-autograd ones (query forward, state update, ProtoNet).
+    """
+    from fewshot.norms.batchnorm import BatchNorm
+    from fewshot.norms.swbn import SWBN
+
+    calls = []
+    for cls in (BatchNorm, SWBN):
+
+        def spy(self, x, original=cls._fused_batch_forward):
+            calls.append(FusedCall(tuple(x.shape), torch._C._are_functorch_transforms_active()))
+            return original(self, x)
+
+        monkeypatch.setattr(cls, "_fused_batch_forward", spy)
+    return calls

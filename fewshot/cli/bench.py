@@ -127,7 +127,13 @@ def run_train(args: argparse.Namespace) -> int:
             f"--sections takes a comma list of {', '.join(TRAIN_SECTIONS)}, got {args.sections!r}; "
             "e.g. --sections steps"
         )
-    outs = {"trainer": Path(args.out), "steps": Path(args.steps_out)}
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    outs = {"trainer": Path(args.out), "steps": Path(args.steps_out), "compile": Path(args.compile_out)}
     for section in sections:
         if args.write and outs[section].exists() and not args.force:  # fail before minutes of measuring
             raise ConfigError(
@@ -148,10 +154,19 @@ def run_train(args: argparse.Namespace) -> int:
                 maml_steps=args.maml_steps,
                 warmup=args.warmup_steps,
                 data_root=args.data_root,
+                settings=_comma_list(args.settings) or None,
+                only_variants=_comma_list(args.variants) or None,
+            )
+        if "compile" in sections:
+            results["compile"] = load_benchmark("bench_compile").run(
+                steps=args.protonet_steps,
+                warmup=args.warmup_steps,
+                data_root=args.data_root,
+                settings=_comma_list(args.settings) or None,
             )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    modules = {"trainer": "bench_train", "steps": "bench_steps"}
+    modules = {"trainer": "bench_train", "steps": "bench_steps", "compile": "bench_compile"}
     env = load_benchmark("bench_train").environment()
     claims = load_benchmark("bench_steps").claims(results.get("steps", []))
     if args.json:
@@ -173,7 +188,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_SECTIONS = ("trainer", "steps")
+TRAIN_SECTIONS = ("trainer", "steps", "compile")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -187,10 +202,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "'steps' times training steps on the same episodes, interleaved in one process: fewshot with BN (fused "
             "and primitive-op), SWBN, IterNorm and DBN, and for ProtoNet a plain tuned loop and a learn2learn-style "
             "default loop (benchmarks/bench_steps.py), on Omniglot 60w1s5q, miniImageNet 5w1s15q and 20w5s15q and "
-            "MAML Omniglot 5w1s mb32, and prints the ratios issue 13 asks for."
+            "MAML Omniglot 5w1s mb32, and prints the ratios issue 13 asks for. Section 'compile' (not run by "
+            "default) times ProtoNet steps with and without train.compile (torch.compile), including the compile "
+            "time, and the minutes a run needs before compiling pays back (benchmarks/bench_compile.py)."
         ),
     )
-    parser.add_argument("--sections", default="trainer,steps", help="comma list: trainer, steps")
+    parser.add_argument("--sections", default="trainer,steps", help="comma list: trainer, steps, compile")
+    parser.add_argument(
+        "--settings", default="", help="steps/compile: comma list of setting labels or parts of them (default all)"
+    )
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="steps: comma list of variant labels or parts, e.g. batchnorm,swbn (default all; keep batchnorm and "
+        "plain in for the ratios)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--protonet-episodes", type=int, default=600, help="trainer: timed ProtoNet episodes")
     parser.add_argument("--maml-episodes", type=int, default=640, help="trainer: timed MAML episodes (multiple of 32)")
     parser.add_argument("--protonet-steps", type=int, default=30, help="steps: timed ProtoNet steps per variant")
@@ -201,6 +228,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--write", action="store_true", help="also write the CSVs (see --out, --steps-out)")
     parser.add_argument("--out", default="results/bench_train.csv", help="CSV path of section trainer")
     parser.add_argument("--steps-out", default="results/bench_train_steps.csv", help="CSV path of section steps")
+    parser.add_argument("--compile-out", default="results/bench_compile.csv", help="CSV path of section compile")
     parser.add_argument("--force", action="store_true", help="let --write replace existing CSVs")
     parser.set_defaults(func=run_train)
 

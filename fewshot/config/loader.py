@@ -218,6 +218,8 @@ def _build(cls: type, data: Mapping[str, Any], path: str, missing: list[str]) ->
             kwargs[f.name] = _build(tp, data.get(f.name) or {}, full, missing)
         elif f.name in data:
             kwargs[f.name] = _coerce(data[f.name], tp, full)
+        elif f.default is not dataclasses.MISSING:  # a key added later; older run configs lack it
+            kwargs[f.name] = f.default
         else:
             missing.append(full)
     return None if missing else cls(**kwargs)

@@ -114,6 +114,9 @@ class TrainConfig:
             constant, as the SWBN authors reportedly do).
         channels_last: put the model and its inputs in channels-last memory format (1.35-1.45x faster
             ProtoNet steps on CPU; no gain for second-order MAML).
+        compile: run the backbone through ``torch.compile`` while training (ProtoNet and the classifier only;
+            off by default: measured, it does not pay back its compile time within a 5-minute run here, see
+            :mod:`fewshot.training.compile`).
         within_alphabet: draw all classes of an episode from one alphabet (Omniglot).
         rotation_augment: give each class of an episode a random quarter turn (MAML's Omniglot augmentation);
             ``null`` follows the split (Omniglot ``data.options.rotation: augment`` turns it on).
@@ -144,6 +147,7 @@ class TrainConfig:
     checkpoint_minutes: float
     threads: int | None
     log_every: int
+    compile: bool = False  # added after runs were saved: a run's config.yaml without it means False
 
 
 @dataclass(frozen=True)

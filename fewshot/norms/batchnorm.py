@@ -113,7 +113,7 @@ class BatchNorm(NormLayer):
         and where :func:`~fewshot.norms.kernels.fused_kernels_allowed`. ``σ²`` is recovered in float64 for the
         state update.
         """
-        if self.policy is Policy.SUPPORT or not fused_kernels_allowed():
+        if self.policy is Policy.SUPPORT or not fused_kernels_allowed(x, self.weight, self.bias):
             return super()._batch_forward(x, flow)
         self._check_batch_size(x)  # our message, before the kernel raises its own
         y, mean, invstd = torch.native_batch_norm(x, self.weight, self.bias, None, None, True, 0.0, self.eps)

@@ -16,6 +16,7 @@ from fewshot.norms.kernels import fused_kernels_allowed
 from fewshot.norms.policy import Policy
 from fewshot.norms.registry import NORM_LAYERS
 from fewshot.norms.sufficient import count_of, merge_covariances
+from fewshot.norms.swbn_kernel import standardize_then_group_matrix
 
 __all__ = ["SWBN", "SWBNStats"]
 
@@ -256,18 +257,17 @@ class SWBN(NormLayer):
         """
         self._check_batch_size(x)  # our message, before the kernel raises its own
         wants_corr = self._updates_state() or (flow is not None and flow.collects)  # R_B only feeds the update
-        if self.policy is Policy.SUPPORT or not fused_kernels_allowed():
+        if self.policy is Policy.SUPPORT or not fused_kernels_allowed(x, self.weight, self.bias):
             stats = self._batch_stats(x) if wants_corr else SWBNStats(count_of(x), *WM.channel_moments(x), None)
             self._observe(stats, flow)
             return self.apply(x, stats)
-        x_hat, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, self.eps)
+        with torch.no_grad():  # the backward is standardize_then_group_matrix's closed form
+            x_hat, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, self.eps)
         var = (invstd.double().pow(-2) - self.eps).clamp_min(0).to(invstd.dtype)
-        corr = WM.group_second_moment(x_hat.detach(), self.group_size) if wants_corr else None
+        corr = WM.group_second_moment(x_hat, self.group_size) if wants_corr else None
         self._observe(SWBNStats(count_of(x), mean, var, corr), flow)
         matrix = self._current_w(x, self.state())
-        if self.weight is not None:
-            matrix = matrix * self.weight.reshape(self.groups, self.group_size, 1)
-        return WM.apply_group_matrix(x_hat, matrix, self.bias)
+        return standardize_then_group_matrix(x, x_hat, invstd, matrix, self.weight, self.bias, self.eps)
 
     def on_lr_scale(self, factor: float) -> None:
         """Keep ``α / lr`` constant, as the SWBN authors reportedly advise: the whitening rate becomes ``α·factor``."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch._C._functorch import is_batchedtensor
 
 __all__ = [
     "add_ridge",
@@ -214,37 +215,45 @@ def _rows_view(x: Tensor) -> Tensor | None:
     return xt.reshape(-1, x.shape[1]) if xt.is_contiguous() else None
 
 
-def group_second_moment(x: Tensor, group_size: int) -> Tensor:
-    """Per-group second-moment matrices ``(1/m) Σ_j x_j x_jᵀ`` (the covariance if ``x`` is centred).
+def group_second_moment(x: Tensor, group_size: int, y: Tensor | None = None) -> Tensor:
+    """Per-group moment matrices ``(1/m) Σ_j x_j y_jᵀ`` (``y = x``: the covariance if ``x`` is centred).
 
-    One batched matmul over strided views: no copy of ``x`` for NCHW-contiguous or channels_last input.
+    One batched matmul over strided views: no copy of ``x`` for NCHW-contiguous or channels_last input. With
+    ``y`` (same shape and memory format as ``x``) the cross moment in the same single pass over both, e.g. SWBN's
+    ``Σ g_y x̂ᵀ`` for its backward (:mod:`fewshot.norms.swbn_kernel`).
 
     Args:
         x: ``(N, C)`` or ``(N, C, H, W)`` with ``C`` divisible by ``group_size``.
         group_size: channels per group ``g``.
+        y: optional second operand shaped like ``x``; ``None`` means ``x``.
 
     Returns:
-        ``(G, g, g)`` with ``G = C / g``.
+        ``(G, g, g)`` with ``G = C / g``; entry ``[G, a, b]`` is ``(1/m) Σ_j x_{j,a} y_{j,b}`` within group ``G``.
     """
+    if y is not None and y.shape != x.shape:
+        raise ValueError(f"group_second_moment: y must have x's shape {tuple(x.shape)}, got {tuple(y.shape)}")
     c = x.shape[1]
     groups = c // group_size
     m = x.numel() // c
     rows = _rows_view(x)
-    if rows is not None:
+    rows_y = rows if y is None else _rows_view(y)
+    if rows is not None and rows_y is not None:
         # Batched products of (g × m) blocks with row stride C: MKL is several times slower for g < 16 than
         # for g = 16, so small groups are computed as bigger diagonal blocks and the sub-blocks taken out.
         block = group_size
         while block < _MIN_GRAM_BLOCK and c % (2 * block) == 0:
             block *= 2
         a = rows.reshape(m, c // block, block).permute(1, 2, 0)  # (C/b, b, m), strided view
-        gram = torch.matmul(a, a.mT) / m
+        b = a if y is None else rows_y.reshape(m, c // block, block).permute(1, 2, 0)
+        gram = torch.matmul(a, b.mT) / m
         if block == group_size:
             return gram
         k = block // group_size
         gram = gram.reshape(c // block, k, group_size, k, group_size).diagonal(dim1=1, dim2=3)
         return gram.permute(0, 3, 1, 2).reshape(groups, group_size, group_size)
     a = x.reshape(x.shape[0], groups, group_size, -1)  # (N, G, g, H·W), a view for NCHW input
-    return torch.matmul(a, a.mT).sum(dim=0) / m
+    b = a if y is None else y.reshape(y.shape[0], groups, group_size, -1)
+    return torch.matmul(a, b.mT).sum(dim=0) / m
 
 
 def correlation(second_moment: Tensor, rstd: Tensor) -> Tensor:
@@ -293,8 +302,11 @@ def block_diagonal(matrix: Tensor) -> Tensor:
 def apply_group_matrix(x: Tensor, matrix: Tensor, bias: Tensor | None = None) -> Tensor:
     """``y_c = Σ_j A[G(c)]_{c j} x_j + b_c``: multiply each channel group of ``x`` by its ``g × g`` matrix.
 
-    4-D inputs use one grouped 1×1 convolution (fast for both memory formats and keeps the format of ``x``);
-    2-D inputs a broadcast matmul. Both are differentiable twice and vmap-legal.
+    4-D NCHW-contiguous inputs: one batched matmul of the ``(G, g, g)`` matrices with the ``(N, G, g, H·W)`` view
+    (about 1.5x faster than the grouped convolution on Conv-4 activations, measured on one thread); other 4-D
+    inputs (channels_last, and inside ``vmap``, where contiguity cannot be queried) one grouped 1×1 convolution,
+    which is fast there and keeps the memory format; 2-D inputs a broadcast matmul. All are differentiable twice
+    and vmap-legal.
 
     Args:
         x: ``(N, C)`` or ``(N, C, H, W)``.
@@ -302,10 +314,16 @@ def apply_group_matrix(x: Tensor, matrix: Tensor, bias: Tensor | None = None) ->
         bias: optional ``(C,)`` added to the output.
 
     Returns:
-        Same shape as ``x``.
+        Same shape as ``x`` (and, for 4-D input, the same memory format).
     """
     groups, g, _ = matrix.shape
     if x.dim() == 4:
+        if not is_batchedtensor(x) and x.is_contiguous():
+            n, _, h, w = x.shape
+            y = torch.matmul(matrix, x.reshape(n, groups, g, h * w))
+            if bias is not None:
+                y = y + bias.reshape(groups, g, 1)
+            return y.reshape(x.shape)
         return F.conv2d(x, matrix.reshape(groups * g, g, 1, 1), bias, groups=groups)
     y = torch.matmul(x.reshape(x.shape[0], groups, 1, g), matrix.mT).reshape(x.shape)
     return y if bias is None else y + bias

@@ -52,6 +52,7 @@ from fewshot.norms import NormLayer, notify_lr_scale
 from fewshot.numerics import autocast, restoring_numerics, set_deterministic, set_precision
 from fewshot.training.build import build_learner, build_split, build_train_sampler
 from fewshot.training.checkpoint import CHECKPOINT_FORMAT, get_rng_state, save_checkpoint, set_rng_state
+from fewshot.training.compile import compile_backbone
 from fewshot.training.distributed import Distributed, DistributedError, from_env, to_device
 from fewshot.training.episode_sets import val_episode_set
 from fewshot.training.init_from import load_backbone_weights
@@ -208,6 +209,8 @@ class _Trainer:
         if self._device_requested:  # else the model stays where it was built, and the episodes follow it
             self.learner.to(self.device)
         self.device = model_device(self.learner)
+        if t.compile:
+            compile_backbone(self.learner, cfg.learner.name)
         init_info = None
         if cfg.model.init_from is not None and not self.resume:  # a resumed run restores its own weights
             init_info = load_backbone_weights(self.learner, cfg.model.init_from)

@@ -101,3 +101,31 @@ def test_reference_loop_is_protonet_with_torch_layers(channels_last):
     assert loop.step(ep) == pytest.approx(want, rel=1e-5)
     assert all(not torch.equal(a, b) for a, b in zip(before, loop.model.parameters(), strict=True))
     assert loop.model[0].weight.is_contiguous(memory_format=loop.memory_format)
+
+
+def test_select_takes_exact_names_or_parts_in_table_order_and_refuses_unknown_ones():
+    known = [s.label for s in bench.SETTINGS]
+    assert bench.select(None, known, "setting") == known
+    assert bench.select(["miniimagenet 20w5s15q", "omniglot 60w"], known, "setting") == [
+        "protonet omniglot 60w1s5q",
+        "protonet miniimagenet 20w5s15q",
+    ]
+    assert bench.select(["batchnorm"], bench.all_variant_labels(), "variant") == ["batchnorm"]  # exact wins
+    assert bench.select(["primitive"], bench.all_variant_labels(), "variant") == ["batchnorm[primitive]"]
+    with pytest.raises(ValueError, match=r"no setting matches 'cifar'; known settings: 'protonet omniglot"):
+        bench.select(["cifar"], known, "setting")
+
+
+def test_claims_skip_targets_whose_variants_were_not_measured():
+    rows = _rows("protonet omniglot 60w1s5q", batchnorm=100.0, swbn=130.0)
+    assert bench.claims(rows) == [
+        "protonet omniglot 60w1s5q: swbn / batchnorm step time 1.300 (target <= 1.25): MISSED",
+    ]
+    assert bench.claims(_rows("maml omniglot 5w1s15q mb32 2nd-order", swbn=1.0)) == []
+
+
+def test_bench_train_rejects_zero_threads_and_unknown_variants(capsys):
+    assert main(["bench", "train", "--sections", "steps", "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
+    assert main(["bench", "train", "--sections", "steps", "--variants", "nope"]) == 2
+    assert "no variant matches 'nope'" in capsys.readouterr().err

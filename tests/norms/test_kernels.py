@@ -19,36 +19,33 @@ from fewshot.norms.kernels import fused_kernels_allowed, primitive_kernels
 from fewshot.norms.swbn import SWBN
 
 
-@pytest.fixture
-def fused_calls(monkeypatch):
-    """A list that gets one entry per call of torch's fused batch-norm kernel (BatchNorm's and SWBN's fused path)."""
-    calls = []
-    original = torch.native_batch_norm
-
-    def spy(x, *args):
-        calls.append(tuple(x.shape))
-        return original(x, *args)
-
-    monkeypatch.setattr(torch, "native_batch_norm", spy)
-    return calls
-
-
-def test_fused_kernels_are_allowed_in_plain_autograd_and_grad_but_not_under_vmap_or_when_forced():
+def test_fused_kernels_are_allowed_in_plain_autograd_and_first_order_grad_only():
     seen = {}
 
     def probe(name):
         def f(t):
-            seen[name] = fused_kernels_allowed()
+            seen[name] = fused_kernels_allowed(2 * t, None)
             return t.sum()
 
         return f
 
-    assert fused_kernels_allowed()
+    live = torch.ones(2, requires_grad=True)
+    assert fused_kernels_allowed(live, None) and fused_kernels_allowed()
     grad(probe("grad"))(torch.ones(2))
+    grad(probe("grad at live parameters"))(live)  # second-order MAML: backward() will differentiate the gradient
+    with torch.no_grad():
+        grad(probe("grad at live parameters under no_grad"))(live)
     grad(grad(lambda t: probe("grad of grad")(t) * t.sum()))(torch.ones(()))
     vmap(probe("vmap"))(torch.ones(3, 2))
     vmap(grad(probe("vmap of grad")))(torch.ones(3, 2))
-    assert seen == {"grad": True, "grad of grad": True, "vmap": False, "vmap of grad": False}
+    assert seen == {
+        "grad": True,
+        "grad at live parameters": False,
+        "grad at live parameters under no_grad": True,
+        "grad of grad": False,
+        "vmap": False,
+        "vmap of grad": False,
+    }
     with primitive_kernels():
         with primitive_kernels():
             assert not fused_kernels_allowed()
@@ -150,8 +147,8 @@ def test_fused_path_raises_the_layers_own_error_for_one_sample(name, make_layer,
 
 
 @pytest.mark.parametrize("norm", [BatchNorm, SWBN])
-def test_second_order_meta_gradient_through_torch_func_grad_is_the_exact_paths(norm, tiny_net, make_x, fused_calls):
-    """Second-order MAML's meta-gradient: the fused kernel inside ``torch.func.grad`` equals the exact path."""
+def test_second_order_meta_gradient_takes_the_exact_path_inside_torch_func_grad(norm, tiny_net, make_x, fused_calls):
+    """Second-order MAML's inner gradients run on the exact path; only the last, plain-autograd loss is fused."""
     layer = norm(5, policy="transductive")
     if norm is SWBN:
         with torch.no_grad():
@@ -172,11 +169,30 @@ def test_second_order_meta_gradient_through_torch_func_grad_is_the_exact_paths(n
 
     with norms.frozen_stats(net):  # as MAML runs its differentiable passes
         fused = meta_gradient()
-        assert len(fused_calls) == 3
+        assert [call.under_grad for call in fused_calls] == [False]  # the outer loss only
         with primitive_kernels():
             exact = meta_gradient()
     for got, want in zip(fused, exact, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("norm", [BatchNorm, SWBN])
+def test_first_order_inner_gradient_takes_the_fused_path_and_equals_the_exact_one(norm, tiny_net, make_x, fused_calls):
+    layer = norm(5, policy="transductive")
+    net = tiny_net(layer, 5).double()
+    params = {k: v.detach() for k, v in net.named_parameters()}  # first order: detached parameters
+    x, y = make_x(6, 1, 5, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def loss(p):
+        return torch.nn.functional.cross_entropy(torch.func.functional_call(net, p, (x,)), y)
+
+    with norms.frozen_stats(net):
+        fused = grad(loss)(params)
+        assert [call.under_grad for call in fused_calls] == [True]
+        with primitive_kernels():
+            exact = grad(loss)(params)
+    for key in fused:
+        torch.testing.assert_close(fused[key], exact[key], rtol=1e-10, atol=1e-12, msg=key)
 
 
 def test_vmap_takes_the_exact_path_and_matches_a_loop(make_layer, make_x, fused_calls):
