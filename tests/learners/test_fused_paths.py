@@ -25,7 +25,7 @@ def test_second_order_maml_inner_loop_takes_the_exact_path(tiny_backbone, episod
     torch.manual_seed(0)
     learner = _maml(tiny_backbone(hidden=6, norm=norm, **OPTIONS[norm]), inner_steps=2)
     episodes = [episode_factory(s, n_shot=2, n_query=2) for s in (1, 2)]
-    learner.meta_loss(episodes, policy="batch")[0].backward()
+    learner.meta_loss(episodes, policy="transductive")[0].backward()
     assert not [call for call in fused_calls if call.under_grad]
     # fused: each task's query forward (plain autograd) and the one no-grad state update on all supports
     assert len(fused_calls) == N_NORM_LAYERS * (len(episodes) + 1)
@@ -36,7 +36,7 @@ def test_first_order_maml_inner_loop_takes_the_fused_path(tiny_backbone, episode
     torch.manual_seed(0)
     learner = _maml(tiny_backbone(hidden=6, norm=norm, **OPTIONS[norm]), inner_steps=2, first_order=True)
     episodes = [episode_factory(s, n_shot=2, n_query=2) for s in (1, 2)]
-    learner.meta_loss(episodes, policy="batch")[0].backward()
+    learner.meta_loss(episodes, policy="transductive")[0].backward()
     inner = [call for call in fused_calls if call.under_grad]
     assert len(inner) == N_NORM_LAYERS * 2 * len(episodes)  # every inner step of every task
     assert len(fused_calls) == len(inner) + N_NORM_LAYERS * (len(episodes) + 1)
