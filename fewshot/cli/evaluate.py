@@ -18,6 +18,7 @@ import argparse
 import json
 
 from fewshot.cli.device_option import add_device_option
+from fewshot.device import run_device
 
 __all__ = ["register", "run"]
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from fewshot.reports.text import format_eval
     from fewshot.training.distributed import from_env, shutdown
 
-    dist = from_env(getattr(load_run_config(args.run), "device", None))  # under torchrun: the ranks split the episodes
+    dist = from_env(run_device(load_run_config(args.run).device))  # under torchrun: the ranks split the episodes
     try:
         evaluation = evaluate_run(
             args.run, n_way=args.n_way, n_shot=args.n_shot, n_query=args.n_query, episodes=args.episodes,

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         print(f"# run directory: {run_dir}{' (resume)' if resume else ''}")
         return 0
-    dist = from_env(getattr(cfg, "device", None))  # under torchrun: join the ranks (the trainer reuses the group)
+    dist = from_env(run_device(cfg.device))  # under torchrun: join the ranks (the trainer reuses the group)
     try:
         run_dir = dist.broadcast_object(run_dir, "broadcast of the run directory")  # rank 0's clock and git sha
         result = train(cfg, run_dir, resume=resume, quiet=args.quiet, deterministic=args.deterministic)
