@@ -4,10 +4,12 @@ On a CUDA device the host-side :class:`~episodes.sampler.EpisodeBuilder` (numpy 
 costs as much as a small ProtoNet step. This builder keeps the split's images on the device once, as uint8
 (Omniglot ~30 MB, miniImageNet 84x84 ~1.3 GB), copies only the episode's image indices per episode, gathers
 with one ``index_select``, turns each rotated class with ``torch.rot90`` (the same quarter turns as
-``numpy.rot90`` on ``axes=(1, 2)``) and converts to float32 in one pass (:func:`episodes.pixels.to_float`). The
-indices come from the same :meth:`~episodes.sampler.EpisodeSampler.indices`, so episode ``i`` holds the same
-images on every device; the pixels equal the CPU's exactly without ``data.normalize`` and to float32 rounding
-with it (a fused multiply-add may round once instead of twice).
+``numpy.rot90`` on ``axes=(1, 2)``), applies the episode's flip and crop when it has one
+(:meth:`episodes.augment.AugmentDraw.apply`, the same code as on the CPU) and converts to float32 in one pass
+(:func:`episodes.pixels.to_float`). The indices come from the same
+:meth:`~episodes.sampler.EpisodeSampler.indices`, so episode ``i`` holds the same images on every device; the
+pixels equal the CPU's exactly without ``data.normalize`` and to float32 rounding with it (a fused
+multiply-add may round once instead of twice).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class DeviceEpisodeBuilder:
             k = int(ind.rotation[c])
             for lo, hi in ((c * n_shot, (c + 1) * n_shot), (n_s + c * n_query, n_s + (c + 1) * n_query)):
                 arr[lo:hi] = torch.rot90(arr[lo:hi], k, dims=(1, 2))
+        if ind.augment is not None:  # flip and crop (training episodes only): one more gather, on the device
+            arr = ind.augment.apply(arr)
         raw = arr.unsqueeze(1) if arr.dim() == 3 else arr.permute(0, 3, 1, 2)
         x = to_float(raw, self.split.pixel_norm)
         labels = torch.arange(n_way, device=self.device)

@@ -19,8 +19,12 @@ least likely to change between numpy versions):
 3. The images: for each chosen class, one key per image of the class; the ``n_shot + n_query`` smallest keys
    in key order give the support (first ``n_shot``) and then the query images, all distinct.
 4. Rotation augmentation only: one quarter turn ``k`` in {0, 1, 2, 3} **per class** (not one for the whole
-   task, the defect of learn2learn's ``RandomClassRotation``). Drawn last, so switching augmentation on or
-   off leaves the classes and images of every episode unchanged.
+   task, the defect of learn2learn's ``RandomClassRotation``). Drawn after the images, so switching
+   augmentation on or off leaves the classes and images of every episode unchanged.
+5. Image augmentation only (``augment``, config key ``data.augment``; :mod:`episodes.augment`): one flip bit
+   per image, then one ``(row, col)`` crop offset per image, for the images in the order the builders stack
+   them (support rows, then query rows, class-major). Drawn last, so switching it on or off leaves classes,
+   images and rotations unchanged.
 
 Every image of class ``c`` is shown as ``numpy.rot90(stored, (split.class_rotation[c] + k) % 4, axes=(0, 1))``:
 quarter turns counter-clockwise, like ``PIL.Image.rotate(90 * k)``.
@@ -34,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from episodes.augment import AugmentDraw, ImageAugment
 from episodes.episode import Episode
 from episodes.pixels import images_to_float
 from episodes.split import ClassSplit
@@ -63,6 +68,8 @@ class EpisodeIndices:
         query: int64 ``(n_way, n_query)``, likewise; disjoint from ``support`` row by row.
         rotation: int64 ``(n_way,)``, total quarter turns (class rotation + augmentation, mod 4) applied to
             every image of the class.
+        augment: the flip and crop of each image (:class:`episodes.augment.AugmentDraw`), applied after the
+            rotation; ``None`` (always for fixed evaluation episodes): the images as stored.
     """
 
     index: int
@@ -70,14 +77,16 @@ class EpisodeIndices:
     support: np.ndarray
     query: np.ndarray
     rotation: np.ndarray
+    augment: AugmentDraw | None = None
 
 
 class EpisodeBuilder:
     """Turns :class:`EpisodeIndices` into an :class:`~episodes.episode.Episode` (the tensor-building hot path).
 
-    One fancy-index gather from the uint8 store, ``rot90`` only for classes with a non-zero rotation, and one
-    conversion to float32 (:func:`episodes.pixels.images_to_float`: ``/ 255``, standardized per channel when the
-    split has a ``pixel_norm``).
+    One fancy-index gather from the uint8 store, ``rot90`` only for classes with a non-zero rotation, the
+    flip and crop of ``ind.augment`` when there is one (one more gather), and one conversion to float32
+    (:func:`episodes.pixels.images_to_float`: ``/ 255``, standardized per channel when the split has a
+    ``pixel_norm``).
 
     Args:
         split: the split the indices refer to; ``split.images`` must be uint8 ``(n, H, W)`` or ``(n, H, W, C)``.
@@ -117,6 +126,8 @@ class EpisodeBuilder:
             k = int(ind.rotation[c])
             _rot90_(arr[c * n_shot : (c + 1) * n_shot], k)
             _rot90_(arr[n_s + c * n_query : n_s + (c + 1) * n_query], k)
+        if ind.augment is not None:
+            arr = ind.augment.apply(torch.from_numpy(arr)).numpy()
         x = images_to_float(arr, self.split.pixel_norm)
         labels = np.arange(n_way, dtype=np.int64)
         return Episode(
@@ -196,6 +207,8 @@ class EpisodeSampler:
         rotation_augment: give each class of an episode its own random quarter turn on top of its class
             rotation. ``None`` follows the split (``split.meta.get("rotation") == "augment"``).
         length: ``len(sampler)``; default :data:`DEFAULT_LENGTH` (effectively endless).
+        augment: random flip / padded crop of every image (:class:`episodes.augment.ImageAugment`, config key
+            ``data.augment``; training samplers only); ``None`` or an inactive one: none.
 
     Raises:
         ConfigError: a size is not positive, ``n_way`` exceeds the classes available, ``n_shot + n_query``
@@ -219,6 +232,7 @@ class EpisodeSampler:
         within_alphabet: bool = False,
         rotation_augment: bool | None = None,
         length: int | None = None,
+        augment: ImageAugment | None = None,
     ) -> None:
         if not isinstance(split, ClassSplit):
             raise TypeError(f"split must be a ClassSplit, got {type(split).__name__}")
@@ -236,6 +250,11 @@ class EpisodeSampler:
         if rotation_augment is None:
             rotation_augment = split.meta.get("rotation") == "augment"
         self.rotation_augment = bool(rotation_augment)
+        if augment is not None and not isinstance(augment, ImageAugment):
+            raise TypeError(f"augment must be an ImageAugment or None, got {type(augment).__name__}")
+        self.augment = augment if augment is not None and augment.active else None
+        if self.augment is not None:
+            self.augment.check_image_size(*split.images.shape[1:3], split_label(split))
         self._builder = EpisodeBuilder(split)
 
         names = list(split.class_names)
@@ -346,12 +365,14 @@ class EpisodeSampler:
         rotation = self._class_rotation[classes]
         if self.rotation_augment:
             rotation = (rotation + np.minimum(rng.random(n_way) * 4, 3).astype(np.int64)) % 4
+        draw = None if self.augment is None else self.augment.draw(rng, n_way * kq)
         return EpisodeIndices(
             index=i,
             classes=classes,
             support=np.ascontiguousarray(chosen_images[:, : self.n_shot]),
             query=np.ascontiguousarray(chosen_images[:, self.n_shot :]),
             rotation=rotation,
+            augment=draw,
         )
 
     def __getitem__(self, i: int) -> Episode:
@@ -385,5 +406,7 @@ class EpisodeSampler:
         return (
             f"EpisodeSampler({split_label(self.split)}, n_way={self.n_way}, n_shot={self.n_shot}, "
             f"n_query={self.n_query}, seed={self.seed}, within_alphabet={self.within_alphabet}, "
-            f"rotation_augment={self.rotation_augment}, length={self.length})"
+            f"rotation_augment={self.rotation_augment}, length={self.length}"
+            + ("" if self.augment is None else f", augment={self.augment.to_config()}")
+            + ")"
         )

@@ -298,6 +298,7 @@ def apply_overrides(tree: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
 #: is an error.
 ADDED_KEYS: dict[tuple[str, str], Any] = {
     ("data", "normalize"): None,  # 0.3.0: per-channel input standardization (before: x / 255)
+    ("data", "augment"): None,  # 0.3.0: flip / padded-crop augmentation of training images (before: none)
     ("model", "init_from"): None,  # 0.3.0: start from another run's backbone (before: random initialization)
     ("", "device"): "cpu",  # 0.3.0: device selection (before: CPU only)
     ("", "precision"): "fp32",  # 0.3.0: selectable numerics (before: float32)

@@ -45,6 +45,9 @@ class DataConfig:
         options: dataset-specific preprocessing options passed to the loader (e.g. ``image_size``).
         normalize: per-channel standardization of the model input, ``{mean: [...], std: [...]}`` on the [0, 1]
             scale (one value per channel), or ``null`` for ``x / 255`` (see :mod:`episodes.pixels`).
+        augment: random augmentation of the *training* episodes' images, ``{flip: bool, crop_padding: int,
+            padding_mode: zeros|reflect}`` (missing keys: off, 0, zeros), or ``null`` for none; deterministic in
+            ``(seed, episode)``, never applied to validation or test episodes (see :mod:`episodes.augment`).
     """
 
     dataset: str
@@ -55,6 +58,7 @@ class DataConfig:
     test_split: str
     options: dict[str, Any]
     normalize: dict[str, Any] | None
+    augment: dict[str, Any] | None
 
 
 @dataclass(frozen=True)

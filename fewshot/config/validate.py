@@ -232,6 +232,9 @@ def _resolve_data(cfg: ExperimentConfig) -> Any:
     from episodes.pixels import PixelNorm
 
     PixelNorm.from_config(d.normalize)  # raises ConfigError naming data.normalize
+    from episodes.augment import ImageAugment
+
+    ImageAugment.from_config(d.augment)  # raises ConfigError naming data.augment
     return dataclasses.replace(d, dataset=dataset, protocol=protocol)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from episodes.augment import ImageAugment
 from episodes.datasets import load_split
 from episodes.pixels import PixelNorm
 from episodes.sampler import EpisodeSampler
@@ -135,9 +136,12 @@ def build_learner(
 
 
 def build_train_sampler(cfg: ExperimentConfig, split: ClassSplit) -> EpisodeSampler:
-    """The training sampler: episode ``i`` of ``EpisodeSampler(split, train way/shot/query, seed=cfg.seed)``."""
+    """The training sampler: episode ``i`` of ``EpisodeSampler(split, train way/shot/query, seed=cfg.seed)``.
+
+    The only sampler that gets ``data.augment`` (flip / padded crop): validation and test episodes never do.
+    """
     t = cfg.train
     return EpisodeSampler(
         split, t.n_way, t.n_shot, t.n_query, seed=cfg.seed, within_alphabet=t.within_alphabet,
-        rotation_augment=t.rotation_augment,
+        rotation_augment=t.rotation_augment, augment=ImageAugment.from_config(cfg.data.augment),
     )  # fmt: skip

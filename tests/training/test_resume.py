@@ -130,3 +130,30 @@ def test_resume_without_a_directory_takes_the_latest_run_of_the_experiment(tmp_p
     assert find_latest_run("exp", tmp_path).name == "20250102T000000Z-abc1234"
     with pytest.raises(ConfigError, match=r"--resume found no run of experiment 'other'"):
         find_latest_run("other", tmp_path)
+
+
+def test_augmented_run_resumes_exactly_and_validates_on_unaugmented_episodes(tmp_path, splits, tiny_config):
+    """``data.augment`` draws from ``(seed, episode)`` only: an interrupted run resumes bit for bit; the
+    augmentation changes the training but never the validation episodes (a plain run validates on the same)."""
+    from fewshot.training.build import build_train_sampler
+
+    cfg = tiny_config("data.augment={flip: true, crop_padding: 2}")
+    train_split, val_split = splits
+    kw = dict(train_split=train_split, val_split=val_split, runs_root=tmp_path, quiet=True)
+    full = train(cfg, tmp_path / "full", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "split", callback=_interrupt_at(6), **kw)
+    resumed = train(cfg, tmp_path / "split", resume=True, **kw)
+    assert resumed.episodes_done == full.episodes_done == 12
+    _assert_same_state(tmp_path / "full", tmp_path / "split")
+    assert _log_rows(tmp_path / "full") == _log_rows(tmp_path / "split")
+
+    plain = train(tiny_config(), tmp_path / "plain", **kw)
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "plain" / "checkpoints" / "last.pt")["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the augmentation reached the training episodes
+    assert plain.episodes_done == 12
+    assert build_train_sampler(cfg, train_split).augment is not None
+    assert build_train_sampler(tiny_config(), train_split).augment is None
+    val_files = {read_json(tmp_path / run / "metrics.json")["val_episode_set"] for run in ("full", "plain")}
+    assert len(val_files) == 1 and None not in val_files  # one validation file: its episodes carry no draw
