@@ -116,8 +116,8 @@ class TrainConfig:
         whitening_rate_follows_lr: tell every norm layer ``lr / train.lr`` whenever the schedule changes the
             learning rate (``NormLayer.on_lr_scale``; SWBN scales its whitening rate α by it, keeping α / lr
             constant, as the SWBN authors reportedly do).
-        channels_last: put the model and its inputs in channels-last memory format (1.35-1.45x faster
-            ProtoNet steps on CPU; no gain for second-order MAML).
+        channels_last: put the model and its inputs in channels-last memory format (faster ProtoNet steps on
+            CPU, no gain for second-order MAML: ``docs/performance.md``).
         compile: run the backbone through ``torch.compile`` while training (ProtoNet and the classifier only;
             off by default: measured, it does not pay back its compile time within a 5-minute run here, see
             :mod:`fewshot.training.compile`).

@@ -7,8 +7,8 @@ primitive differentiable ops (``mean``, ``matmul``, grouped 1×1 ``conv2d``, ``e
 Shapes and names: ``x`` is ``(N, C)`` or ``(N, C, H, W)``; ``m = N·H·W``; channels are split into ``G`` groups
 of ``g`` consecutive channels (``g`` = ``group_size``, ``C = G·g``); per-group matrices are ``(G, g, g)``.
 
-Cost notes (measured on the 2-core CPU machines, see ``benchmarks/bench_norms.py``): the products over the
-``m`` rows dominate; the ``g × g`` algebra is negligible. So every per-group product over ``m`` is one batched
+Cost: the products over the ``m`` rows dominate and the ``g × g`` algebra is negligible (timings in
+``docs/performance.md``, from ``bench norms``). So every per-group product over ``m`` is one batched
 call: the Gram matrices are one batched matmul over strided views (no copy for NCHW or channels_last input)
 and applying the matrices is one grouped 1×1 convolution, which keeps the memory format of ``x``.
 """
@@ -303,7 +303,7 @@ def apply_group_matrix(x: Tensor, matrix: Tensor, bias: Tensor | None = None) ->
     """``y_c = Σ_j A[G(c)]_{c j} x_j + b_c``: multiply each channel group of ``x`` by its ``g × g`` matrix.
 
     4-D NCHW-contiguous inputs: one batched matmul of the ``(G, g, g)`` matrices with the ``(N, G, g, H·W)`` view
-    (about 1.5x faster than the grouped convolution on Conv-4 activations, measured on one thread); other 4-D
+    (faster there than the grouped convolution, see ``docs/performance.md``); other 4-D
     inputs (channels_last, and inside ``vmap``, where contiguity cannot be queried) one grouped 1×1 convolution,
     which is fast there and keeps the memory format; 2-D inputs a broadcast matmul. All are differentiable twice
     and vmap-legal.
