@@ -94,6 +94,15 @@ def run_norms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_csv_options(parser: argparse.ArgumentParser, out: str, *, json: bool = False) -> None:
+    """A table benchmark's output options: ``--write``, ``--out`` (default ``out``), ``--force``; ``--json`` too."""
+    if json:
+        parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--write", action="store_true", help="also write the CSV (see --out)")
+    parser.add_argument("--out", default=out, help="CSV path for --write")
+    parser.add_argument("--force", action="store_true", help="let --write replace an existing CSV")
+
+
 def _add_norms(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "norms",
@@ -104,10 +113,7 @@ def _add_norms(sub: argparse._SubParsersAction) -> None:
             "interleaved round-robin; prints medians and ratios to batchnorm measured in the same run."
         ),
     )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    parser.add_argument("--write", action="store_true", help="also write the CSV (see --out)")
-    parser.add_argument("--out", default="results/bench_norms.csv", help="CSV path for --write")
-    parser.add_argument("--force", action="store_true", help="let --write replace an existing CSV")
+    _add_csv_options(parser, "results/bench_norms.csv", json=True)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
     parser.add_argument(
         "--warmup", type=int, default=0, help="extra untimed rounds (layers are run once when built; steps get +1)"
@@ -317,10 +323,7 @@ def _add_maml(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--steps", type=int, default=3, help="timed meta-steps per configuration (after 1 untimed)")
     parser.add_argument("--configs", default="", help="comma list of config paths (default: configs/maml/*.yaml)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    parser.add_argument("--write", action="store_true", help="also write the CSV (see --out)")
-    parser.add_argument("--out", default="results/bench_maml.csv", help="CSV path for --write")
-    parser.add_argument("--force", action="store_true", help="let --write replace an existing CSV")
+    _add_csv_options(parser, "results/bench_maml.csv", json=True)
     parser.set_defaults(func=run_maml)
 
 
@@ -345,9 +348,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--protocol", default="ravi", help="protocol (default ravi)")
     parser.add_argument("--splits", default="train,val,test", help="comma list of splits")
     parser.add_argument("--data-root", default=None, help="data root (default: the usual lookup)")
-    parser.add_argument("--write", action="store_true", help="also write the CSV (see --out)")
-    parser.add_argument("--out", default="results/bench_data.csv", help="CSV path for --write")
-    parser.add_argument("--force", action="store_true", help="let --write replace an existing CSV")
+    _add_csv_options(parser, "results/bench_data.csv")
     parser.set_defaults(func=run_data)
 
 
@@ -395,9 +396,7 @@ def _add_device(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3; the median is kept)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (default 2)")
     parser.add_argument("--images-per-class", type=int, default=20, help="synthetic images per class (default 20)")
-    parser.add_argument("--write", action="store_true", help="also write the CSV (see --out)")
-    parser.add_argument("--out", default="results/bench_device.csv", help="CSV path for --write")
-    parser.add_argument("--force", action="store_true", help="let --write replace an existing CSV")
+    _add_csv_options(parser, "results/bench_device.csv")
     parser.set_defaults(func=run_device)
 
 
@@ -425,10 +424,7 @@ def _add_distributed(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed meta-steps per setup and round (after 1 untimed)")
     parser.add_argument("--rounds", type=int, default=2, help="A B rounds per configuration")
     parser.add_argument("--configs", default="", help="comma list of configurations (default: all)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    parser.add_argument("--write", action="store_true", help="also write the CSV (see --out)")
-    parser.add_argument("--out", default="results/bench_distributed.csv", help="CSV path for --write")
-    parser.add_argument("--force", action="store_true", help="let --write replace an existing CSV")
+    _add_csv_options(parser, "results/bench_distributed.csv", json=True)
     parser.set_defaults(func=run_distributed)
 
 
