@@ -101,6 +101,8 @@ def test_gitignore_lets_results_checkpoints_in_and_keeps_others_out() -> None:
 def _committed_evaluations() -> list[Path]:
     folders = []
     for ckpt in sorted((ROOT / "results").glob("**/checkpoints/*.pt")):
+        if (ROOT / "results" / "inflight") in ckpt.parents:
+            continue  # runs parked between sessions (scripts/park_runs.sh), not shipped results
         sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
         run = ckpt.parent.parent
         for summary in sorted(run.glob("eval/*/summary.json")):
