@@ -29,7 +29,8 @@ def test_claims_check_each_target_of_issue_13_against_the_measured_ratios():
         "protonet omniglot 60w1s5q",
         batchnorm=100.0, swbn=120.0, plain=105.0, **{"iternorm[group_size=16]": 200.0, "dbn[group_size=16]": 110.0},
     ) + _rows(
-        "maml omniglot 5w1s15q mb32 2nd-order", batchnorm=1000.0, swbn=1350.0, **{"batchnorm[primitive]": 1500.0}
+        "maml omniglot 5w1s15q mb32 2nd-order", batchnorm=1000.0, swbn=1350.0,
+        **{"batchnorm[primitive]": 1500.0, "batchnorm[vmap]": 1250.0},
     )  # fmt: skip
     assert bench.claims(rows) == [
         "protonet omniglot 60w1s5q: batchnorm / plain step time 0.952 (target <= 1.00): holds",
@@ -37,8 +38,10 @@ def test_claims_check_each_target_of_issue_13_against_the_measured_ratios():
         "protonet omniglot 60w1s5q: swbn / iternorm[group_size=16] 0.600 (target < 1): holds",
         "protonet omniglot 60w1s5q: swbn / dbn[group_size=16] 1.091 (target < 1): MISSED",
         "maml omniglot 5w1s15q mb32 2nd-order: swbn / batchnorm step time 1.350 (target <= 1.30): MISSED",
-        "maml omniglot 5w1s15q mb32 2nd-order: meta-step speed-up over the primitive-op BN 1.500 (target >= 1.30): "
-        "holds",
+        "maml omniglot 5w1s15q mb32 2nd-order: batchnorm meta-step speed-up over the task loop with primitive-op BN "
+        "(the pre-issue path) 1.500 (target >= 1.30): holds",
+        "maml omniglot 5w1s15q mb32 2nd-order: batchnorm[vmap] meta-step speed-up over the task loop with "
+        "primitive-op BN (the pre-issue path) 1.200 (target >= 1.30): MISSED",
     ]
 
 
@@ -48,6 +51,10 @@ def test_variants_compare_swbn_at_its_default_group_size_and_only_protonet_gets_
     protonet = {v.label: v for v in bench.variants("protonet")}
     maml = {v.label for v in bench.variants("maml")}
     assert set(protonet) - maml == {"plain", "default"}
+    assert maml - set(protonet) == {"batchnorm[vmap]", "swbn[vmap]"}
+    vmapped = {v.label: v for v in bench.variants("maml") if v.label.endswith("[vmap]")}
+    assert all(v.overrides == ("learner.kwargs.vmap_tasks=true",) for v in vmapped.values())
+    assert [v.norm for v in vmapped.values()] == ["batchnorm", "swbn"]
     assert protonet["batchnorm[primitive]"].primitive and not protonet["batchnorm"].primitive
     assert create("swbn", 64).group_size == dict(protonet["dbn[group_size=16]"].norm_kwargs)["group_size"]
 
@@ -58,6 +65,16 @@ def test_settings_name_existing_configs_with_the_issues_episode_sizes():
         t = s.resolve().train
         sizes.append((t.n_way, t.n_shot, t.n_query, t.meta_batch))
     assert sizes == [(60, 1, 5, 1), (5, 1, 15, 1), (20, 5, 15, 1), (5, 1, 15, 32)]
+
+
+def test_ratios_relate_each_variant_to_bn_the_plain_loop_and_its_own_task_loop():
+    rows = bench.with_ratios(
+        _rows("maml x", batchnorm=100.0, swbn=130.0, plain=80.0, **{"batchnorm[vmap]": 50.0, "swbn[vmap]": 104.0})
+    )
+    got = {r.variant: (r.vs_batchnorm, r.speed_vs_plain, r.speed_vs_loop) for r in rows}
+    assert got["batchnorm[vmap]"] == pytest.approx((0.5, 1.6, 2.0))
+    assert got["swbn[vmap]"] == pytest.approx((1.04, 80.0 / 104.0, 1.25))
+    assert got["swbn"][0] == pytest.approx(1.3) and got["swbn"][2] != got["swbn"][2]  # no loop ratio: nan
 
 
 def test_csv_starts_with_the_command_and_round_trips(tmp_path):
