@@ -11,7 +11,8 @@ alternating rounds in one process:
   the same episodes built in advance: the model's own cost, no framework around it.
 
 Reported: median seconds of each over the rounds and ``evaluate / bare`` (issue 13 asks for ≤ 1.2 or a 2×
-speed-up). Default: ``configs/protonet/omniglot_vinyals_1shot.yaml``, 600 episodes of 5-way 1-shot 15-query.
+speed-up). Default: ``configs/protonet/omniglot_vinyals_1shot.yaml``, 600 episodes of 5-way 1-shot 15-query;
+``--config`` takes a comma list (each file measured in turn), ``--write`` the CSV ``results/bench_eval.csv``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._results import environment
+from benchmarks._results import environment, rows_to_csv, write_result
 
-__all__ = ["EvalRow", "environment", "format_table", "run"]
+__all__ = ["EvalRow", "environment", "format_table", "run", "to_csv", "write_csv"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/protonet/omniglot_vinyals_1shot.yaml"
@@ -101,3 +102,14 @@ def format_table(row: EvalRow) -> str:
         f"evaluate {row.evaluate_seconds:.2f} s, bare forwards {row.bare_seconds:.2f} s, "
         f"evaluate / bare {row.ratio:.3f} (issue 13: <= 1.20)"
     )
+
+
+def to_csv(rows: list[EvalRow], env: dict[str, str], command: str) -> str:
+    """CSV text: the command and environment lines, then one row per experiment file."""
+    formats = {"evaluate_seconds": ".3f", "bare_seconds": ".3f", "ratio": ".4f"}
+    return rows_to_csv(rows, EvalRow, env, command, formats)
+
+
+def write_csv(rows: list[EvalRow], path: Path, env: dict[str, str], command: str, force: bool = False) -> Path:
+    """Write :func:`to_csv` to ``path`` atomically; never replaces an existing file unless ``force``."""
+    return write_result(path, to_csv(rows, env, command), force=force)

@@ -240,20 +240,37 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """``bench eval``: evaluation against the bare forwards of the same images; print the two times and the ratio."""
+    """``bench eval``: evaluation against the bare forwards of the same images; print the times and ratios."""
     bench = load_benchmark("bench_eval")
+    out = _check_out(args)
+    configs = [c.strip() for c in args.config.split(",") if c.strip()]
+    if not configs:
+        raise ConfigError(f"--config names no experiment file, got {args.config!r}; give one or a comma list")
+    rows = []
     try:
-        row = bench.run(
-            config=args.config, episodes=args.episodes, policy=args.policy, rounds=args.rounds, data_root=args.data_root
-        )
+        for config in configs:
+            rows.append(
+                bench.run(
+                    config=config,
+                    episodes=args.episodes,
+                    policy=args.policy,
+                    rounds=args.rounds,
+                    data_root=args.data_root,
+                )  # fmt: skip
+            )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     env = bench.environment()
     if args.json:
-        print(json.dumps({"environment": env, "row": asdict(row)}, indent=2))
+        print(json.dumps({"environment": env, "rows": [asdict(r) for r in rows]}, indent=2))
     else:
         print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
-        print(bench.format_table(row))
+        print("\n".join(bench.format_table(r) for r in rows))
+    if args.write:
+        from fewshot.provenance import command_line
+
+        path = bench.write_csv(rows, out, env, command_line(), force=args.force)
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -267,12 +284,16 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
             "ratio (benchmarks/bench_eval.py)."
         ),
     )
-    parser.add_argument("--config", default="configs/protonet/omniglot_vinyals_1shot.yaml", help="experiment file")
+    parser.add_argument(
+        "--config",
+        default="configs/protonet/omniglot_vinyals_1shot.yaml",
+        help="experiment file, or a comma list of them (measured in turn)",
+    )
     parser.add_argument("--episodes", type=int, default=600, help="episodes of the test episode file")
     parser.add_argument("--policy", default=None, help="test-time norm policy (default: the config's eval.norm_policy)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each (median reported)")
     parser.add_argument("--data-root", default=None, help="data root (default: the usual lookup)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of the lines")
+    _add_csv_options(parser, "results/bench_eval.csv", json=True)
     parser.set_defaults(func=run_eval)
 
 

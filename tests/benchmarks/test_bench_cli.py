@@ -63,3 +63,26 @@ def test_bench_train_prints_and_writes_csv(tmp_path, monkeypatch, capsys) -> Non
     assert frame["episodes"].tolist() == [300] and frame["overhead_fraction"].iloc[0] == pytest.approx(
         0.5 / 120.5, abs=1e-4
     )
+
+
+def test_bench_eval_measures_each_config_of_the_list_and_writes_one_row_each(tmp_path, monkeypatch, capsys) -> None:
+    eval_bench = load_benchmark("bench_eval")
+    seen = []
+
+    def fake_run(**kw):
+        seen.append(kw["config"])
+        return eval_bench.EvalRow(kw["config"], kw["episodes"], "running", 2.0 * len(seen), 1.6, 1.25 * len(seen))
+
+    monkeypatch.setattr(eval_bench, "run", fake_run)
+    out = tmp_path / "bench_eval.csv"
+    argv = ["bench", "eval", "--config", "a.yaml, b.yaml", "--episodes", "7", "--write", "--out", str(out)]
+    assert main(argv) == 0
+    assert seen == ["a.yaml", "b.yaml"]
+    printed = capsys.readouterr().out
+    assert "a.yaml: 7 episodes, policy running" in printed and "evaluate / bare 2.500" in printed
+    frame = pd.read_csv(out, comment="#")
+    assert frame["config"].tolist() == ["a.yaml", "b.yaml"] and frame["ratio"].tolist() == [1.25, 2.5]
+    assert out.read_text().splitlines()[0].endswith("--write --out " + str(out))
+    assert main(argv) == 2 and "already exists" in capsys.readouterr().err  # refused before measuring
+    assert main(["bench", "eval", "--config", " , "]) == 2
+    assert "names no experiment file" in capsys.readouterr().err
