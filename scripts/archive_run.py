@@ -3,13 +3,17 @@
 
 A run directory (``runs/<name>/<UTC time>-<sha>/``) is not committed: it lives in the work tree of one session.
 This copies what a reader needs to check and re-use a result (``config.yaml``, ``env.json`` with the training
-command, ``metrics.json``, ``train_log.csv``, every ``eval/*/`` folder with its per-episode ``episodes.csv`` and
-``summary.json`` holding the eval command) to ``results/runs/<name>/<UTC time>-<sha>/``, and the evaluated weights
+command, ``metrics.json``, ``train_log.csv``, ``init_from.json`` naming the backbone a second stage started from,
+every ``eval/*/`` folder with its per-episode ``episodes.csv`` and ``summary.json`` holding the eval command, and
+the study's ``diagnostics/`` files) to ``results/runs/<name>/<UTC time>-<sha>/``, and the evaluated weights
 ``checkpoints/best.pt`` when they are at most 1 MiB (a Conv-4 model is about 0.45 MiB), so that ``eval``,
 ``predict``, ``embed`` and ``export`` work on the archived folder at once. ``last.pt`` (the full training state
 for ``--resume``) and larger checkpoints are never copied (they are named on stderr); ``.gitignore`` lets
 ``results/**/*.pt`` into git and keeps every other ``.pt`` out.
 An existing archive is refreshed file by file: files are replaced by the run's newer versions, nothing is deleted.
+
+A study run (``runs/sweeps/<grid>/<cell>/seed<s>``) goes to ``results/study/sweeps/<grid>/<cell>/seed<s>`` with
+``--dest results/study/sweeps/<grid>``, where ``sweep report --runs-root results/study`` reads it.
 
 Usage: python scripts/archive_run.py RUN [RUN ...] [--dest DIR]
 """
@@ -22,7 +26,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FILES = ("config.yaml", "env.json", "metrics.json", "train_log.csv")
+FILES = ("config.yaml", "env.json", "metrics.json", "train_log.csv", "init_from.json")
+#: Folders copied whole: per-episode evaluations and the study's diagnostics (W spectra, whiteness).
+FOLDERS = ("eval", "diagnostics")
 #: Checkpoints shipped with an archived run, and the largest size shipped (git holds results, not a model zoo).
 CHECKPOINTS = ("best.pt",)
 MAX_CHECKPOINT_BYTES = 1 << 20
@@ -36,8 +42,9 @@ def archive(run: Path, dest_root: Path) -> Path:
     for name in FILES:
         if (run / name).is_file():
             shutil.copy2(run / name, dest / name)
-    for folder in sorted((run / "eval").glob("*/")) if (run / "eval").is_dir() else []:
-        shutil.copytree(folder, dest / "eval" / folder.name, dirs_exist_ok=True)
+    for name in FOLDERS:
+        if (run / name).is_dir():
+            shutil.copytree(run / name, dest / name, dirs_exist_ok=True)
     for name in CHECKPOINTS:
         source = run / "checkpoints" / name
         if not source.is_file():

@@ -118,3 +118,25 @@ def test_committed_numbers_rederive_from_shipped_checkpoints(folder, tmp_path) -
     except DataError as exc:
         pytest.skip(f"dataset not available: {exc}")
     np.testing.assert_array_equal(recomputed, committed)
+
+
+def test_archive_copies_a_study_runs_backbone_record_and_diagnostics(tmp_path) -> None:
+    run = tmp_path / "runs" / "sweeps" / "grid" / "swbn" / "seed0"
+    for name, text in {
+        "config.yaml": "learner: protonet\n",
+        "init_from.json": '{"sha256": "ab"}\n',
+        "diagnostics/whiteness.csv": "layer,whiteness\nnorm1,0.5\n",
+        "diagnostics/spectrum.csv": "episode,layer,sigma_max\n0,norm1,1.0\n",
+        "eval/k-running/summary.json": "{}\n",
+        "checkpoints/last.pt": "state",
+    }.items():
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(text)
+    dest = _archive_module().archive(run, tmp_path / "results" / "study" / "sweeps" / "grid")
+    assert dest == tmp_path / "results" / "study" / "sweeps" / "grid" / "swbn" / "seed0"
+    copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert copied == [
+        "config.yaml", "diagnostics/spectrum.csv", "diagnostics/whiteness.csv", "eval/k-running/summary.json",
+        "init_from.json",
+    ]  # fmt: skip
+    assert (dest / "diagnostics" / "whiteness.csv").read_text() == "layer,whiteness\nnorm1,0.5\n"
