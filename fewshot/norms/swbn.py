@@ -82,7 +82,8 @@ class SWBN(NormLayer):
     * ``shrinkage`` ``ρ`` (default 0, the specification's rule): the update whitens ``(1 − ρ) R_B + ρ I``
       (:func:`~fewshot.norms.whitening_math.shrink_to_identity`), which bounds ``W``'s eigenvalues by ``1/√ρ``
       where a group's channels span fewer than ``g`` dimensions (Conv-4's first layer on grey images). With any
-      ``ρ`` the eigenvalues of ``W`` are capped at ``1/√eps``, so ``W`` stays finite on rank-deficient batches.
+      ``ρ`` the eigenvalues of ``W`` are capped at ``1/√eps``, so ``W`` stays finite on rank-deficient batches
+      (on a device at the trainer's log rows, with a sync-free bound in between: :func:`_cap_spectrum`).
 
     The learning-rate schedule: the authors reportedly keep ``α / lr`` constant. The trainer calls
     :func:`fewshot.norms.notify_lr_scale` (this layer's :meth:`on_lr_scale`, or :meth:`set_whitening_rate`
