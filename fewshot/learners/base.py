@@ -4,7 +4,8 @@ A learner wraps a backbone and implements two calls (see docs/ARCHITECTURE.md an
 
 * ``meta_loss(episodes, *, policy)``: the differentiable mean loss over a meta-batch of episodes, in train
   mode, with the normalization statistics policy ``policy`` used during meta-training (``"running"``,
-  ``"transductive"`` or ``"support"``, :class:`fewshot.norms.Policy`), plus ``{"loss", "acc"}`` metrics;
+  ``"transductive"`` or ``"support"``, :class:`fewshot.norms.Policy`), plus ``{"loss", "acc"}`` metrics
+  (detached 0-dim tensors: nothing is read on the host);
 * ``predict(episode, *, policy)``: meta-test logits for the query set, with the same policies; it changes no
   parameter, buffer or norm state, and restores train/eval modes and norm policies afterwards.
 
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 import fewshot.norms as norms
 from episodes.episode import Episode
+from fewshot.host_reads import defers_host_reads
 from fewshot.norms.flow import NormStats
 from fewshot.norms.policy import Policy
 
@@ -105,9 +107,21 @@ def predict_norm_policy(policy: object) -> Policy:
     return Policy.parse(policy, where="meta-test norm policy (eval.norm_policy)")
 
 
-def accuracy(logits: Tensor, labels: Tensor) -> float:
-    """Fraction of rows of ``logits`` (M, n_way) whose argmax equals ``labels`` (M,)."""
-    return (logits.argmax(dim=-1) == labels).double().mean().item()
+def accuracy(logits: Tensor | Sequence[Tensor], labels: Tensor | Sequence[Tensor]) -> Tensor:
+    """Fraction of rows of ``logits`` (M, n_way) whose argmax equals ``labels`` (M,), over one or several pairs.
+
+    Returns a detached 0-dim float64 tensor on the logits' device: total correct / total rows, computed there (no
+    host read; the division rounds as Python's ``correct / total`` does). ``float(...)`` reads it.
+
+    Example:
+        >>> accuracy(torch.tensor([[0.0, 1.0], [2.0, 1.0]]), torch.tensor([1, 1]))
+        tensor(0.5000, dtype=torch.float64)
+    """
+    if isinstance(logits, Tensor):
+        logits, labels = [logits], [labels]
+    pairs = list(zip(logits, labels, strict=True))
+    correct = torch.stack([(lg.detach().argmax(dim=-1) == y).sum() for lg, y in pairs]).sum()
+    return correct.double() / sum(int(y.shape[0]) for _, y in pairs)
 
 
 def check_episode(episode: Episode, n_way: int | None = None) -> None:
@@ -138,7 +152,7 @@ def check_episode(episode: Episode, n_way: int | None = None) -> None:
             f"episode {episode.index} has {way} classes but the learner was built for n_way={n_way}; build it "
             f"with n_way={way} or sample {n_way}-way episodes"
         )
-    if sy.device.type != "cpu":
+    if defers_host_reads(sy):
         _assert_labels_on_device(sy, qy, way, episode.index)
         return
     if sy.numel() == 0 or int(sy.min()) < 0 or int(sy.max()) >= way:
@@ -212,8 +226,12 @@ class Learner(nn.Module):
         self.channels_last = bool(channels_last)
 
     # ----------------------------------------------------------------- the learner API
-    def meta_loss(self, episodes: Sequence[Episode], *, policy: str = "running") -> tuple[Tensor, dict[str, float]]:
-        """Mean loss over the meta-batch ``episodes`` (differentiable) and ``{"loss", "acc"}`` metrics."""
+    def meta_loss(self, episodes: Sequence[Episode], *, policy: str = "running") -> tuple[Tensor, dict[str, Tensor]]:
+        """Mean loss over the meta-batch ``episodes`` (differentiable) and ``{"loss", "acc"}`` metrics.
+
+        The metrics are detached 0-dim tensors on the model's device (the loss's value and :func:`accuracy`), so
+        the step reads nothing on the host; the trainer reads them when it logs.
+        """
         raise NotImplementedError
 
     def predict(self, episode: Episode, *, policy: str = "running") -> Tensor:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from episodes.episode import Episode
 from fewshot.learners._registry import LEARNERS
-from fewshot.learners.base import check_episode, check_train_policy
+from fewshot.learners.base import accuracy, check_episode, check_train_policy
 from fewshot.learners.protonet import ProtoNet
 
 __all__ = ["Classifier"]
@@ -98,9 +98,10 @@ class Classifier(ProtoNet):
                 f"episode {episode.index} holds class {exc.args[0]!r}, which is not one of the classifier's "
                 f"{len(self._class_index)} training classes; train it on the split it was built for"
             ) from None
+        per_class = per_class.to(episode.support_y.device, non_blocking=True)  # a staged copy: no wait for the device
         return per_class[torch.cat([episode.support_y, episode.query_y])]
 
-    def meta_loss(self, episodes: Sequence[Episode], *, policy: str = "running") -> tuple[Tensor, dict[str, float]]:
+    def meta_loss(self, episodes: Sequence[Episode], *, policy: str = "running") -> tuple[Tensor, dict[str, Tensor]]:
         """Mean cross-entropy over all images of ``episodes`` among the ``n_classes`` classes, and metrics.
 
         Args:
@@ -109,7 +110,8 @@ class Classifier(ProtoNet):
                 no meaning without a support/query split and is refused.
 
         Returns:
-            ``(loss, {"loss", "acc"})``: ``acc`` is the classification accuracy among all training classes.
+            ``(loss, {"loss", "acc"})``: ``acc`` is the classification accuracy among all training classes (both
+            detached 0-dim tensors, read by the caller when it needs them).
         """
         check_train_policy(policy)
         if policy == "support":
@@ -120,13 +122,13 @@ class Classifier(ProtoNet):
         episodes = self._episodes(episodes)
         for ep in episodes:
             check_episode(ep)
-        losses, correct, total = [], 0, 0
+        losses, all_logits, all_labels = [], [], []
         with self.mode(training=True, norm_policy=policy, frozen=False):
             for ep in episodes:
                 labels = self._global_labels(ep)
                 logits = self.head(self.backbone(self.prepare(torch.cat([ep.support_x, ep.query_x]))))
                 losses.append(F.cross_entropy(logits, labels))
-                correct += int((logits.argmax(-1) == labels).sum())
-                total += labels.shape[0]
+                all_logits.append(logits.detach())
+                all_labels.append(labels)
         loss = torch.stack(losses).mean()
-        return loss, {"loss": loss.item(), "acc": correct / total}
+        return loss, {"loss": loss.detach(), "acc": accuracy(all_logits, all_labels)}

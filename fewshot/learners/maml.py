@@ -42,6 +42,7 @@ from episodes.episode import Episode
 from fewshot.learners._registry import LEARNERS
 from fewshot.learners.base import (
     Learner,
+    accuracy,
     check_episode,
     check_train_policy,
     joined_batch_stats,
@@ -307,7 +308,7 @@ class MAML(Learner):
         return run(lambda f: head_logits(adapted, f), query_f)
 
     # ----------------------------------------------------------------- the learner API
-    def meta_loss(self, episodes: Sequence[Episode], *, policy: str = "running") -> tuple[Tensor, dict[str, float]]:
+    def meta_loss(self, episodes: Sequence[Episode], *, policy: str = "running") -> tuple[Tensor, dict[str, Tensor]]:
         """Mean query cross-entropy after adaptation over the meta-batch ``episodes``, and ``{"loss", "acc"}``.
 
         Args:
@@ -315,8 +316,8 @@ class MAML(Learner):
             policy: norm statistics policy during meta-training: ``"transductive"``, ``"running"`` or ``"support"``.
 
         Returns:
-            ``(loss, metrics)``: the differentiable scalar loss (second order unless ``first_order``) and its float
-            value with the post-adaptation query accuracy.
+            ``(loss, metrics)``: the differentiable scalar loss (second order unless ``first_order``), and
+            ``{"loss", "acc"}``: its value and the post-adaptation query accuracy as detached 0-dim tensors.
         """
         policy = check_train_policy(policy)
         episodes = self._episodes(episodes)
@@ -339,9 +340,7 @@ class MAML(Learner):
                 ]
             self._update_norm_state(episodes)
         loss = torch.stack([F.cross_entropy(lg, ep.query_y) for lg, ep in zip(logits, episodes, strict=True)]).mean()
-        correct = sum(int((lg.argmax(-1) == ep.query_y).sum()) for lg, ep in zip(logits, episodes, strict=True))
-        total = sum(ep.query_y.shape[0] for ep in episodes)
-        return loss, {"loss": loss.item(), "acc": correct / total}
+        return loss, {"loss": loss.detach(), "acc": accuracy(logits, [ep.query_y for ep in episodes])}
 
     def _vmapped_logits(
         self, episodes: Sequence[Episode], adapt: Params, fixed: Params, buffers: Params, how: _Adaptation

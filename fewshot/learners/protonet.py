@@ -17,6 +17,7 @@ from episodes.episode import Episode
 from fewshot.learners._registry import LEARNERS
 from fewshot.learners.base import (
     Learner,
+    accuracy,
     check_episode,
     check_train_policy,
     gather_episode_stats,
@@ -181,7 +182,7 @@ class ProtoNet(Learner):
             return z[: sx.shape[0]], z[sx.shape[0] :], stats
         return self.backbone(self.prepare(sx)), rowwise(self.backbone, self.prepare(qx)), {}
 
-    def meta_loss(self, episodes: Sequence[Episode], *, policy: str = "running") -> tuple[Tensor, dict[str, float]]:
+    def meta_loss(self, episodes: Sequence[Episode], *, policy: str = "running") -> tuple[Tensor, dict[str, Tensor]]:
         """Mean query cross-entropy over ``episodes`` in train mode, and ``{"loss", "acc"}``.
 
         Args:
@@ -190,13 +191,14 @@ class ProtoNet(Learner):
                 or ``"support"`` (see the class docstring).
 
         Returns:
-            ``(loss, metrics)``: the differentiable scalar loss and its float value with the query accuracy.
+            ``(loss, metrics)``: the differentiable scalar loss, and ``{"loss", "acc"}``: its value and the query
+            accuracy as detached 0-dim tensors (:func:`~fewshot.learners.base.accuracy`; nothing read on the host).
         """
         policy = check_train_policy(policy)
         episodes = self._episodes(episodes)
         for ep in episodes:
             check_episode(ep)
-        losses, episode_stats, correct, total = [], [], 0, 0
+        losses, episode_stats, all_logits = [], [], []
         once = self.norm_state_update == "meta_batch"
         with self.mode(training=True, norm_policy=policy, frozen=once):
             for ep in episodes:
@@ -204,12 +206,11 @@ class ProtoNet(Learner):
                 episode_stats.append(stats)
                 logits = self.logits(support_z, ep.support_y, query_z, ep.n_way)
                 losses.append(F.cross_entropy(logits, ep.query_y))
-                correct += int((logits.argmax(-1) == ep.query_y).sum())
-                total += ep.query_y.shape[0]
+                all_logits.append(logits.detach())
         if once:
             self._commit_norm_state(episode_stats)
         loss = torch.stack(losses).mean()
-        return loss, {"loss": loss.item(), "acc": correct / total}
+        return loss, {"loss": loss.detach(), "acc": accuracy(all_logits, [ep.query_y for ep in episodes])}
 
     def _commit_norm_state(self, episode_stats: list[NormStats]) -> None:
         """``meta_batch``: the meta-step's one state change, from every episode's statistics merged in order."""

@@ -8,7 +8,8 @@ constructor ``(num_features, *, eps, momentum, affine, track_running_stats, poli
 Entry points: ``create(name, num_features, **kwargs)``, ``names()``, ``convert(model, name, **kwargs)``,
 ``set_policy(model, policy)``, ``frozen_stats(model)``, the statistics flow (``collect``, ``using``,
 ``merge``, ``next_state``, ``advance``, ``commit``: :mod:`fewshot.norms.flow`), ``notify_lr_scale(model, factor)``,
-``whiteness(x)`` and ``collect_whiteness(model, x)``.
+``whiteness(x)`` and ``collect_whiteness(model, x)``; after a step on a device, ``read_device_checks(model)`` and
+``enforce_state_bounds(model)`` (:mod:`fewshot.norms.deferred`).
 """
 
 from fewshot.norms import batchnorm as batchnorm
@@ -21,6 +22,8 @@ from fewshot.norms import swbn as swbn
 from fewshot.norms import tasknorm as tasknorm
 from fewshot.norms.base import NormLayer as NormLayer
 from fewshot.norms.convert import convert as convert
+from fewshot.norms.deferred import enforce_state_bounds as enforce_state_bounds
+from fewshot.norms.deferred import read_device_checks as read_device_checks
 from fewshot.norms.diagnostics import collect_whiteness as collect_whiteness
 from fewshot.norms.diagnostics import whiteness as whiteness
 from fewshot.norms.flow import advance as advance
@@ -47,11 +50,13 @@ __all__ = [
     "commit",
     "convert",
     "create",
+    "enforce_state_bounds",
     "frozen_stats",
     "merge",
     "names",
     "next_state",
     "notify_lr_scale",
+    "read_device_checks",
     "set_policy",
     "using",
     "whiteness",

@@ -58,6 +58,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from fewshot.host_reads import defers_host_reads
 from fewshot.norms import functional as FN
 from fewshot.norms.flow import current_flow
 from fewshot.norms.fp32 import fp32_forward
@@ -80,9 +81,25 @@ def _tensors(stats: Any) -> list[Tensor]:
     return []
 
 
+def _floats(tensors: list[Tensor]) -> list[Tensor]:
+    return [t for t in tensors if t.is_floating_point() or t.is_complex()]
+
+
 def _all_finite(tensors: list[Tensor]) -> bool:
-    floats = [t for t in tensors if t.is_floating_point() or t.is_complex()]
+    floats = _floats(tensors)
     return not floats or bool(torch.stack([torch.isfinite(t).all() for t in floats]).all())
+
+
+def _finite_flags(groups: list[list[Tensor]], device: torch.device) -> list[Tensor]:
+    """One 0-dim bool tensor per group of tensors: all its values finite (computed on ``device``, not read)."""
+    floats = [_floats(g) for g in groups]
+    checks = [torch.isfinite(t).all() for g in floats for t in g]
+    flags = torch.stack(checks) if checks else torch.ones(0, dtype=torch.bool, device=device)
+    out, start = [], 0
+    for g in floats:
+        out.append(flags[start : start + len(g)].all())
+        start += len(g)
+    return out
 
 
 def _detach(stats: Any) -> Any:
@@ -162,7 +179,8 @@ class NormLayer(nn.Module):
         self.update_stats = True
         self._policy = self._validate_policy(policy if policy is not None else self.fixed_policy or Policy.RUNNING)
         self.label: str | None = None  # the layer's name in its model, for messages (the trainer sets it)
-        self.skipped_updates = 0  # state updates skipped because of non-finite values
+        self._skipped_updates = 0  # state updates skipped because of non-finite values, as read on the host
+        self._pending_skips: Tensor | None = None  # the device path's counts not read yet (see commit)
         self._init_layer(factory_kwargs, **options)
 
         if self.affine:
@@ -363,13 +381,22 @@ class NormLayer(nn.Module):
             raise ValueError(f"{type(self).__name__}.merge_stats needs at least one batch's statistics, got none")
         return parts[0] if len(parts) == 1 else self._merge_stats(parts)
 
-    def commit(self, next_state: dict[str, Tensor], stats: Any = None) -> bool:
+    def commit(self, next_state: dict[str, Tensor], stats: Any = None) -> bool | Tensor:
         """Write ``next_state`` into the buffers: the one place where a layer's state changes. Returns whether it did.
 
         A NaN or infinity in ``stats`` (the statistics the update came from) or in ``next_state`` skips the write:
         the state stays bit for bit, ``skipped_updates`` counts it and the first skip of the layer warns, naming
-        it, so one bad batch never poisons the state. Reads tensor values: call it outside ``vmap``.
+        it, so one bad batch never poisons the state. Call it outside ``vmap``.
+
+        On a device (:func:`~fewshot.host_reads.defers_host_reads`) the guard reads nothing on the host: each
+        buffer gets ``torch.where(all finite, new, previous)`` (the same values), the skips are counted on the
+        device, and the count and the warning come at the next host read of the checks
+        (:func:`fewshot.norms.deferred.read_device_checks`, which the trainer calls before every log row,
+        validation and checkpoint, or reading ``skipped_updates``). The return value is then a 0-dim bool tensor.
         """
+        tensors = [*next_state.values(), *_tensors(stats)]
+        if tensors and defers_host_reads(tensors[0]):
+            return self._commit_on_device(next_state, stats, tensors[0].device)
         if not _all_finite(_tensors(stats)):
             self._skip_update("its batch statistics")
             return False
@@ -381,18 +408,74 @@ class NormLayer(nn.Module):
                 getattr(self, key).copy_(value)
         return True
 
-    def _skip_update(self, what: str) -> None:
-        self.skipped_updates += 1
-        if self.skipped_updates == 1:
-            kind = type(self).__name__
-            name = f"{self.label!r} ({kind})" if self.label else f"{kind}({self.num_features})"
-            warnings.warn(
-                f"normalization layer {name}: NaN or infinity in {what}; this state update was skipped and the "
-                f"layer keeps its previous {', '.join(self.state_buffers)} (later skips of this layer are counted in "
-                "`skipped_updates`, not reported). Check the inputs and the learning rate (train.lr)",
-                RuntimeWarning,
-                stacklevel=4,
+    def _commit_on_device(self, next_state: dict[str, Tensor], stats: Any, device: torch.device) -> Tensor:
+        """:meth:`commit` without a host read: the previous state is kept where a value is not finite."""
+        stats_ok, state_ok = _finite_flags([_tensors(stats), list(next_state.values())], device)
+        ok = stats_ok & state_ok
+        with torch.no_grad():
+            for key, value in next_state.items():
+                buffer = getattr(self, key)
+                buffer.copy_(torch.where(ok, value, buffer))
+            skips = torch.stack([~stats_ok, stats_ok & ~state_ok]).long()  # (statistics, produced state)
+            if self._pending_skips is not None and self._pending_skips.device != device:
+                self.read_device_checks()  # the model moved since: read what the old device counted
+            self._pending_skips = skips if self._pending_skips is None else self._pending_skips + skips
+        return ok
+
+    @property
+    def skipped_updates(self) -> int:
+        """State updates skipped because of non-finite values (reads the device's pending count: a host read)."""
+        self.read_device_checks()
+        return self._skipped_updates
+
+    def pending_device_checks(self) -> Tensor | None:
+        """The device path's skip counts not read yet, ``(2,)`` int64 (statistics, produced state), or None."""
+        return self._pending_skips
+
+    def read_device_checks(self, counts: list[int] | None = None) -> None:
+        """Take the device path's pending skip counts into ``skipped_updates``; the first skip of the layer warns.
+
+        Args:
+            counts: the values of :meth:`pending_device_checks`, when the caller read several layers at once
+                (:func:`fewshot.norms.deferred.read_device_checks`); None reads them here (a host read).
+        """
+        if self._pending_skips is None:
+            return
+        n_stats, n_state = self._pending_skips.tolist() if counts is None else counts
+        self._pending_skips = None
+        if n_stats + n_state == 0:
+            return
+        first = self._skipped_updates == 0
+        self._skipped_updates += n_stats + n_state
+        if first:
+            what = " and in ".join(
+                w for w, n in (("its batch statistics", n_stats), ("the state it would produce", n_state)) if n
             )
+            count = "this state update was" if n_stats + n_state == 1 else f"{n_stats + n_state} state updates were"
+            self._warn_skipped(what, f"{count} skipped (found on the device since the last read of its checks)")
+
+    def _skip_update(self, what: str) -> None:
+        self._skipped_updates += 1
+        if self._skipped_updates == 1:
+            self._warn_skipped(what, "this state update was skipped", stacklevel=5)
+
+    def _warn_skipped(self, what: str, skipped: str, stacklevel: int = 3) -> None:
+        kind = type(self).__name__
+        name = f"{self.label!r} ({kind})" if self.label else f"{kind}({self.num_features})"
+        warnings.warn(
+            f"normalization layer {name}: NaN or infinity in {what}; {skipped} and the layer keeps its previous "
+            f"{', '.join(self.state_buffers)} (later skips of this layer are counted in `skipped_updates`, not "
+            "reported). Check the inputs and the learning rate (train.lr)",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
+
+    def enforce_state_bounds(self) -> None:
+        """Hook: apply the bounds on the state that the device path of an update leaves to a host read.
+
+        The trainer calls it at every log row (:func:`fewshot.norms.deferred.enforce_state_bounds`). SWBN caps
+        ``W``'s eigenvalues there on a device; other layers bound nothing this way.
+        """
 
     def on_lr_scale(self, factor: float) -> None:
         """Hook: the optimizer's learning rate is now ``factor`` × its initial value (the trainer calls it).

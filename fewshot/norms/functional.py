@@ -18,6 +18,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from fewshot.host_reads import defers_host_reads
+
 __all__ = [
     "Moments",
     "affine",
@@ -120,10 +122,17 @@ def group_moments(x: Tensor, groups: int) -> Moments:
     return Moments(mean, (centred * centred).mean(dim=2))
 
 
-def unbias_variance(var: Tensor, m: int) -> Tensor:
-    """Bessel's correction: ``var · m / (m − 1)`` for a biased variance over ``m`` values (``m ≥ 2``)."""
-    if m < 2:
-        raise ValueError(f"an unbiased variance needs at least 2 values per channel, got m={m}")
+def unbias_variance(var: Tensor, m: int | Tensor) -> Tensor:
+    """Bessel's correction: ``var · m / (m − 1)`` for a biased variance over ``m`` values (``m ≥ 2``).
+
+    ``m`` may be a 0-dim tensor (a statistics' ``count``); on a device it is checked by an asynchronous
+    device-side assertion instead of a host read (:mod:`fewshot.host_reads`).
+    """
+    message = "an unbiased variance needs at least 2 values per channel"
+    if isinstance(m, Tensor) and defers_host_reads(m):
+        torch._assert_async(m >= 2, message)
+    elif m < 2:
+        raise ValueError(f"{message}, got m={m}")
     return var * (m / (m - 1))
 
 

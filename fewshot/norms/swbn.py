@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from fewshot.host_reads import defers_host_reads
 from fewshot.norms import functional as FN
 from fewshot.norms import whitening_math as WM
 from fewshot.norms.base import NormLayer
@@ -81,7 +82,8 @@ class SWBN(NormLayer):
     * ``shrinkage`` ``ρ`` (default 0, the specification's rule): the update whitens ``(1 − ρ) R_B + ρ I``
       (:func:`~fewshot.norms.whitening_math.shrink_to_identity`), which bounds ``W``'s eigenvalues by ``1/√ρ``
       where a group's channels span fewer than ``g`` dimensions (Conv-4's first layer on grey images). With any
-      ``ρ`` the eigenvalues of ``W`` are capped at ``1/√eps``, so ``W`` stays finite on rank-deficient batches.
+      ``ρ`` the eigenvalues of ``W`` are capped at ``1/√eps``, so ``W`` stays finite on rank-deficient batches
+      (on a device at the trainer's log rows, with a sync-free bound in between: :func:`_cap_spectrum`).
 
     The learning-rate schedule: the authors reportedly keep ``α / lr`` constant. The trainer calls
     :func:`fewshot.norms.notify_lr_scale` (this layer's :meth:`on_lr_scale`, or :meth:`set_whitening_rate`
@@ -218,12 +220,30 @@ class SWBN(NormLayer):
         if alpha > 0:
             corr = WM.shrink_to_identity(stats.corr, self.shrinkage)
             w = WM.swbn_step(w, corr, alpha, self.criterion, self.tau)
-            w = _cap_spectrum(w, math.inf if self.eps == 0 else self.eps**-0.5)
+            w = _cap_spectrum(w, self._spectrum_cap())
         return {
             "running_mean": FN.ema(state["running_mean"], stats.mean, factor),
             "running_var": FN.ema(state["running_var"], unbiased_var, factor),
             "whitening_matrix": w,
         }
+
+    def _spectrum_cap(self) -> float:
+        """The bound ``1/sqrt(eps)`` on the eigenvalues of ``W`` (none for ``eps = 0``)."""
+        return math.inf if self.eps == 0 else self.eps**-0.5
+
+    def enforce_state_bounds(self) -> None:
+        """On a device, cap the state's ``W`` as every CPU update does (see :func:`_cap_spectrum`); reads the device.
+
+        The trainer calls it at every log row: a point fixed by the episode count, so a resumed run applies it
+        where the uninterrupted one did. On the CPU the updates have capped ``W`` already, and this does nothing.
+        """
+        if not self.track_running_stats or not defers_host_reads(self.whitening_matrix):
+            return
+        w = self.whitening_matrix
+        capped = _cap_spectrum_now(w, self._spectrum_cap())
+        if capped is not w:
+            with torch.no_grad():
+                w.copy_(capped)
 
     def _current_w(self, x: Tensor, state: dict[str, Tensor]) -> Tensor:
         """``W`` (G, g, g) for this forward: a copy of the state's, or ``I`` when the layer keeps no state."""
@@ -283,7 +303,34 @@ def _cap_spectrum(w: Tensor, cap: float) -> Tensor:
     directions until it overflows. Trained layers stay far below it (largest singular values 9.6–55 in
     ``results/swbn_spectrum.csv`` and the MAML run), so it never binds in normal training, and below it ``W``
     is returned bit for bit (the Frobenius norm, an upper bound of the spectral norm, is checked first).
+
+    On a device (:func:`~fewshot.host_reads.defers_host_reads`) the eigenvalue clamp cannot run inside a step:
+    deciding whether it binds reads the device, and ``torch.linalg.eigh`` waits for the host (it checks its
+    convergence there). There each update does only what needs no read, :func:`_bound_frobenius_norm`, which
+    leaves ``w`` bit for bit unless its eigenvalues certainly exceed ``cap``, and the trainer applies the clamp
+    itself (:func:`_cap_spectrum_now`) to the state at every log row (:meth:`SWBN.enforce_state_bounds`). So ``W``
+    is the CPU rule's bit for bit wherever the cap does not bind; where it binds, ``W`` may exceed the cap between
+    log rows by the growth of those updates (``(1 + α)^k`` along directions the data does not occupy), never
+    beyond a Frobenius norm of ``sqrt(g)·cap``.
     """
+    if defers_host_reads(w):
+        return _bound_frobenius_norm(w, math.sqrt(w.shape[-1]) * cap)
+    return _cap_spectrum_now(w, cap)
+
+
+def _bound_frobenius_norm(w: Tensor, bound: float) -> Tensor:
+    """``w`` (..., g, g) scaled down to Frobenius norm ``bound`` where its norm exceeds it; ``w`` itself elsewhere.
+
+    No host read. With ``bound = sqrt(g)·cap`` it never changes a ``w`` whose eigenvalues all lie within
+    ``[-cap, cap]`` (then ``‖w‖_F ≤ sqrt(g)·max |λ| ≤ bound``): a safety net that keeps ``W`` finite on a device
+    between the log rows where the exact cap is applied. The norm is taken in float64 (no overflow).
+    """
+    norm = torch.linalg.matrix_norm(w, dtype=torch.float64)[..., None, None]
+    return torch.where(norm > bound, w * (bound / norm).to(w.dtype), w)
+
+
+def _cap_spectrum_now(w: Tensor, cap: float) -> Tensor:
+    """:func:`_cap_spectrum`'s clamp on any device, at once (reads ``w`` on the host: not inside a device step)."""
     if not bool((torch.linalg.matrix_norm(w) > cap).any()) or not bool(torch.isfinite(w).all()):
         return w  # within the cap, or non-finite (then the base class restores the previous state)
     vals, vecs = torch.linalg.eigh(w)

@@ -130,14 +130,19 @@ def average_gradients(parameters: Iterable[nn.Parameter], ctx: Distributed) -> N
             p.grad = values.clone()
 
 
-def mean_over_ranks(values: dict[str, float], ctx: Distributed) -> dict[str, float]:
-    """``{key: mean of the ranks' values}`` (equal shares per rank make it the mean over all episodes)."""
+def mean_over_ranks(values: dict[str, Tensor | float], ctx: Distributed) -> dict[str, Tensor | float]:
+    """``{key: mean of the ranks' values}`` (equal shares per rank make it the mean over all episodes).
+
+    Values are 0-dim tensors (a learner's metrics) or floats; several ranks give float64 0-dim tensors on the
+    rank's device, summed in float64 and divided by the world size there, without a host read (the trainer
+    reads them when it logs; the same float64 sum and division as Python's on the read values).
+    """
     if not ctx.active:
         return dict(values)
     keys = sorted(values)
-    flat = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=ctx.device)
+    flat = torch.stack([torch.as_tensor(values[k], dtype=torch.float64).to(ctx.device) for k in keys])
     ctx.all_reduce_sum_(flat, "all-reduce of the step's metrics")
-    return {k: float(v) / ctx.world_size for k, v in zip(keys, flat.tolist(), strict=True)}
+    return dict(zip(keys, (flat / ctx.world_size).unbind(), strict=True))
 
 
 def _gather_parts(parts: list, ctx: Distributed, what: str) -> list:

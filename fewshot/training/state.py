@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,34 @@ __all__ = ["StepInfo", "TrainResult", "TrainState"]
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What a ``callback`` sees after each meta-step (raise ``KeyboardInterrupt`` in it to stop and save)."""
+    """What a ``callback`` sees after each meta-step (raise ``KeyboardInterrupt`` in it to stop and save).
+
+    ``loss`` and ``acc`` are read from the step's metrics when first asked for: on a device that is a host read,
+    which waits for the step to finish, so a callback that looks only at ``episodes_done``, ``lr`` or
+    ``train_seconds`` leaves the device running ahead.
+
+    Example:
+        >>> import torch
+        >>> info = StepInfo(4, torch.tensor(0.25), torch.tensor(0.5, dtype=torch.float64), 1e-3, 2.0)
+        >>> info.loss, info.acc
+        (0.25, 0.5)
+    """
 
     episodes_done: int
-    loss: float
-    acc: float
+    step_loss: Any = field(repr=False)  # 0-dim tensor (or float) as the learner returned it
+    step_acc: Any = field(repr=False)
     lr: float
     train_seconds: float
+
+    @cached_property
+    def loss(self) -> float:
+        """The meta-batch's mean loss (a host read on first access)."""
+        return float(self.step_loss)
+
+    @cached_property
+    def acc(self) -> float:
+        """The meta-batch's query accuracy (a host read on first access)."""
+        return float(self.step_acc)
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,9 @@ from fewshot.config.loader import config_to_dict, save_config, with_current_name
 from fewshot.config.schema import ExperimentConfig
 from fewshot.device import model_device, run_device
 from fewshot.errors import DataError, StorageError
+from fewshot.host_reads import defers_host_reads
 from fewshot.learners.base import syncing_norm_stats
-from fewshot.norms import NormLayer, notify_lr_scale
+from fewshot.norms import NormLayer, enforce_state_bounds, notify_lr_scale, read_device_checks
 from fewshot.numerics import autocast, restoring_numerics, set_deterministic, set_precision
 from fewshot.training.build import build_learner, build_split, build_train_sampler
 from fewshot.training.checkpoint import CHECKPOINT_FORMAT, get_rng_state, save_checkpoint, set_rng_state
@@ -120,6 +121,8 @@ class _Trainer:
         self.deterministic = deterministic
         self._pending: list[tuple[Any, Any]] = []  # per-step (loss, acc) not yet read (tensors stay on the device)
         self._pending_from = 0  # first episode of the pending steps
+        self._bar: Any = None  # the progress bar, when shown: its loss/acc averages advance at each read
+        self._ema: tuple[float, float] | None = None
         self.dist, self._device_requested = dist, device_requested
         self.device = dist.device
         self.cfg, self.run_dir, self.resume, self.quiet, self.callback = cfg, Path(run_dir), resume, quiet, callback
@@ -435,8 +438,8 @@ class _Trainer:
         ):
             loss, m = self.learner.meta_loss(batch, policy=t.norm_policy)
         m = mean_over_ranks(m, dist)  # every rank sees the whole meta-batch's metrics (and stops together)
-        if not isinstance(m["loss"], torch.Tensor):  # a float costs nothing to check now
-            self._check_finite(m["loss"], start, start + t.meta_batch - 1)
+        if not isinstance(m["loss"], torch.Tensor) or not defers_host_reads(m["loss"]):  # free on the CPU: now
+            self._check_finite(float(m["loss"]), start, start + t.meta_batch - 1)
         loss.backward()
         average_gradients(self.learner.parameters(), dist)
         self.optimizer.step()
@@ -457,10 +460,13 @@ class _Trainer:
     def _flush_metrics(self) -> None:
         """Read the pending steps' loss and accuracy (one device-to-host copy) into the log accumulators.
 
-        Learners may return their metrics as 0-dim tensors; they are read only here, before a log row, a
-        checkpoint or a validation, so a CUDA step never waits for the host. A non-finite loss among them stops
-        training before anything is saved, naming the episodes since the last read.
+        Learners return their metrics as 0-dim tensors; they are read only here, before a log row, a checkpoint
+        or a validation, so a step on a device never waits for the host. The norm layers' device-side checks
+        (skipped non-finite state updates, which warn) are read here too, and the progress bar's averages
+        advance. A non-finite loss among the steps stops training before anything is saved, naming the episodes
+        since the last read.
         """
+        read_device_checks(self.learner)
         if not self._pending:
             return
         mb, s = self.cfg.train.meta_batch, self.state
@@ -471,7 +477,18 @@ class _Trainer:
             s.log_loss += loss * mb
             s.log_acc += acc * mb
             s.log_count += mb
+        self._show(read)
         self._check_finite(sum(loss for loss, _ in read), first, s.episodes_done - 1)
+
+    def _show(self, read: list[list[float]]) -> None:
+        """Advance the progress bar's moving averages of loss and accuracy over the steps just read, in order."""
+        if self._bar is None or self._bar.disable:
+            return
+        for loss, acc in read:
+            prev = self._ema
+            self._ema = (loss, acc) if prev is None else (0.95 * prev[0] + 0.05 * loss, 0.95 * prev[1] + 0.05 * acc)
+        ema_loss, ema_acc = self._ema
+        self._bar.set_postfix(loss=f"{ema_loss:.3f}", acc=f"{ema_acc:.3f}", val=self.state.last_val_acc, refresh=False)
 
     def _after_step(self, start: int, lr: float) -> float:
         """Validation, log row, periodic checkpoint and metrics as due after a step; returns validation seconds."""
@@ -482,6 +499,8 @@ class _Trainer:
         checkpoint = _clock() - self._last_checkpoint >= t.checkpoint_minutes * 60.0
         if validate or log or checkpoint:
             self._flush_metrics()
+        if log:  # fixed by the episode count: a resumed run changes the state where this run did
+            enforce_state_bounds(self.learner)
         if validate:
             tv = _clock()
             val_acc = self._validate()
@@ -507,7 +526,7 @@ class _Trainer:
         self._session_start, self._base_seconds = _clock(), s.train_seconds
         self._pending_from = s.episodes_done
         self._last_checkpoint = self._session_start
-        ema_loss = ema_acc = None
+        self._bar = bar
         lr = self._lr()
         self._write_metrics("running")
         try:
@@ -530,16 +549,11 @@ class _Trainer:
                     m, lr, t1, t2 = self._step(start)
                     s.step_seconds += t2 - t1
                     self._pending.append((m["loss"], m["acc"]))
-                    if not bar.disable:
-                        ema_loss = m["loss"] if ema_loss is None else 0.95 * ema_loss + 0.05 * m["loss"]
-                        ema_acc = m["acc"] if ema_acc is None else 0.95 * ema_acc + 0.05 * m["acc"]
-                        bar.update(t.meta_batch)
-                        bar.set_postfix(loss=f"{ema_loss:.3f}", acc=f"{ema_acc:.3f}", val=s.last_val_acc, refresh=False)
+                    bar.update(t.meta_batch)  # the loss/acc shown advance when the metrics are read
                     val_seconds = self._after_step(start, lr)
                     s.overhead_seconds += (t1 - t0) + (_clock() - t2) - val_seconds
-                    if self.callback is not None:
-                        loss, acc = float(m["loss"]), float(m["acc"])
-                        self.callback(StepInfo(s.episodes_done, loss, acc, lr, s.train_seconds))
+                    if self.callback is not None:  # loss and acc are read only if the callback looks at them
+                        self.callback(StepInfo(s.episodes_done, m["loss"], m["acc"], lr, s.train_seconds))
             return self._finish(status, lr)
         except KeyboardInterrupt:
             if not self._in_step:  # between steps the state is consistent: save it for --resume
