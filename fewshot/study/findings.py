@@ -16,6 +16,18 @@ from fewshot.study.grid import GridSpec
 __all__ = ["verdict", "findings_markdown"]
 
 
+def _first_stage(table: pd.DataFrame) -> str:
+    """``", after a first stage of ..."`` for two-stage cells (``pretrain_episodes`` > 0), else ``""``."""
+    if "pretrain_episodes" not in table:
+        return ""
+    staged = table[table["pretrain_episodes"] > 0]
+    if staged.empty:
+        return ""
+    budgets = ", ".join(str(int(e)) for e in sorted(set(staged["pretrain_episodes"])))
+    lo, hi = staged["pretrain_minutes"].min(), staged["pretrain_minutes"].max()
+    return f", after a first stage of {budgets} episodes ({lo:.0f}-{hi:.0f} min)"
+
+
 def verdict(row: pd.Series) -> str:
     """``better than``/``worse than``/``not distinguishable from`` BN from the 95% interval of the difference."""
     if row["diff_low"] > 0:
@@ -45,9 +57,9 @@ def findings_markdown(table: pd.DataFrame, whiteness: pd.DataFrame, grids: Seque
     lines.append(
         f"Grids {', '.join(g.name for g in grids)}: {table['cell'].nunique()} cells, up to "
         f"{int(table['n_seeds'].max())} seeds, {', '.join(map(str, budgets))} training episodes per run "
-        f"({table['train_minutes'].min():.0f}-{table['train_minutes'].max():.0f} min of wall time each). Headline "
-        f"setting: {dataset} {way}-way, K = {k_min}, `{policy}` policy, differences to `{ref}` paired on identical "
-        "episodes, 95% intervals from a bootstrap over seeds and episodes."
+        f"({table['train_minutes'].min():.0f}-{table['train_minutes'].max():.0f} min of wall time each"
+        f"{_first_stage(table)}). Headline setting: {dataset} {way}-way, K = {k_min}, `{policy}` policy, "
+        f"differences to `{ref}` paired on identical episodes, 95% intervals from a bootstrap over seeds and episodes."
     )
     lines.append("")
     others = sub[sub["cell"] != ref].dropna(subset=["diff_to_bn"])

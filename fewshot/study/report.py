@@ -4,6 +4,7 @@ Files (under ``--out-dir``, ``results/`` by default; each CSV starts with ``# co
 
 * ``study.csv``: one row per cell × test way × test shot K × policy: learner, backbone, norm (with options),
   dataset, way, shot, query, train_shot, train_episodes, train_minutes (mean wall time per seed), policy,
+  pretrain_episodes and pretrain_minutes (the first stage of a two-stage cell, ``after:``; 0 for one stage),
   n_seeds, episodes, mean, ci95, ci_low, ci_high, diff_to_bn, diff_ci95, diff_low, diff_high, n_paired_seeds,
   reference. Accuracies in percent. ``mean`` is the mean over seeds of the per-seed mean accuracy on the same
   fixed episodes, its interval the two-level bootstrap of
@@ -67,11 +68,13 @@ def collect(grids: Sequence[GridSpec], runs_root: str | Path | None = None) -> t
     for grid in grids:
         runs = plan_runs(grid, runs_root)
         references[grid.name] = _reference(grid, runs)
+        by_key = {(run.cell.name, run.seed): run for run in runs}
         for run in runs:
             status = run_status(run)
             if status.state != "finished":
                 continue
             cfg, spec = run.cfg, run.cell.evaluation
+            first = None if run.cell.after is None else run_status(by_key[(run.cell.after, run.seed)])
             wanted = {(w, k, spec.queries, spec.episodes, p) for w, k, p in spec.settings()}
             for summary_path in sorted((run.run_dir / EVAL_DIR).glob("*/summary.json")):
                 s = read_json(summary_path)
@@ -84,9 +87,11 @@ def collect(grids: Sequence[GridSpec], runs_root: str | Path | None = None) -> t
                     "grid": grid.name, "cell": run.cell.name, "seed": run.seed, "learner": cfg.learner.name,
                     "backbone": cfg.model.backbone, "norm": option_label(cfg.model.norm, cfg.model.norm_kwargs),
                     "dataset": cfg.data.dataset, "train_shot": cfg.train.n_shot, "train_episodes": status.episodes_done,
-                    "train_minutes": status.minutes, "way": s["way"], "shot": s["shot"], "query": s["query"],
-                    "policy": s["policy"], "episode_hash": s["episode_hash"],
-                    "acc": read_episode_accuracies(summary_path.parent),
+                    "train_minutes": status.minutes,
+                    "pretrain_episodes": 0 if first is None else first.episodes_done,
+                    "pretrain_minutes": 0.0 if first is None else first.minutes,
+                    "way": s["way"], "shot": s["shot"], "query": s["query"], "policy": s["policy"],
+                    "episode_hash": s["episode_hash"], "acc": read_episode_accuracies(summary_path.parent),
                 })  # fmt: skip
     return pd.DataFrame(rows), references
 
@@ -130,7 +135,10 @@ def study_table(frame: pd.DataFrame, references: dict[str, str]) -> tuple[pd.Dat
                                   "ties": p.ties, "losses": p.losses, "episodes": p.n})  # fmt: skip
         table.append({
             **{k: v for k, v in info.items() if k != "train_episodes"}, "train_episodes": info["train_episodes"],
-            "train_minutes": float(group["train_minutes"].mean()), "n_seeds": len(seeds), "episodes": acc.shape[1],
+            "train_minutes": float(group["train_minutes"].mean()),
+            "pretrain_episodes": int(group["pretrain_episodes"].iloc[0]),
+            "pretrain_minutes": float(group["pretrain_minutes"].mean()),
+            "n_seeds": len(seeds), "episodes": acc.shape[1],
             "mean": 100 * ci.mean, "ci95": 100 * ci.ci95, "ci_low": 100 * ci.low, "ci_high": 100 * ci.high, **diff,
             "reference": ref_cell,
         })  # fmt: skip
