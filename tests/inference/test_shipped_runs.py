@@ -27,6 +27,7 @@ from fewshot.training.episode_sets import get_episode_set
 
 ROOT = Path(__file__).resolve().parents[2]
 FEW = 3  # episodes re-derived per evaluation
+_SPLITS: dict[tuple[str, str], object] = {}  # the splits rederive() built, by (data config, split name)
 
 
 def _archive_module():
@@ -47,7 +48,10 @@ def rederive(eval_folder: Path, runs_root: Path, n: int = FEW) -> tuple[np.ndarr
     assert file_sha256(run.checkpoint) == summary["checkpoint_sha256"], (
         "the shipped checkpoint is not the evaluated one"
     )
-    split = build_split(run.cfg, summary["split"])
+    key = (repr(run.cfg.data), summary["split"])
+    if key not in _SPLITS:  # one decode per dataset split for all committed evaluations (miniImageNet: seconds)
+        _SPLITS[key] = build_split(run.cfg, summary["split"])
+    split = _SPLITS[key]
     eset = get_episode_set(
         split, summary["way"], summary["shot"], summary["query"], seed=summary["seed"], count=summary["n"],
         within_alphabet=summary["within_alphabet"], root=runs_root,
@@ -111,10 +115,16 @@ def _committed_evaluations() -> list[Path]:
     return folders
 
 
+@pytest.fixture(scope="module")
+def episode_sets_root(tmp_path_factory) -> Path:
+    """One episode-set folder for the module: the policies of one (way, shot) share their regenerated episodes."""
+    return tmp_path_factory.mktemp("runs")
+
+
 @pytest.mark.parametrize("folder", _committed_evaluations(), ids=lambda p: f"{p.parent.parent.name}/{p.name}")
-def test_committed_numbers_rederive_from_shipped_checkpoints(folder, tmp_path) -> None:
+def test_committed_numbers_rederive_from_shipped_checkpoints(folder, episode_sets_root) -> None:
     try:
-        committed, recomputed = rederive(folder, tmp_path)
+        committed, recomputed = rederive(folder, episode_sets_root)
     except DataError as exc:
         pytest.skip(f"dataset not available: {exc}")
     np.testing.assert_array_equal(recomputed, committed)
