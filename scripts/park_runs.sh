@@ -1,34 +1,52 @@
 #!/usr/bin/env bash
 # Park unfinished runs in git, and restore them in a later session.
 #
-#   bash scripts/park_runs.sh save      # runs/ -> results/inflight/runs/ (then commit results/inflight)
+#   bash scripts/park_runs.sh save [DIR ...]  # runs/sweeps (and DIRs under runs/) -> results/inflight/runs/
+#                                             # (then commit results/inflight)
 #   bash scripts/park_runs.sh restore   # results/inflight/runs/ -> runs/ (then rerun the sweep: it resumes)
 #
 # Why: a session's machine is reclaimed when the session ends and runs/ is not tracked, so a training that
 # spans sessions survives only as committed files. Run folders hold their checkpoints (last.pt and best.pt,
 # SHA-256 sealed, about 1-2 MB each for Conv-4), logs and configs; the fixed evaluation episode files in
 # runs/_episode_sets are carried too so that evaluations resume on the same files. Run locks (.lock) are
-# never carried: a restored run is free to resume. A copy is taken as it is on disk: checkpoints are
+# never carried: a restored run is free to resume. A finished run keeps its best.pt (a second stage starts
+# from it) but not its last.pt (nothing resumes it). A copy is taken as it is on disk: checkpoints are
 # written atomically, so a save during training carries the last complete checkpoint.
+# restore never replaces a run folder that already exists in runs/ (it may be newer than the parked copy): it
+# names it and leaves it; delete that folder first to take the parked one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 park=results/inflight/runs
 case "${1:-}" in
   save)
     mkdir -p "$park"
-    for d in runs/sweeps runs/_episode_sets; do
+    for d in runs/sweeps runs/_episode_sets "${@:2}"; do
+      d=${d%/}
       [ -d "$d" ] || continue
+      [[ $d == runs/* ]] || { echo "park: $d is not a folder under runs/" >&2; exit 2; }
       rm -rf "$park/${d#runs/}"
       cp -a "$d" "$park/${d#runs/}"
     done
     find "$park" \( -name '*.lock' -o -name '*.tmp' \) -delete
+    for metrics in $(find "$park" -name metrics.json); do
+      if grep -q '"status": "finished"' "$metrics"; then rm -f "$(dirname "$metrics")/checkpoints/last.pt"; fi
+    done
     du -sh "$park"
     ;;
   restore)
     [ -d "$park" ] || { echo "nothing parked in $park" >&2; exit 1; }
-    mkdir -p runs
-    cp -a "$park/." runs/
-    echo "restored into runs/: $(ls "$park" | tr '\n' ' ')"
+    mkdir -p runs/_episode_sets
+    [ -d "$park/_episode_sets" ] && cp -an "$park/_episode_sets/." runs/_episode_sets/
+    for config in $(cd "$park" && find . -name config.yaml -not -path './_episode_sets/*' | sort); do
+      run=$(dirname "${config#./}")
+      if [ -e "runs/$run" ]; then
+        echo "kept runs/$run (exists; the parked copy was not restored: delete it first to take the parked one)"
+        continue
+      fi
+      mkdir -p "runs/$(dirname "$run")"
+      cp -a "$park/$run" "runs/$run"
+      echo "restored runs/$run"
+    done
     ;;
   *)
     echo "usage: bash scripts/park_runs.sh save|restore" >&2
