@@ -25,7 +25,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = re.compile(
-    r"(<!-- results:(?P<name>[\w.-]+)(?: where (?P<where>.+?))?(?: columns (?P<columns>[\w,]+))?"
+    r"(<!-- results:(?P<name>[\w./-]+)(?: where (?P<where>.+?))?(?: columns (?P<columns>[\w,]+))?"
     r"(?: digits (?P<digits>\d+))? -->\n)"
     r"(?P<body>.*?)(?P<end><!-- /results:(?P=name) -->)",
     re.S,

@@ -142,7 +142,17 @@ def study_table(frame: pd.DataFrame, references: dict[str, str]) -> tuple[pd.Dat
             "mean": 100 * ci.mean, "ci95": 100 * ci.ci95, "ci_low": 100 * ci.low, "ci_high": 100 * ci.high, **diff,
             "reference": ref_cell,
         })  # fmt: skip
-    return pd.DataFrame(table), pd.DataFrame(pairs)
+    return _in_order(pd.DataFrame(table)), _in_order(pd.DataFrame(pairs))
+
+
+def _in_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows by cell (in the grid's order), then way, shot and policy."""
+    if frame.empty:
+        return frame
+    cell = frame.groupby(["grid", "cell"], sort=False).ngroup().rename("_cell")
+    order = pd.concat([cell, frame[["way", "shot", "policy"]]], axis=1)
+    index = order.sort_values(["_cell", "way", "shot", "policy"], kind="stable").index
+    return frame.loc[index].reset_index(drop=True)
 
 
 def _diagnostics(grids: Sequence[GridSpec], runs_root: str | Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
