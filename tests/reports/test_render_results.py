@@ -62,3 +62,12 @@ def test_docs_pages_are_rendered_and_checked_too(render, tmp_path, capsys) -> No
     page.write_text("<!-- results:acc columns norm -->\n<!-- /results:acc -->\n")
     assert render.main(["--check"]) == 1 and "out of date: docs/results.md" in capsys.readouterr().err
     assert render.main([]) == 0 and "| batchnorm |" in page.read_text() and render.main(["--check"]) == 0
+
+
+def test_a_marker_may_name_a_csv_in_a_sub_folder_of_results(render, tmp_path) -> None:
+    (tmp_path / "results" / "study" / "grid").mkdir(parents=True)
+    (tmp_path / "results" / "study" / "grid" / "study.csv").write_text("# command: sweep report\ncell,mean\nbn,48.0\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:study/grid/study columns cell,mean -->\n<!-- /results:study/grid/study -->\n")
+    assert render.main([]) == 0
+    assert readme.read_text().splitlines()[1:4] == ["| cell | mean |", "|---|---|", "| bn | 48 |"]
