@@ -1,6 +1,8 @@
-"""Time and peak memory of one MAML meta-step for every MAML experiment file, first and second order.
+"""Time and peak memory of one MAML meta-step for every MAML experiment file, first and second order, tasks in a
+Python loop and under ``torch.func.vmap``.
 
-``python run_episode.py bench maml [--steps 3] [--write]``. For each ``configs/maml/*.yaml`` and each order, a
+``python run_episode.py bench maml [--steps 3] [--tasks loop,vmap] [--write]``. For each ``configs/maml/*.yaml``,
+each order and each task mode (``loop``: ``learner.kwargs.vmap_tasks=false``; ``vmap``: ``=true``), a
 fresh child process (so that its peak resident memory is its own) builds the learner exactly as the trainer
 does (backbone, norm, inner steps and rate, meta-batch, memory format of the file), takes ``1 + steps``
 meta-steps (``zero_grad``, ``meta_loss``, ``backward``, ``Adam.step``; the first untimed) on synthetic episodes of
@@ -11,11 +13,14 @@ allocator's cached pages included, so with ``run_episode.py``'s malloc tunables 
 Synthetic episodes: uniform [0, 1) images of the dataset's shape (Omniglot 1×28×28, miniImageNet 3×S×S with
 ``S = data.options.image_size``); a meta-step's cost does not depend on pixel values, and no dataset is loaded.
 Configurations run one after the other, not interleaved: compare rows of one run on an otherwise idle machine.
+A vmap row's ``speed_vs_loop`` is the loop's seconds per meta-step over its own and ``memory_vs_loop`` its peak
+over the loop's (same config and order, same run); both are NaN on loop rows and where the loop was not measured.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import subprocess
@@ -28,14 +33,27 @@ import torch
 
 from benchmarks._results import environment, rows_to_csv, write_result
 
-__all__ = ["MamlRow", "configs", "environment", "format_table", "measure_one", "run", "to_csv", "write_csv"]
+__all__ = [
+    "TASK_MODES",
+    "MamlRow",
+    "configs",
+    "environment",
+    "format_table",
+    "measure_one",
+    "run",
+    "to_csv",
+    "with_ratios",
+    "write_csv",
+]
 
 REPO = Path(__file__).resolve().parents[1]
+TASK_MODES = ("loop", "vmap")  # how a meta-step runs its tasks: a Python loop, or one torch.func.vmap
 
 
 @dataclass
 class MamlRow:
-    """One MAML configuration and order: its shape and the measured time and memory per meta-step."""
+    """One MAML configuration, order and task mode: its shape, the measured time and memory per meta-step, and
+    (vmap rows) both as ratios to the loop row of the same configuration and order."""
 
     config: str
     n_way: int
@@ -44,11 +62,14 @@ class MamlRow:
     meta_batch: int
     inner_steps: int
     order: str
+    tasks: str
     backbone: str
     image_shape: str
     steps: int
     seconds_per_step: float
     peak_mb: float
+    speed_vs_loop: float = float("nan")
+    memory_vs_loop: float = float("nan")
 
 
 def configs() -> list[str]:
@@ -82,13 +103,30 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def measure_one(config: str, first_order: bool, steps: int) -> MamlRow:
-    """Measure one configuration in this process (the child side of :func:`run`)."""
+def _check_tasks(tasks: str) -> str:
+    if tasks not in TASK_MODES:
+        raise ValueError(
+            f"bench maml --tasks takes a comma list of {', '.join(TASK_MODES)}, got {tasks!r}; 'loop' runs the "
+            "meta-batch's tasks in a Python loop, 'vmap' under torch.func.vmap (learner.kwargs.vmap_tasks=true)"
+        )
+    return tasks
+
+
+def measure_one(config: str, first_order: bool, steps: int, tasks: str = "loop") -> MamlRow:
+    """Measure one configuration in this process (the child side of :func:`run`).
+
+    ``tasks`` (``"loop"`` or ``"vmap"``) sets ``learner.kwargs.vmap_tasks``; the row's ``tasks`` is read back
+    from the built learner, so it says how the measured meta-steps ran their tasks.
+    """
     from fewshot.config import load_config
     from fewshot.training.build import build_learner
 
     order = "1st" if first_order else "2nd"
-    cfg = load_config(REPO / config, [f"learner.kwargs.first_order={str(first_order).lower()}"])
+    overrides = [
+        f"learner.kwargs.first_order={str(first_order).lower()}",
+        f"learner.kwargs.vmap_tasks={str(_check_tasks(tasks) == 'vmap').lower()}",
+    ]
+    cfg = load_config(REPO / config, overrides)
     t = cfg.train
     shape = _image_shape(cfg)
     torch.manual_seed(cfg.seed)
@@ -110,48 +148,72 @@ def measure_one(config: str, first_order: bool, steps: int) -> MamlRow:
     times = sorted(times[1:])
     return MamlRow(
         config=config, n_way=t.n_way, n_shot=t.n_shot, n_query=t.n_query, meta_batch=t.meta_batch,
-        inner_steps=learner.inner_steps, order=order, backbone=cfg.model.backbone,
+        inner_steps=learner.inner_steps, order=order, tasks="vmap" if learner.vmap_tasks else "loop",
+        backbone=cfg.model.backbone,
         image_shape="x".join(map(str, shape)), steps=steps, seconds_per_step=times[len(times) // 2],
         peak_mb=_rss_mb() - before,
     )  # fmt: skip
 
 
-def run(*, steps: int = 3, only: list[str] | None = None) -> list[MamlRow]:
-    """Every MAML config (or those in ``only``) × first/second order, each in a fresh child process."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    rows = []
-    for config in only or configs():
-        for first_order in (False, True):
-            code = (
-                "import json, dataclasses, benchmarks.bench_maml as b; "
-                f"print(json.dumps(dataclasses.asdict(b.measure_one({config!r}, {first_order}, {steps}))))"
-            )
-            out = subprocess.run(
-                [sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            if out.returncode != 0:
-                raise RuntimeError(f"bench maml: {config} (first_order={first_order}) failed:\n{out.stderr[-2000:]}")
-            rows.append(MamlRow(**json.loads(out.stdout.strip().splitlines()[-1])))
+def with_ratios(rows: list[MamlRow]) -> list[MamlRow]:
+    """Fill each vmap row's ``speed_vs_loop`` (loop s/step / its s/step) and ``memory_vs_loop`` (its peak MB /
+    the loop's) from the loop row of the same config and order in ``rows``; NaN on loop rows and without one."""
+    loops = {(r.config, r.order): r for r in rows if r.tasks == "loop"}
+    for r in rows:
+        loop = loops.get((r.config, r.order)) if r.tasks != "loop" else None
+        r.speed_vs_loop = loop.seconds_per_step / r.seconds_per_step if loop else math.nan
+        r.memory_vs_loop = r.peak_mb / loop.peak_mb if loop and loop.peak_mb > 0 else math.nan
     return rows
 
 
+def run(*, steps: int = 3, only: list[str] | None = None, tasks: list[str] | None = None) -> list[MamlRow]:
+    """Every MAML config (or those in ``only``) × second/first order × task mode (``tasks``: any of
+    :data:`TASK_MODES`, default both), each in a fresh child process; vmap rows get their ratios to the loop."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    modes = [_check_tasks(m) for m in (tasks or TASK_MODES)]
+    if len(set(modes)) != len(modes):
+        raise ValueError(f"bench maml --tasks lists a mode twice: {','.join(modes)}; give each of loop, vmap once")
+    rows = []
+    for config in only or configs():
+        for first_order in (False, True):
+            for mode in modes:
+                code = (
+                    "import json, dataclasses, benchmarks.bench_maml as b; print(json.dumps(dataclasses.asdict("
+                    f"b.measure_one({config!r}, {first_order}, {steps}, {mode!r}))))"
+                )
+                out = subprocess.run(
+                    [sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                    capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                if out.returncode != 0:
+                    raise RuntimeError(
+                        f"bench maml: {config} (first_order={first_order}, tasks={mode}) failed with exit code "
+                        f"{out.returncode}:\n{out.stderr[-2000:]}"
+                    )
+                rows.append(MamlRow(**json.loads(out.stdout.strip().splitlines()[-1])))
+    return with_ratios(rows)
+
+
 def format_table(rows: list[MamlRow]) -> str:
-    """Human-readable table, one line per configuration and order."""
-    lines = [f"{'config':40} {'task':>9} {'mb':>3} {'inner':>5} {'order':>5} {'s/step':>8} {'peak MB':>8}"]
+    """Human-readable table, one line per configuration, order and task mode."""
+    lines = [
+        f"{'config':40} {'task':>9} {'mb':>3} {'inner':>5} {'order':>5} {'tasks':>5} {'s/step':>8} {'peak MB':>8} "
+        f"{'speed_vs_loop':>13} {'memory_vs_loop':>14}"
+    ]
     for r in rows:
         task = f"{r.n_way}w{r.n_shot}s{r.n_query}q"
         lines.append(
-            f"{r.config:40} {task:>9} {r.meta_batch:3d} {r.inner_steps:5d} {r.order:>5} {r.seconds_per_step:8.2f} "
-            f"{r.peak_mb:8.0f}"
+            f"{r.config:40} {task:>9} {r.meta_batch:3d} {r.inner_steps:5d} {r.order:>5} {r.tasks:>5} "
+            f"{r.seconds_per_step:8.2f} {r.peak_mb:8.0f} {r.speed_vs_loop:13.2f} {r.memory_vs_loop:14.2f}"
         )
     return "\n".join(lines)
 
 
 def to_csv(rows: list[MamlRow], env: dict[str, str], command: str) -> str:
-    """CSV text: the command and environment lines, then one row per configuration and order."""
-    return rows_to_csv(rows, MamlRow, env, command, {"seconds_per_step": ".3f", "peak_mb": ".0f"})
+    """CSV text: the command and environment lines, then one row per configuration, order and task mode."""
+    formats = {"seconds_per_step": ".3f", "peak_mb": ".0f", "speed_vs_loop": ".2f", "memory_vs_loop": ".2f"}
+    return rows_to_csv(rows, MamlRow, env, command, formats)
 
 
 def write_csv(rows: list[MamlRow], path: Path, env: dict[str, str], command: str, force: bool = False) -> Path:

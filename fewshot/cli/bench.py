@@ -308,8 +308,11 @@ def _check_out(args: argparse.Namespace) -> Path:
 def _report_rows(bench: ModuleType, rows: list, args: argparse.Namespace, out: Path) -> int:
     """Print the environment and the table (or JSON with ``--json``); with ``--write`` write the CSV."""
     env = bench.environment()
-    if getattr(args, "json", False):
-        print(json.dumps({"environment": env, "rows": [asdict(r) for r in rows]}, indent=2))
+    if getattr(args, "json", False):  # NaN (a ratio without its reference) as null: strict JSON
+        clean = [
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()} for r in rows
+        ]
+        print(json.dumps({"environment": env, "rows": clean}, indent=2))
     else:
         print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
         print(bench.format_table(rows))
@@ -322,11 +325,12 @@ def _report_rows(bench: ModuleType, rows: list, args: argparse.Namespace, out: P
 
 
 def run_maml(args: argparse.Namespace) -> int:
-    """``bench maml``: time and peak memory per meta-step of every MAML config; print (or JSON), write the CSV."""
+    """``bench maml``: time and peak memory per meta-step of every MAML config, order and task mode; print (or
+    JSON), write the CSV."""
     bench = load_benchmark("bench_maml")
     out = _check_out(args)
     try:
-        rows = bench.run(steps=args.steps, only=_comma_list(args.configs) or None)
+        rows = bench.run(steps=args.steps, only=_comma_list(args.configs) or None, tasks=_comma_list(args.tasks))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     return _report_rows(bench, rows, args, out)
@@ -335,15 +339,19 @@ def run_maml(args: argparse.Namespace) -> int:
 def _add_maml(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "maml",
-        help="seconds and peak memory per MAML meta-step for every configs/maml file, first and second order",
+        help="seconds and peak memory per MAML meta-step for every configs/maml file, order and task mode",
         description=(
-            "Each MAML experiment file, first and second order, in a fresh child process: median seconds per "
-            "meta-step and peak resident memory above the pre-step level, on synthetic episodes of the file's "
-            "shape (benchmarks/bench_maml.py)."
+            "Each MAML experiment file, first and second order, tasks in a loop and under torch.func.vmap, in a "
+            "fresh child process: median seconds per meta-step and peak resident memory above the pre-step level, "
+            "on synthetic episodes of the file's shape, and the vmap rows' speed and memory against the loop "
+            "(benchmarks/bench_maml.py)."
         ),
     )
     parser.add_argument("--steps", type=int, default=3, help="timed meta-steps per configuration (after 1 untimed)")
     parser.add_argument("--configs", default="", help="comma list of config paths (default: configs/maml/*.yaml)")
+    parser.add_argument(
+        "--tasks", default="loop,vmap", help="comma list of task modes: loop, vmap (learner.kwargs.vmap_tasks=true)"
+    )
     _add_csv_options(parser, "results/bench_maml.csv", json=True)
     parser.set_defaults(func=run_maml)
 
