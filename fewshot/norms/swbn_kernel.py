@@ -87,55 +87,59 @@ class FoldedGroupWhitening(torch.autograd.Function):
     computed without autograd (:func:`batch_statistics`; the backward differentiates through them); ``w``
     ``(G, g, g)`` the whitening matrix (no gradient); ``weight``, ``bias`` ``(C,)`` or ``None``; ``eps`` the
     variance floor used for ``invstd``.
+
+    Outputs ``(y, z)``: ``z = W x̂`` (before the affine) is returned only so that the backward can save it (a
+    custom function under ``torch.func`` saves outputs, not intermediates); it is non-differentiable, and
+    empty without an affine weight (then ``y = z + β`` is the one product).
     """
 
     @staticmethod
     def forward(
         x: Tensor, mean: Tensor, invstd: Tensor, w: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         groups, g, _ = w.shape
-        matrix = _group_matrix(w, weight) * invstd.reshape(groups, 1, g)  # A diag(r)
+        matrix = w * invstd.reshape(groups, 1, g)  # W diag(r)
         shift = -(matrix @ mean.reshape(groups, g, 1)).reshape(-1)
-        return WM.apply_group_matrix(x, matrix, shift if bias is None else shift + bias)
+        if weight is None:
+            return WM.apply_group_matrix(x, matrix, shift if bias is None else shift + bias), x.new_empty(0)
+        z = WM.apply_group_matrix(x, matrix, shift)
+        y = (
+            z * FN.per_channel(weight, z)
+            if bias is None
+            else torch.addcmul(FN.per_channel(bias, z), z, FN.per_channel(weight, z))
+        )
+        return y, z
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - autograd signature
         x, mean, invstd, w, weight, bias, eps = inputs
-        ctx.save_for_backward(x, mean, invstd, w, weight, bias)
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(x, output[1], mean, invstd, w, weight, bias)
         ctx.eps = eps
 
     @staticmethod
-    def backward(ctx, grad_y: Tensor):  # noqa: ANN001, ANN205 - autograd signature
-        x, mean, invstd, w, weight, bias = ctx.saved_tensors
+    def backward(ctx, grad_y: Tensor, _: Tensor | None):  # noqa: ANN001, ANN205 - autograd signature
+        x, z, mean, invstd, w, weight, bias = ctx.saved_tensors
         if torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
             return _differentiable_backward(ctx, grad_y, x, w, weight, bias)
         groups, g, _ = w.shape
-        c = groups * g
-        m = x.numel() // c
-        dims = (0, *range(2, x.dim()))
-        a = _group_matrix(w, weight)
-        grad_sum = grad_y.sum(dim=dims)  # (C,)
-        grad_y = grad_y.contiguous(memory_format=_memory_format(x))  # same row layout for the cross moment
-        raw = WM.group_second_moment(grad_y, g, x) * m  # (G, g, g): Σ g_y xᵀ
-        cross = (raw - grad_sum.reshape(groups, g, 1) * mean.reshape(groups, 1, g)) * invstd.reshape(groups, 1, g)
+        want_weight = weight is not None and ctx.needs_input_grad[4]
+        want_bias = bias is not None and ctx.needs_input_grad[5]
+        grad_weight = grad_bias = None
+        if want_weight:  # one pass of torch's batch-norm backward reduction: (Σ g_y ⊙ (z − 0)·1, Σ g_y)
+            ones = torch.ones_like(invstd)
+            _, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+                grad_y, z, None, None, None, torch.zeros_like(mean), ones, True, 0.0, [False, True, want_bias]
+            )
+        elif want_bias:
+            grad_bias = grad_y.sum(dim=(0, *range(2, grad_y.dim())))
         grad_x = None
-        if ctx.needs_input_grad[0]:
-            k = (a.mT @ cross).diagonal(dim1=-2, dim2=-1).reshape(c) / m  # mean(gŷ ⊙ x̂)
-            mean_gxhat = (a.mT @ grad_sum.reshape(groups, g, 1)).reshape(c) / m
-            r2k = invstd * invstd * k
-            back = a.mT * invstd.reshape(groups, g, 1)  # diag(r) Aᵀ
-            grad_x = WM.apply_group_matrix(grad_y, back, r2k * mean - invstd * mean_gxhat)
-            grad_x.addcmul_(x, FN.per_channel(-r2k, x))
-        grad_weight = (w * cross).sum(-1).reshape(c) if weight is not None and ctx.needs_input_grad[4] else None
-        grad_bias = grad_sum if bias is not None and ctx.needs_input_grad[5] else None
+        if ctx.needs_input_grad[0]:  # BN's input gradient of gŷ = Aᵀ g_y at the batch statistics
+            grad_xhat = WM.apply_group_matrix(grad_y, _group_matrix(w, weight).mT)
+            grad_x = torch.ops.aten.native_batch_norm_backward(
+                grad_xhat, x, None, None, None, mean, invstd, True, ctx.eps, [True, False, False]
+            )[0]
         return grad_x, None, None, None, grad_weight, grad_bias, None
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    """channels_last when ``x`` is a 4-D channels_last tensor, else the contiguous format."""
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _differentiable_backward(ctx, grad_y: Tensor, x: Tensor, w: Tensor, weight: Tensor | None, bias: Tensor | None):  # noqa: ANN001, ANN202
@@ -155,4 +159,4 @@ def folded_group_whitening(
     x: Tensor, mean: Tensor, invstd: Tensor, w: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> Tensor:
     """:class:`FoldedGroupWhitening` applied (see there for the arguments); returns ``y`` shaped like ``x``."""
-    return FoldedGroupWhitening.apply(x, mean, invstd, w, weight, bias, eps)
+    return FoldedGroupWhitening.apply(x, mean, invstd, w, weight, bias, eps)[0]
