@@ -1,32 +1,31 @@
-"""SWBN's fused training forward: the standardization and the affine folded into one group matrix.
+"""SWBN's fused training forward: the standardization folded into the group matrix, with a short backward.
 
 The function (Zhang et al., "Stochastic Whitening Batch Normalization", CVPR 2021, arXiv 2106.04413; the
 layer is :class:`fewshot.norms.swbn.SWBN`), per group of ``g`` channels, ``m = N·H·W`` rows:
 
     x̂ = (x − μ) ⊙ r,   r = 1/sqrt(σ² + eps)  (batch mean and biased variance, as BN)
-    y = A x̂ + β,        A = diag(γ) W        (W fixed: no gradient, the paper's "W is held fixed in the backward")
+    z = W x̂,  y = γ ⊙ z + β                   (W fixed: no gradient, the paper's "W is held fixed in the backward")
 
-Folded, ``y = A diag(r) x + (β − A diag(r) μ)``: one grouped product with a bias, so ``x̂`` is never
-materialized. The statistics come from torch's batch-norm statistics kernel (:func:`batch_statistics`, which
-writes no output), and ``R_B`` for the ``W`` update from the second moment of ``x`` itself.
+Folded, ``z = W diag(r) x − W diag(r) μ``: one grouped product with a bias, so ``x̂`` is never materialized,
+then ``y`` is one ``addcmul``. The statistics come from torch's batch-norm statistics kernel
+(:func:`batch_statistics`, which writes no output), and ``R_B`` for the ``W`` update from the second moment of
+``x`` itself.
 
-Autograd through that composition would record the statistics' backward and a grouped convolution (input and
-weight gradient). :class:`FoldedGroupWhitening` has the closed form instead. With ``gŷ = Aᵀ g_y`` and the
-per-group cross moment ``M = Σ_j g_y,j x̂_jᵀ = (Σ_j g_y,j x_jᵀ − dβ μᵀ) diag(r)`` (one batched product over
-strided views of ``g_y`` and ``x``, :func:`~fewshot.norms.whitening_math.group_second_moment`):
+Autograd through that composition would record the statistics' backward, a grouped convolution (input and
+weight gradient) and the affine. :class:`FoldedGroupWhitening` has the closed form instead, with
+``gŷ = Aᵀ g_y``, ``A = diag(γ) W``:
 
-    dβ = Σ_j g_y,j
-    dγ_c = Σ_b W_cb M_cb                            (= Σ_j g_y,c (W x̂_j)_c)
-    dx = r ⊙ (gŷ − mean(gŷ) − x̂ ⊙ k),  mean(gŷ) = Aᵀ dβ / m,  k_c = mean(gŷ ⊙ x̂)_c = (Aᵀ M)_cc / m
-       = diag(r) Aᵀ g_y + (r² ⊙ k ⊙ μ − r ⊙ mean(gŷ)) − (r² ⊙ k) ⊙ x
+    dβ = Σ_j g_y,j,   dγ = Σ_j g_y,j ⊙ z_j       (one pass: torch's batch-norm backward reduction of g_y on z)
+    dx = r ⊙ (gŷ − mean(gŷ) − x̂ ⊙ mean(gŷ ⊙ x̂))   (torch's batch-norm input gradient of gŷ at μ, r)
 
-so ``dx`` is one group-matrix product of ``g_y`` with ``diag(r) Aᵀ`` (its bias the constant term) and one
-``addcmul`` with ``x``: three passes (cross moment, product, addcmul) plus a sum. The same formula is torch's
-batch-norm backward composed with the product's (tests compare gradients with the primitive-op path).
+so the backward is the reduction pass, one group-matrix product (``gŷ``) and the two passes of BN's backward,
+and ``z`` is saved for it. The same formula is the chain rule through batch norm and the product (tests compare
+gradients with the primitive-op path).
 
-Rounding: ``R_B`` and ``M`` are taken from moments of the uncentred ``x`` minus the mean's part, which in float32
-loses about ``log10(1 + μ²/σ²)`` digits where a channel's mean is large against its spread; the normalization
-itself uses the statistics kernel's exact two-pass moments, and ``R_B``'s diagonal is set from them.
+Rounding: ``R_B`` is taken from the second moment of the uncentred ``x`` less ``μ μᵀ``, which in float32 loses
+about ``log10(1 + μ²/σ²)`` digits where a channel's mean is large against its spread; ``R_B`` only feeds the
+``W`` update, its diagonal is set from the kernel's two-pass variance, and the normalization and all gradients
+use the kernel's moments directly.
 
 The backward is exact to first order. For a second derivative in plain autograd (``create_graph=True``,
 gradgradcheck) it recomputes the forward with differentiable ops (``F.batch_norm`` and
@@ -122,7 +121,6 @@ class FoldedGroupWhitening(torch.autograd.Function):
         x, z, mean, invstd, w, weight, bias = ctx.saved_tensors
         if torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
             return _differentiable_backward(ctx, grad_y, x, w, weight, bias)
-        groups, g, _ = w.shape
         want_weight = weight is not None and ctx.needs_input_grad[4]
         want_bias = bias is not None and ctx.needs_input_grad[5]
         grad_weight = grad_bias = None

@@ -149,3 +149,19 @@ def test_folded_forward_equals_the_composition_in_float32_channels_last():
     torch.testing.assert_close(
         torch.autograd.grad(got, x, gy)[0], torch.autograd.grad(want, x, gy)[0], rtol=1e-4, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("frozen", ["none", "weight", "bias"])
+def test_closed_form_with_a_weight_and_no_bias_or_a_frozen_parameter(frozen):
+    x, w, weight, bias, gy = _inputs("channels_last")
+    if frozen == "none":
+        bias = None
+    leaves = [
+        t.requires_grad_()
+        for t, name in ((x, "x"), (weight, "weight"), (bias, "bias"))
+        if t is not None and name != frozen
+    ]
+    got = torch.autograd.grad(_fused(x, w, weight, bias), leaves, gy)
+    want = torch.autograd.grad(_reference(x, w, weight, bias), leaves, gy)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
