@@ -58,8 +58,9 @@ def test_closed_form_backward_equals_autograd_through_the_composition(layout, af
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert not recomputed  # first order: the closed form ran
-    if layout == "channels_last":
+    if layout == "channels_last":  # the output and the input gradient keep the layout
         assert got_y.is_contiguous(memory_format=torch.channels_last)
+        assert got[0].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_closed_form_runs_inside_torch_func_grad_at_detached_parameters(monkeypatch):
