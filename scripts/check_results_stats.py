@@ -8,9 +8,9 @@
 * ``results/accuracy.csv`` (``run_episode.py table``): every row's ``mean`` and ``ci95`` are recomputed with
   :func:`fewshot.evaluation.stats.mean_ci` from the run's ``episodes.csv`` and compared at the printed 4 decimals.
 
-Runs are found by their directory name under ``results/runs``, ``results/ablations`` and ``results/pilots``, and
-their evaluation by dataset, way, shot, query, episodes, seed and policy. The pages generated from these CSVs are
-checked by ``python scripts/render_results.py --check``.
+Runs are found by their directory name under ``results/runs``, ``results/ablations``, ``results/pilots`` and
+``results/previous``, and their evaluation by dataset, way, shot, query, episodes, seed and policy. The pages
+generated from these CSVs are checked by ``python scripts/render_results.py --check``.
 
 ``--scipy-permutation`` also prints what ``scipy.stats.permutation_test`` (sign flips, the same 20,000 patterns
 and seed) would give for each ``p_perm``: the measurement behind the choice of generator in docs/statistics.md.
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from fewshot.evaluation.outputs import list_evals, read_episode_accuracies  # noqa: E402
 from fewshot.evaluation.stats import mean_ci, paired_comparison  # noqa: E402
 
-ARCHIVES = ("runs", "ablations", "pilots")
+ARCHIVES = ("runs", "ablations", "pilots", "previous")
 COMPARE_COLUMNS = (
     "reference_mean", "reference_ci95", "other_mean", "other_ci95", "diff", "diff_ci95", "p_t", "p_perm",
     "wins", "ties", "losses",
