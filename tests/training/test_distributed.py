@@ -8,10 +8,8 @@ layer by layer inside its state pass over the joined supports).
 
 Tolerance. The gradient all-reduce sums in another order than one process's backward, so the runs agree to
 rounding, not bitwise. Both runs train in float64 (``distributed_helpers.in_float64``) and are held to
-``rtol=1e-9`` and ``atol`` = 1e-9 × the tensor's largest magnitude (at least 1e-12; an element near zero
-carries its tensor's rounding, not its own) for parameters, norm state and Adam's moments (checked to fail when
-MAML's state pass normalizes with each rank's own statistics instead of the merged ones, or when the statistics
-are not gathered).
+``rtol=1e-9, atol=1e-12`` for parameters, norm state and Adam's moments (checked to fail when MAML's state pass
+normalizes with each rank's own statistics instead of the merged ones, or when the statistics are not gathered).
 In float32 the same runs differ by up to 2e-6 (ProtoNet) to 1.1e-3 (second-order MAML SWBN) relative to each
 tensor's largest value after three steps: tiny norm batches amplify float32 rounding, and one process on 1 thread
 vs 2 threads differs by 1.3e-2 in that run; float32 equality would need a tolerance that hides real errors.
@@ -157,17 +155,11 @@ def _parameter_names(overrides: tuple[str, ...]) -> list[str]:
     return [n for n, _ in learner.named_parameters()]
 
 
-def _assert_close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    """Equal to float64 rounding at the tensor's scale (see the module docstring)."""
-    atol = max(1e-12, 1e-9 * float(want.abs().max())) if want.numel() else 1e-12
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=atol, msg=lambda m: f"{what}: {m}")
-
-
 def _assert_same_training(dumped: dict, single: dict, names: list[str]) -> None:
     for key, want in single["model"].items():  # parameters and norm state (running moments, SWBN's W, counts)
         got = dumped["model"][key]
         if want.is_floating_point():
-            _assert_close(got, want, key)
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=key)
         else:
             assert torch.equal(got, want), key
     assert set(dumped["optimizer"]["state"]) == set(single["optimizer"]["state"])  # the same parameters stepped
@@ -177,7 +169,7 @@ def _assert_same_training(dumped: dict, single: dict, names: list[str]) -> None:
             if k == "step":
                 assert torch.equal(got, want), names[index]
             else:
-                _assert_close(got, want, f"{names[index]} {k}")
+                torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=f"{names[index]} {k}")
 
 
 @pytest.mark.parametrize("name", list(RUNS))
