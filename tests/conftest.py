@@ -72,21 +72,17 @@ class FusedCall(NamedTuple):
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """A list that gets one :class:`FusedCall` per fused batch-statistics forward of BatchNorm and SWBN.
+    """A list that gets one :class:`FusedCall` per call of torch's fused batch-norm kernel (BatchNorm and SWBN).
 
-    Spies on torch's fused batch-norm kernels: ``torch.native_batch_norm`` (BatchNorm) and its statistics-only
-    twin ``torch.batch_norm_update_stats`` (SWBN's folded path, :mod:`fewshot.norms.swbn_kernel`); each fused
-    forward calls exactly one of them. ``under_grad`` is True when a ``torch.func`` transform was active (MAML's
-    inner loop), so tests can tell the inner-loop forwards from the plain-autograd ones (query forward, state
-    update, ProtoNet).
+    ``under_grad`` is True when a ``torch.func`` transform was active (MAML's inner loop), so tests can tell
+    the inner-loop forwards from the plain-autograd ones (query forward, state update, ProtoNet).
     """
     calls = []
-    for name in ("native_batch_norm", "batch_norm_update_stats"):
-        original = getattr(torch, name)
+    original = torch.native_batch_norm
 
-        def spy(x, *args, original=original):
-            calls.append(FusedCall(tuple(x.shape), torch._C._are_functorch_transforms_active()))
-            return original(x, *args)
+    def spy(x, *args):
+        calls.append(FusedCall(tuple(x.shape), torch._C._are_functorch_transforms_active()))
+        return original(x, *args)
 
-        monkeypatch.setattr(torch, name, spy)
+    monkeypatch.setattr(torch, "native_batch_norm", spy)
     return calls

@@ -17,7 +17,7 @@ from fewshot.norms.kernels import fused_kernels_allowed
 from fewshot.norms.policy import Policy
 from fewshot.norms.registry import NORM_LAYERS
 from fewshot.norms.sufficient import count_of, merge_covariances
-from fewshot.norms.swbn_kernel import batch_statistics, folded_group_whitening
+from fewshot.norms.swbn_kernel import standardize_then_group_matrix
 
 __all__ = ["SWBN", "SWBNStats"]
 
@@ -266,13 +266,12 @@ class SWBN(NormLayer):
         return WM.apply_group_matrix(x, matrix, shift)
 
     def _batch_forward(self, x: Tensor, flow: Any) -> Tensor:
-        """A batch-statistics forward; on the folded fused kernel where exact: ``weight ⊙ W diag(rstd)(x − μ) + bias``.
+        """A batch-statistics forward; on torch's fused batch-norm kernel where exact: ``weight ⊙ W x̂ + bias``.
 
         ``R_B`` is computed only when a state update or a collecting flow will read it. The fused path is the same
-        function as :meth:`apply` with batch statistics, as one autograd node with a closed-form backward
-        (:mod:`fewshot.norms.swbn_kernel`), used where :func:`~fewshot.norms.kernels.fused_kernels_allowed` and
-        nobody differentiates the statistics (not the ``support`` policy). Its moments come from torch's
-        batch-norm statistics kernel and ``R_B`` from the second moment of ``x`` less ``μ μᵀ`` (equal to
+        function as :meth:`apply` with batch statistics (``W diag(rstd)(x − μ) = W x̂``), used where
+        :func:`~fewshot.norms.kernels.fused_kernels_allowed` and nobody differentiates the statistics (not the
+        ``support`` policy). ``R_B`` is the group second moment of ``x̂`` (equal to
         :func:`~fewshot.norms.whitening_math.correlation` of the centred covariance up to rounding), without
         autograd. The state update runs before ``W`` is read, as on the exact path.
         """
@@ -282,11 +281,13 @@ class SWBN(NormLayer):
             stats = self._batch_stats(x) if wants_corr else SWBNStats(count_of(x), *WM.channel_moments(x), None)
             self._observe(stats, flow)
             return self.apply(x, stats)
-        mean, var, corr = batch_statistics(x, self.group_size, self.eps, wants_corr)
+        with torch.no_grad():  # the backward is standardize_then_group_matrix's closed form
+            x_hat, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, self.eps)
+        var = (invstd.double().pow(-2) - self.eps).clamp_min(0).to(invstd.dtype)
+        corr = WM.group_second_moment(x_hat, self.group_size) if wants_corr else None
         self._observe(SWBNStats(count_of(x), mean, var, corr), flow)
         matrix = self._current_w(x, self.state())
-        invstd = torch.rsqrt(var + self.eps)
-        return folded_group_whitening(x, mean, invstd, matrix, self.weight, self.bias, self.eps)
+        return standardize_then_group_matrix(x, x_hat, invstd, matrix, self.weight, self.bias, self.eps)
 
     def on_lr_scale(self, factor: float) -> None:
         """Keep ``α / lr`` constant, as the SWBN authors reportedly advise: the whitening rate becomes ``α·factor``."""

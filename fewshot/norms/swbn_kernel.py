@@ -1,31 +1,24 @@
-"""SWBN's fused training forward: the standardization folded into the group matrix, with a short backward.
+"""SWBN's fused training forward: torch's batch-norm kernel, then the group matrix, with a short backward.
 
 The function (Zhang et al., "Stochastic Whitening Batch Normalization", CVPR 2021, arXiv 2106.04413; the
 layer is :class:`fewshot.norms.swbn.SWBN`), per group of ``g`` channels, ``m = N·H·W`` rows:
 
     x̂ = (x − μ) ⊙ r,   r = 1/sqrt(σ² + eps)  (batch mean and biased variance, as BN)
-    z = W x̂,  y = γ ⊙ z + β                   (W fixed: no gradient, the paper's "W is held fixed in the backward")
+    y = A x̂ + β,        A = diag(γ) W        (W fixed: no gradient, the paper's "W is held fixed in the backward")
 
-Folded, ``z = W diag(r) x − W diag(r) μ``: one grouped product with a bias, so ``x̂`` is never materialized,
-then ``y`` is one ``addcmul``. The statistics come from torch's batch-norm statistics kernel
-(:func:`batch_statistics`, which writes no output), and ``R_B`` for the ``W`` update from the second moment of
-``x`` itself.
+Autograd would record three nodes (batch norm, grouped 1×1 product, the bias) and run a grouped-convolution
+backward for the input and for the weight of the 1×1 product, then the batch-norm backward: five passes over
+the activation plus the slow grouped 1×1 weight gradient. :class:`StandardizeThenGroupMatrix` has the closed
+form instead. With ``gŷ = Aᵀ g_y`` and the per-group cross moment ``M = Σ_j g_y,j x̂_jᵀ`` (one batched product
+over strided views, :func:`~fewshot.norms.whitening_math.group_second_moment`):
 
-Autograd through that composition would record the statistics' backward, a grouped convolution (input and
-weight gradient) and the affine. :class:`FoldedGroupWhitening` has the closed form instead, with
-``gŷ = Aᵀ g_y``, ``A = diag(γ) W``:
+    dβ = Σ_j g_y,j
+    dγ_c = Σ_b W_cb M_cb                            (= Σ_j g_y,c (W x̂_j)_c)
+    dx = r ⊙ (Aᵀ g_y − mean(gŷ) − x̂ ⊙ mean(gŷ ⊙ x̂)),  mean(gŷ) = Aᵀ dβ / m,  mean(gŷ ⊙ x̂)_c = (Aᵀ M)_cc / m
 
-    dβ = Σ_j g_y,j,   dγ = Σ_j g_y,j ⊙ z_j       (one pass: torch's batch-norm backward reduction of g_y on z)
-    dx = r ⊙ (gŷ − mean(gŷ) − x̂ ⊙ mean(gŷ ⊙ x̂))   (torch's batch-norm input gradient of gŷ at μ, r)
-
-so the backward is the reduction pass, one group-matrix product (``gŷ``) and the two passes of BN's backward,
-and ``z`` is saved for it. The same formula is the chain rule through batch norm and the product (tests compare
-gradients with the primitive-op path).
-
-Rounding: ``R_B`` is taken from the second moment of the uncentred ``x`` less ``μ μᵀ``, which in float32 loses
-about ``log10(1 + μ²/σ²)`` digits where a channel's mean is large against its spread; ``R_B`` only feeds the
-``W`` update, its diagonal is set from the kernel's two-pass variance, and the normalization and all gradients
-use the kernel's moments directly.
+so ``dx`` is one group-matrix product of ``g_y`` with ``diag(r) Aᵀ`` and one ``addcmul`` with ``x̂``: three
+passes (cross moment, product, addcmul) plus a sum. The same formula is torch's batch-norm backward composed
+with the product's (tests compare gradients with the primitive-op path).
 
 The backward is exact to first order. For a second derivative in plain autograd (``create_graph=True``,
 gradgradcheck) it recomputes the forward with differentiable ops (``F.batch_norm`` and
@@ -43,35 +36,7 @@ from torch import Tensor
 from fewshot.norms import functional as FN
 from fewshot.norms import whitening_math as WM
 
-__all__ = ["FoldedGroupWhitening", "batch_statistics", "folded_group_whitening"]
-
-
-def batch_statistics(x: Tensor, group_size: int, eps: float, with_corr: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Batch mean, biased variance and (optionally) ``R_B`` of ``x`` without writing a standardized copy.
-
-    The moments come from torch's batch-norm statistics kernel (``torch.batch_norm_update_stats``, the one
-    ``native_batch_norm`` uses, without its output pass). ``R_B = diag(r) (Σ_j x_j x_jᵀ / m − μ μᵀ) diag(r)``
-    per group, ``r = 1/sqrt(σ² + eps)``, with its diagonal ``σ² r²`` from the kernel's variance.
-    Runs without autograd (nothing here gets a gradient).
-
-    Args:
-        x: ``(N, C)`` or ``(N, C, H, W)``, any memory format.
-        group_size: channels per group ``g`` (divides ``C``).
-        eps: the variance floor of ``r``.
-        with_corr: compute ``R_B`` (one product over ``x``); otherwise ``None`` is returned in its place.
-
-    Returns:
-        ``(mean (C,), var (C,), corr (G, g, g) or None)``.
-    """
-    with torch.no_grad():
-        mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
-        if not with_corr:
-            return mean, var, None
-        groups = x.shape[1] // group_size
-        mu = mean.reshape(groups, group_size)
-        cov = WM.group_second_moment(x, group_size) - mu[:, :, None] * mu[:, None, :]
-        cov.diagonal(dim1=-2, dim2=-1).copy_(var.reshape(groups, group_size))
-        return mean, var, WM.correlation(cov, torch.rsqrt(var + eps))
+__all__ = ["StandardizeThenGroupMatrix", "standardize_then_group_matrix"]
 
 
 def _group_matrix(w: Tensor, weight: Tensor | None) -> Tensor:
@@ -79,65 +44,58 @@ def _group_matrix(w: Tensor, weight: Tensor | None) -> Tensor:
     return w if weight is None else w * weight.reshape(w.shape[0], w.shape[1], 1)
 
 
-class FoldedGroupWhitening(torch.autograd.Function):
-    """``y = diag(γ) W diag(r) (x − μ) + β`` as one grouped product, with the closed-form backward (module docstring).
+class StandardizeThenGroupMatrix(torch.autograd.Function):
+    """``y = diag(γ) W x̂ + β`` from a precomputed ``x̂ = BN(x)``, with the closed-form backward (module docstring).
 
-    Inputs: ``x`` (N, C[, H, W]); ``mean`` and ``invstd`` ``(C,)`` its batch mean and ``r = 1/sqrt(σ² + eps)``,
-    computed without autograd (:func:`batch_statistics`; the backward differentiates through them); ``w``
-    ``(G, g, g)`` the whitening matrix (no gradient); ``weight``, ``bias`` ``(C,)`` or ``None``; ``eps`` the
-    variance floor used for ``invstd``.
-
-    Outputs ``(y, z)``: ``z = W x̂`` (before the affine) is returned only so that the backward can save it (a
-    custom function under ``torch.func`` saves outputs, not intermediates); it is non-differentiable, and
-    empty without an affine weight (then ``y = z + β`` is the one product).
+    Inputs: ``x`` (N, C[, H, W]) only links the graph (and feeds the double-backward recomputation);
+    ``x_hat`` the batch-standardized ``x`` and ``invstd`` ``(C,)`` its ``1/sqrt(σ² + eps)``, both computed without
+    autograd from ``x``; ``w`` ``(G, g, g)`` the whitening matrix (no gradient); ``weight``, ``bias`` ``(C,)`` or
+    ``None``; ``eps`` the variance floor used for ``invstd``.
     """
 
     @staticmethod
     def forward(
-        x: Tensor, mean: Tensor, invstd: Tensor, w: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
-    ) -> tuple[Tensor, Tensor]:
-        groups, g, _ = w.shape
-        matrix = w * invstd.reshape(groups, 1, g)  # W diag(r)
-        shift = -(matrix @ mean.reshape(groups, g, 1)).reshape(-1)
-        if weight is None:
-            return WM.apply_group_matrix(x, matrix, shift if bias is None else shift + bias), x.new_empty(0)
-        z = WM.apply_group_matrix(x, matrix, shift)
-        y = (
-            z * FN.per_channel(weight, z)
-            if bias is None
-            else torch.addcmul(FN.per_channel(bias, z), z, FN.per_channel(weight, z))
-        )
-        return y, z
+        x: Tensor, x_hat: Tensor, invstd: Tensor, w: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    ) -> Tensor:
+        return WM.apply_group_matrix(x_hat, _group_matrix(w, weight), bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - autograd signature
-        x, mean, invstd, w, weight, bias, eps = inputs
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(x, output[1], mean, invstd, w, weight, bias)
+        x, x_hat, invstd, w, weight, bias, eps = inputs
+        ctx.save_for_backward(x, x_hat, invstd, w, weight, bias)
         ctx.eps = eps
 
     @staticmethod
-    def backward(ctx, grad_y: Tensor, _: Tensor | None):  # noqa: ANN001, ANN205 - autograd signature
-        x, z, mean, invstd, w, weight, bias = ctx.saved_tensors
+    def backward(ctx, grad_y: Tensor):  # noqa: ANN001, ANN205 - autograd signature
+        x, x_hat, invstd, w, weight, bias = ctx.saved_tensors
         if torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
             return _differentiable_backward(ctx, grad_y, x, w, weight, bias)
-        want_weight = weight is not None and ctx.needs_input_grad[4]
-        want_bias = bias is not None and ctx.needs_input_grad[5]
-        grad_weight = grad_bias = None
-        if want_weight:  # one pass of torch's batch-norm backward reduction: (Σ g_y ⊙ (z − 0)·1, Σ g_y)
-            ones = torch.ones_like(invstd)
-            _, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-                grad_y, z, None, None, None, torch.zeros_like(mean), ones, True, 0.0, [False, True, want_bias]
-            )
-        elif want_bias:
-            grad_bias = grad_y.sum(dim=(0, *range(2, grad_y.dim())))
+        groups, g, _ = w.shape
+        c = groups * g
+        m = x_hat.numel() // c
+        dims = (0, *range(2, x_hat.dim()))
+        a = _group_matrix(w, weight)
+        grad_sum = grad_y.sum(dim=dims)  # (C,)
+        grad_y = grad_y.contiguous(memory_format=_memory_format(x_hat))  # same row layout for the cross moment
+        cross = WM.group_second_moment(grad_y, g, x_hat) * m  # (G, g, g): Σ g_y x̂ᵀ
+        at_cross = a.mT @ cross
+        mean_gxhat_xhat = at_cross.diagonal(dim1=-2, dim2=-1).reshape(c) / m
+        mean_gxhat = (a.mT @ grad_sum.reshape(groups, g, 1)).reshape(c) / m
         grad_x = None
-        if ctx.needs_input_grad[0]:  # BN's input gradient of gŷ = Aᵀ g_y at the batch statistics
-            grad_xhat = WM.apply_group_matrix(grad_y, _group_matrix(w, weight).mT)
-            grad_x = torch.ops.aten.native_batch_norm_backward(
-                grad_xhat, x, None, None, None, mean, invstd, True, ctx.eps, [True, False, False]
-            )[0]
+        if ctx.needs_input_grad[0]:
+            back = a.mT * invstd.reshape(groups, g, 1)  # diag(r) Aᵀ
+            grad_x = WM.apply_group_matrix(grad_y, back, -invstd * mean_gxhat)
+            grad_x.addcmul_(x_hat, FN.per_channel(-invstd * mean_gxhat_xhat, x_hat))
+        grad_weight = (w * cross).sum(-1).reshape(c) if weight is not None and ctx.needs_input_grad[4] else None
+        grad_bias = grad_sum if bias is not None and ctx.needs_input_grad[5] else None
         return grad_x, None, None, None, grad_weight, grad_bias, None
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """channels_last when ``x`` is a 4-D channels_last tensor, else the contiguous format."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _differentiable_backward(ctx, grad_y: Tensor, x: Tensor, w: Tensor, weight: Tensor | None, bias: Tensor | None):  # noqa: ANN001, ANN202
@@ -153,8 +111,8 @@ def _differentiable_backward(ctx, grad_y: Tensor, x: Tensor, w: Tensor, weight: 
     return grad_x, None, None, None, grad_weight, grad_bias, None
 
 
-def folded_group_whitening(
-    x: Tensor, mean: Tensor, invstd: Tensor, w: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+def standardize_then_group_matrix(
+    x: Tensor, x_hat: Tensor, invstd: Tensor, w: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> Tensor:
-    """:class:`FoldedGroupWhitening` applied (see there for the arguments); returns ``y`` shaped like ``x``."""
-    return FoldedGroupWhitening.apply(x, mean, invstd, w, weight, bias, eps)[0]
+    """:class:`StandardizeThenGroupMatrix` applied (see there for the arguments); returns ``y`` shaped like ``x``."""
+    return StandardizeThenGroupMatrix.apply(x, x_hat, invstd, w, weight, bias, eps)

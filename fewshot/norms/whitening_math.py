@@ -219,8 +219,8 @@ def group_second_moment(x: Tensor, group_size: int, y: Tensor | None = None) -> 
     """Per-group moment matrices ``(1/m) Σ_j x_j y_jᵀ`` (``y = x``: the covariance if ``x`` is centred).
 
     One batched matmul over strided views: no copy of ``x`` for NCHW-contiguous or channels_last input. With
-    ``y`` (same shape and memory format as ``x``) the cross moment in the same single pass over both, e.g. an
-    output gradient against the input, ``Σ g_y x̂ᵀ``.
+    ``y`` (same shape and memory format as ``x``) the cross moment in the same single pass over both, e.g. SWBN's
+    ``Σ g_y x̂ᵀ`` for its backward (:mod:`fewshot.norms.swbn_kernel`).
 
     Args:
         x: ``(N, C)`` or ``(N, C, H, W)`` with ``C`` divisible by ``group_size``.
