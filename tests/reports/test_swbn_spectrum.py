@@ -17,8 +17,8 @@ from fewshot.training.checkpoint import save_checkpoint
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "swbn_spectrum.py"
 RUNS = REPO / "results" / "runs" / "protonet_omniglot_vinyals_1shot"
-SWBN_CONFIG = RUNS / "20261129T213820Z-d1831a2" / "config.yaml"
-BN_CONFIG = RUNS / "20261129T205506Z-d1831a2" / "config.yaml"
+SWBN_CONFIG = RUNS / "headline-swbn" / "config.yaml"
+BN_CONFIG = RUNS / "headline-bn" / "config.yaml"
 
 
 @pytest.fixture(scope="module")
