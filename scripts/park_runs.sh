@@ -7,8 +7,9 @@
 #
 # Why: a session's machine is reclaimed when the session ends and runs/ is not tracked, so a training that
 # spans sessions survives only as committed files. Run folders hold their checkpoints (last.pt and best.pt,
-# SHA-256 sealed, about 1-2 MB each for Conv-4), logs and configs; the fixed evaluation episode files in
-# runs/_episode_sets are carried too so that evaluations resume on the same files. Run locks (.lock) are
+# SHA-256 sealed, about 1-2 MB each for Conv-4), logs and configs. The fixed episode files of
+# runs/_episode_sets are not carried (26 MB for one study grid): they are regenerated from their seeds and checked
+# against their content hash, so evaluations resume on the same episodes. Run locks (.lock) are
 # never carried: a restored run is free to resume. A finished run keeps its best.pt (a second stage starts
 # from it) but not its last.pt (nothing resumes it). A copy is taken as it is on disk: checkpoints are
 # written atomically, so a save during training carries the last complete checkpoint.
@@ -20,7 +21,8 @@ park=results/inflight/runs
 case "${1:-}" in
   save)
     mkdir -p "$park"
-    for d in runs/sweeps runs/_episode_sets "${@:2}"; do
+    rm -rf "$park/_episode_sets"
+    for d in runs/sweeps "${@:2}"; do
       d=${d%/}
       [ -d "$d" ] || continue
       [[ $d == runs/* ]] || { echo "park: $d is not a folder under runs/" >&2; exit 2; }
