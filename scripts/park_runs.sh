@@ -33,6 +33,8 @@ case "${1:-}" in
     for metrics in $(find "$park" -name metrics.json); do
       if grep -q '"status": "finished"' "$metrics"; then rm -f "$(dirname "$metrics")/checkpoints/last.pt"; fi
     done
+    # git holds no file over 1 MiB (house rule): such a checkpoint is not parked and its run restarts from zero
+    find "$park" -name '*.pt' -size +1024k -print -delete | sed 's/^/not parked (over 1 MiB): /'
     du -sh "$park"
     ;;
   restore)
