@@ -7,7 +7,9 @@
 #
 # Why: a session's machine is reclaimed when the session ends and runs/ is not tracked, so a training that
 # spans sessions survives only as committed files. Run folders hold their checkpoints (last.pt and best.pt,
-# SHA-256 sealed, about 1-2 MB each for Conv-4), logs and configs. The fixed episode files of
+# SHA-256 sealed, about 1-2 MB each for Conv-4), logs and configs. git holds no file over 1 MiB (house rule), so
+# a larger checkpoint is parked as numbered parts of at most 960 KiB (NAME.pt.part-000, -001, ...) beside its
+# SHA-256 (NAME.pt.sha256); restore joins them and refuses a join whose hash differs. The fixed episode files of
 # runs/_episode_sets are not carried (26 MB for one study grid): they are regenerated from their seeds and checked
 # against their content hash, so evaluations resume on the same episodes. Run locks (.lock) are
 # never carried: a restored run is free to resume. A finished run keeps its best.pt (a second stage starts
@@ -18,6 +20,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 park=results/inflight/runs
+
+join_parts() {  # join_parts DIR: rebuild every NAME.pt parked in parts under DIR, checked against NAME.pt.sha256
+  find "$1" -name '*.pt.part-000' -print0 | while IFS= read -r -d '' first; do
+    local pt=${first%.part-000} want got
+    [ -f "$pt.sha256" ] || { echo "park: $pt.sha256 is missing; cannot check the join of $pt.part-*" >&2; exit 1; }
+    cat "$pt".part-* > "$pt.tmp"
+    want=$(cat "$pt.sha256"); got=$(sha256sum "$pt.tmp" | cut -d' ' -f1)
+    if [ "$want" != "$got" ]; then
+      rm -f "$pt.tmp"
+      echo "park: the parts of $pt join to sha256 $got, expected $want (a part is missing or changed);" \
+        "restore them from git (git checkout -- results/inflight) and retry" >&2
+      exit 1
+    fi
+    mv "$pt.tmp" "$pt"
+    rm -f "$pt".part-* "$pt.sha256"
+  done
+}
 case "${1:-}" in
   save)
     mkdir -p "$park"
@@ -33,8 +52,12 @@ case "${1:-}" in
     for metrics in $(find "$park" -name metrics.json); do
       if grep -q '"status": "finished"' "$metrics"; then rm -f "$(dirname "$metrics")/checkpoints/last.pt"; fi
     done
-    # git holds no file over 1 MiB (house rule): such a checkpoint is not parked and its run restarts from zero
-    find "$park" -name '*.pt' -size +1024k -print -delete | sed 's/^/not parked (over 1 MiB): /'
+    find "$park" -name '*.pt' -size +1024k -print0 | while IFS= read -r -d '' pt; do
+      sha256sum "$pt" | cut -d' ' -f1 > "$pt.sha256"
+      split -b 960k -d -a 3 "$pt" "$pt.part-"
+      rm "$pt"
+      echo "parked in $(ls "$pt".part-* | wc -l) parts: $pt"
+    done
     du -sh "$park"
     ;;
   restore)
@@ -48,7 +71,10 @@ case "${1:-}" in
         continue
       fi
       mkdir -p "runs/$(dirname "$run")"
-      cp -a "$park/$run" "runs/$run"
+      rm -rf "runs/$run.restoring"
+      cp -a "$park/$run" "runs/$run.restoring"
+      join_parts "runs/$run.restoring" || { rm -rf "runs/$run.restoring"; exit 1; }
+      mv "runs/$run.restoring" "runs/$run"
       echo "restored runs/$run"
     done
     ;;
