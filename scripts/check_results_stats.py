@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from fewshot.evaluation.outputs import list_evals, read_episode_accuracies  # noqa: E402
 from fewshot.evaluation.stats import mean_ci, paired_comparison  # noqa: E402
+from fewshot.reports.table import load_run_info  # noqa: E402
 
 ARCHIVES = ("runs", "ablations", "pilots", "previous")
 COMPARE_COLUMNS = (
@@ -42,10 +43,15 @@ COMPARE_COLUMNS = (
 )  # fmt: skip
 
 
-def find_run(results: Path, run: str) -> Path:
-    """The archived run directory named like the last part of ``run`` (e.g. ``runs/<name>/<time>-<sha>``)."""
+def find_run(results: Path, run: str, learner: str | None = None) -> Path:
+    """The archived run directory named like the last part of ``run`` (e.g. ``runs/<name>/<time>-<sha>``).
+
+    ``learner`` tells apart runs of the same name in different experiments (``headline-bn`` of ProtoNet and MAML).
+    """
     name = Path(run).name
     hits = sorted(p for archive in ARCHIVES for p in (results / archive).glob(f"*/{name}") if p.is_dir())
+    if len(hits) > 1 and learner is not None:
+        hits = [p for p in hits if load_run_info(p)["config"].get("learner", {}).get("name") == learner]
     if len(hits) != 1:
         raise SystemExit(f"run {run!r}: expected one archived directory named {name!r} under {ARCHIVES}, got {hits}")
     return hits[0]
@@ -112,7 +118,7 @@ def check_accuracy(path: Path, results: Path) -> list[str]:
     for i, row in frame.iterrows():
         if pd.isna(row["mean"]):
             continue
-        r = mean_ci(find_accuracies(find_run(results, row["run"]), row, row["policy"]))
+        r = mean_ci(find_accuracies(find_run(results, row["run"], row["learner"]), row, row["policy"]))
         for col, value in (("mean", 100 * r.mean), ("ci95", 100 * r.ci95)):
             if not math.isclose(round(value, 4), row[col], abs_tol=1e-9):
                 diffs.append(f"{path.name} row {i + 1} {col}: committed {row[col]:.4f}, recomputed {value:.4f}")

@@ -27,7 +27,8 @@ def test_committed_results_are_reproduced(check, capsys):
 
 def test_a_changed_printed_value_is_reported(check, tmp_path, capsys):
     results = tmp_path / "results"
-    shutil.copytree(ROOT / "results" / "runs", results / "runs")
+    for archive in ("runs", "previous"):  # the compared runs were moved to previous/ when retrained
+        shutil.copytree(ROOT / "results" / archive, results / archive)
     lines = (ROOT / "results" / "compare_maml_omniglot_v02.csv").read_text().splitlines(keepends=True)
     first_row = next(i for i, line in enumerate(lines) if line.startswith("omniglot,"))
     lines[first_row] = lines[first_row].replace(",9.36117e-05,0.00019999,", ",9.36117e-05,0.0002,")
@@ -39,3 +40,14 @@ def test_a_changed_printed_value_is_reported(check, tmp_path, capsys):
     assert "compare_maml_omniglot_v02.csv row 1 p_perm: committed 0.0002, recomputed 0.00019999" in out
     assert "accuracy.csv row 1 ci95: committed 0.5911, recomputed 0.5910" in out
     assert "2 printed value(s) differ" in out
+
+
+def test_runs_of_one_name_in_two_experiments_are_told_apart_by_learner(check, tmp_path) -> None:
+    for experiment, learner in (("maml_omniglot", "maml"), ("protonet_omniglot", "protonet")):
+        run = tmp_path / "runs" / experiment / "headline-bn"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(f"learner: {{name: {learner}}}\n")
+    assert check.find_run(tmp_path, "headline-bn", "maml") == tmp_path / "runs" / "maml_omniglot" / "headline-bn"
+    assert check.find_run(tmp_path, "headline-bn", "protonet").parent.name == "protonet_omniglot"
+    with pytest.raises(SystemExit, match="expected one archived directory named 'headline-bn'"):
+        check.find_run(tmp_path, "headline-bn")
