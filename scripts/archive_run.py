@@ -11,6 +11,8 @@ the study's ``diagnostics/`` files) to ``results/runs/<name>/<UTC time>-<sha>/``
 for ``--resume``) and larger checkpoints are never copied (they are named on stderr); ``.gitignore`` lets
 ``results/**/*.pt`` into git and keeps every other ``.pt`` out.
 An existing archive is refreshed file by file: files are replaced by the run's newer versions, nothing is deleted.
+A run a live process holds (training, evaluation, or a sweep still writing its diagnostics) is refused: its
+files are not final yet.
 
 A study run (``runs/sweeps/<grid>/<cell>/seed<s>``) goes to ``results/study/sweeps/<grid>/<cell>/seed<s>`` with
 ``--dest results/study/sweeps/<grid>``, where ``sweep report --runs-root results/study`` reads it.
@@ -26,6 +28,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fewshot.training.file_lock import lock_owner  # noqa: E402
+
 FILES = ("config.yaml", "env.json", "metrics.json", "train_log.csv", "init_from.json")
 #: Folders copied whole: per-episode evaluations and the study's diagnostics (W spectra, whiteness).
 FOLDERS = ("eval", "diagnostics")
@@ -37,6 +43,12 @@ MAX_CHECKPOINT_BYTES = 1 << 20
 def archive(run: Path, dest_root: Path) -> Path:
     if not (run / "config.yaml").is_file():
         raise SystemExit(f"error: {run} is not a run directory (no config.yaml); pass runs/<name>/<time>-<sha>")
+    owner = lock_owner(run / ".lock")
+    if owner is not None:
+        raise SystemExit(
+            f"error: {run} is in use ({owner}): a training, evaluation or sweep still writes to it; archive it when "
+            "that has finished (`run_episode.py sweep status` shows a study run's state)"
+        )
     dest = dest_root / run.parent.name / run.name
     dest.mkdir(parents=True, exist_ok=True)
     for name in FILES:

@@ -130,6 +130,19 @@ def test_committed_numbers_rederive_from_shipped_checkpoints(folder, episode_set
     np.testing.assert_array_equal(recomputed, committed)
 
 
+def test_archive_refuses_a_run_a_live_process_holds(tmp_path) -> None:
+    from fewshot.training.run_dir import run_lock
+
+    run = tmp_path / "runs" / "sweeps" / "grid" / "bn" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("learner: protonet\n")
+    dest_root = tmp_path / "results" / "study" / "sweeps" / "grid"
+    with run_lock(run), pytest.raises(SystemExit, match="is in use .*archive it when that has finished"):
+        _archive_module().archive(run, dest_root)
+    assert not dest_root.exists()
+    assert _archive_module().archive(run, dest_root) == dest_root / "bn" / "seed0"  # released: archived
+
+
 def test_archive_copies_a_study_runs_backbone_record_and_diagnostics(tmp_path) -> None:
     run = tmp_path / "runs" / "sweeps" / "grid" / "swbn" / "seed0"
     for name, text in {
