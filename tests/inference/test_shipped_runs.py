@@ -150,6 +150,7 @@ def test_archive_copies_a_study_runs_backbone_record_and_diagnostics(tmp_path) -
         "init_from.json": '{"sha256": "ab"}\n',
         "diagnostics/whiteness.csv": "layer,whiteness\nnorm1,0.5\n",
         "diagnostics/spectrum.csv": "episode,layer,sigma_max\n0,norm1,1.0\n",
+        "w_spectrum.csv": "episode,layer,sigma_max\n500,norm1,1.2\n",
         "eval/k-running/summary.json": "{}\n",
         "checkpoints/last.pt": "state",
     }.items():
@@ -160,6 +161,6 @@ def test_archive_copies_a_study_runs_backbone_record_and_diagnostics(tmp_path) -
     copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert copied == [
         "config.yaml", "diagnostics/spectrum.csv", "diagnostics/whiteness.csv", "eval/k-running/summary.json",
-        "init_from.json",
+        "init_from.json", "w_spectrum.csv",
     ]  # fmt: skip
     assert (dest / "diagnostics" / "whiteness.csv").read_text() == "layer,whiteness\nnorm1,0.5\n"
