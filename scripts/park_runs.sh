@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Park unfinished runs in git, and restore them in a later session.
 #
-#   bash scripts/park_runs.sh save [DIR ...]  # runs/sweeps (and DIRs under runs/) -> results/inflight/runs/
+#   bash scripts/park_runs.sh save [DIR ...]  # the runs in runs/sweeps (and DIRs under runs/) -> results/inflight/runs/
+#                                             # (each replaces its parked copy; other parked runs stay)
 #                                             # (then commit results/inflight)
 #   bash scripts/park_runs.sh restore   # results/inflight/runs/ -> runs/ (then rerun the sweep: it resumes)
 #
@@ -45,8 +46,13 @@ case "${1:-}" in
       d=${d%/}
       [ -d "$d" ] || continue
       [[ $d == runs/* ]] || { echo "park: $d is not a folder under runs/" >&2; exit 2; }
-      rm -rf "$park/${d#runs/}"
-      cp -a "$d" "$park/${d#runs/}"
+      # run by run: a parked run that is not in runs/ now (not restored this session) stays parked
+      for config in $(find "$d" -name config.yaml -not -path '*/eval/*' | sort); do
+        run=$(dirname "$config")
+        rm -rf "$park/${run#runs/}"
+        mkdir -p "$(dirname "$park/${run#runs/}")"
+        cp -a "$run" "$park/${run#runs/}"
+      done
     done
     find "$park" \( -name '*.lock' -o -name '*.tmp' \) -delete
     for metrics in $(find "$park" -name metrics.json); do

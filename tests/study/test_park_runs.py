@@ -81,3 +81,15 @@ def test_restore_keeps_a_run_folder_that_already_exists(checkout: Path) -> None:
     restored = _park(checkout, "restore")
     assert restored.returncode == 0 and "kept runs/sweeps/grid/swbn/seed0" in restored.stdout
     assert last.read_bytes() == b"newer"
+
+
+def test_save_keeps_parked_runs_that_are_not_in_runs_now(checkout: Path) -> None:
+    assert _park(checkout, "save").returncode == 0
+    other = checkout / "runs" / "sweeps" / "other_grid" / "bn" / "seed0"
+    other.mkdir(parents=True)
+    (other / "config.yaml").write_text("learner: protonet\n")
+    shutil.rmtree(checkout / "runs" / "sweeps" / "grid")  # a later session that did not restore grid/swbn/seed0
+    assert _park(checkout, "save").returncode == 0
+    parked = checkout / "results" / "inflight" / "runs" / "sweeps"
+    assert (parked / "other_grid" / "bn" / "seed0" / "config.yaml").is_file()
+    assert len(list((parked / "grid" / "swbn" / "seed0" / "checkpoints").glob("last.pt.part-*"))) == 3
