@@ -25,7 +25,8 @@ park=results/inflight/runs
 join_parts() {  # join_parts DIR: rebuild every NAME.pt parked in parts under DIR, checked against NAME.pt.sha256
   find "$1" -name '*.pt.part-000' -print0 | while IFS= read -r -d '' first; do
     local pt=${first%.part-000} want got
-    [ -f "$pt.sha256" ] || { echo "park: $pt.sha256 is missing; cannot check the join of $pt.part-*" >&2; exit 1; }
+    [ -f "$pt.sha256" ] || { echo "park: $pt.sha256 is missing, so the join of $pt.part-*" \
+      "cannot be checked; restore it from git (git checkout -- results/inflight) and retry" >&2; exit 1; }
     cat "$pt".part-* > "$pt.tmp"
     want=$(cat "$pt.sha256"); got=$(sha256sum "$pt.tmp" | cut -d' ' -f1)
     if [ "$want" != "$got" ]; then
