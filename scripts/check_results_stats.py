@@ -44,12 +44,13 @@ COMPARE_COLUMNS = (
 
 
 def find_run(results: Path, run: str, learner: str | None = None) -> Path:
-    """The archived run directory named like the last part of ``run`` (e.g. ``runs/<name>/<time>-<sha>``).
+    """The archived run directory named ``run`` (``<experiment>/<run>``, or a bare run name in any experiment).
 
     ``learner`` tells apart runs of the same name in different experiments (``headline-bn`` of ProtoNet and MAML).
     """
-    name = Path(run).name
-    hits = sorted(p for archive in ARCHIVES for p in (results / archive).glob(f"*/{name}") if p.is_dir())
+    parts = Path(run).parts  # accuracy.csv: <experiment>/<run>; compare CSVs: runs/<experiment>/<run>
+    name = "/".join(parts[-2:]) if len(parts) > 1 else f"*/{run}"
+    hits = sorted(p for archive in ARCHIVES for p in (results / archive).glob(name) if p.is_dir())
     if len(hits) > 1 and learner is not None:
         hits = [p for p in hits if load_run_info(p)["config"].get("learner", {}).get("name") == learner]
     if len(hits) != 1:

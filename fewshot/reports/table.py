@@ -24,7 +24,8 @@ train_episodes training episodes actually done
 train_minutes  training wall time in minutes (validation and checkpointing included)
 status         how training ended: ``finished``, ``stopped_budget``, ``interrupted`` (Ctrl-C, SIGTERM, or a process
                that died while ``running``), ``failed``, or ``running`` (its process holds the run lock now)
-run            the run directory's name
+run            the run's experiment folder and directory name, ``<experiment>/<run>``
+               (``maml_omniglot_vinyals_5w1s/headline-bn``): run names repeat across experiments
 ============== ==========================================================================================
 
 Markdown tables in the README are generated from these frames (``run_episode.py table --format md``) and never
@@ -172,7 +173,7 @@ def runs_table(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
             "train_episodes": metrics.get("episodes_done"),
             "train_minutes": None if seconds is None else round(float(seconds) / 60.0, 2),
             "status": run_status(run, metrics),
-            "run": run.name,
+            "run": f"{run.parent.name}/{run.name}",
         }
         evals = list_evals(run)
         if not evals:

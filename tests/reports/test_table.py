@@ -53,7 +53,14 @@ def test_runs_table_has_fixed_columns_and_percent_values(tmp_path):
     assert swbn["ci95"] == pytest.approx(100 * 1.96 * np.std([1.0, 0.8], ddof=1) / np.sqrt(2))
     assert (swbn["episodes"], swbn["seed"], swbn["way"], swbn["shot"], swbn["query"]) == (2, 1234, 1, 1, 15)
     assert swbn["train_minutes"] == pytest.approx(1.5) and swbn["train_episodes"] == 1200
-    assert swbn["run"] == "r1" and swbn["policy"] == "running"
+    assert swbn["run"] == f"{tmp_path.name}/r1" and swbn["policy"] == "running"
+
+
+def test_run_column_tells_apart_runs_of_the_same_name_in_different_experiments(tmp_path):
+    a = make_run(tmp_path / "protonet_omniglot", "headline-bn", norm="batchnorm")
+    b = make_run(tmp_path / "maml_omniglot", "headline-bn", norm="batchnorm")
+    frame = runs_table([a, b])
+    assert sorted(frame["run"]) == ["maml_omniglot/headline-bn", "protonet_omniglot/headline-bn"]
 
 
 def test_norm_options_are_part_of_the_norm_label(tmp_path):
