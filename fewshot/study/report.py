@@ -7,17 +7,24 @@ Files (under ``--out-dir``, ``results/`` by default; each CSV starts with ``# co
   pretrain_episodes and pretrain_minutes (the first stage of a two-stage cell, ``after:``; 0 for one stage),
   n_seeds, episodes, mean, ci95, ci_low, ci_high, diff_to_bn, diff_ci95, diff_low, diff_high, n_paired_seeds,
   reference. Accuracies in percent. ``mean`` is the mean over seeds of the per-seed mean accuracy on the same
-  fixed episodes, its interval the two-level bootstrap of
-  :func:`fewshot.evaluation.stats.hierarchical_bootstrap` (seeds, then episodes; 10,000 resamples, seed 0);
-  ``diff_to_bn`` the same for the per-episode differences to the grid's reference cell (its first ``batchnorm``
-  cell without options) over the seeds both have, paired on identical episodes.
+  fixed episodes, its interval ``[ci_low, ci_high]`` the 95% percentile interval of the two-level bootstrap of
+  :func:`fewshot.evaluation.stats.hierarchical_bootstrap` (seeds, then episodes; 10,000 resamples, seed 0) and
+  ``ci95`` that interval's half-width ``(ci_high − ci_low)/2`` (the interval need not be symmetric about
+  ``mean``; elsewhere in the project ``ci95`` is ``1.96·s/√n``, which it matches for one seed); ``diff_to_bn``
+  the same for the per-episode differences to the grid's reference cell (its first evaluated ``batchnorm`` cell
+  without options; the first evaluated cell of a grid without one, named in ``reference``) over the seeds both
+  have, paired on identical episodes. With one seed (``n_seeds``, ``n_paired_seeds`` = 1) the interval holds
+  episode noise only: seed-to-seed variation is not estimated.
 * ``study_pairs.csv``: the same differences per seed (:func:`fewshot.evaluation.stats.paired_comparison`:
-  mean, 1.96·s/√n CI, paired t and sign-flip p-values, wins/ties/losses).
+  mean, 1.96·s/√n CI, paired t and sign-flip p-values printed to 6 significant digits, wins/ties/losses; the
+  p-values are per row, not corrected for the many rows).
 * ``study_whiteness.csv``: the meta-test diagnostics of every run (``diagnostics/whiteness.csv``), averaged
   over seeds; ``study_spectrum.csv``: the W spectra over training of every run.
 * ``study_accuracy_vs_k.png``, ``study_diff_vs_k.png``, ``study_w_spectrum.png``; ``FINDINGS.md``.
 
-Only runs that finished training count; missing evaluations are simply absent (``n_seeds`` says how many).
+Only runs that finished training count; missing evaluations are simply absent (``n_seeds`` says how many). The
+seeds of one cell must have trained the same number of episodes (and first-stage episodes): a cell is never
+split into rows of different budgets.
 """
 
 from __future__ import annotations
@@ -46,16 +53,19 @@ OUTPUTS = (
     "study.csv", "study_pairs.csv", "study_whiteness.csv", "study_spectrum.csv", "study_accuracy_vs_k.png",
     "study_diff_vs_k.png", "study_w_spectrum.png", "FINDINGS.md",
 )  # fmt: skip
-_CELL = ["grid", "cell", "learner", "backbone", "norm", "dataset", "train_shot", "train_episodes"]
+_CELL = ["grid", "cell", "learner", "backbone", "norm", "dataset", "train_shot"]
 _SETTING = ["way", "shot", "query", "policy"]
 N_RESAMPLES = 10_000
+_P_VALUES = ("p_t", "p_perm")
 
 
 def _reference(grid: GridSpec, runs: Sequence[PlannedRun]) -> str:
-    for run in runs:  # the first evaluated BN cell (a pre-training stage is not evaluated)
-        if run.cfg.model.norm == "batchnorm" and not run.cfg.model.norm_kwargs and run.cell.evaluation.settings():
+    """The first evaluated plain BN cell (a pre-training stage is not evaluated), else the first evaluated cell."""
+    evaluated = [run for run in runs if run.cell.evaluation.settings()]
+    for run in evaluated:
+        if run.cfg.model.norm == "batchnorm" and not run.cfg.model.norm_kwargs:
             return run.cell.name
-    return grid.cells[0].name
+    return evaluated[0].cell.name if evaluated else grid.cells[0].name
 
 
 def collect(grids: Sequence[GridSpec], runs_root: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -99,6 +109,13 @@ def collect(grids: Sequence[GridSpec], runs_root: str | Path | None = None) -> t
 def _stack(group: pd.DataFrame, where: str) -> tuple[list[int], np.ndarray]:
     if group["episode_hash"].nunique() != 1:
         raise DataError(f"{where}: seeds were evaluated on different episode files; re-run the sweep's evaluation")
+    for column in ("train_episodes", "pretrain_episodes"):
+        if group[column].nunique() != 1:
+            done = ", ".join(f"seed {s}: {e}" for s, e in zip(group["seed"], group[column], strict=True))
+            raise DataError(
+                f"{where}: its seeds trained different numbers of episodes ({column}: {done}), so they are not "
+                "one cell; give every seed the same episode budget (train.episodes, no train.max_minutes) and resume"
+            )
     group = group.sort_values("seed")
     return group["seed"].tolist(), np.stack(group["acc"].tolist())
 
@@ -112,10 +129,12 @@ def study_table(frame: pd.DataFrame, references: dict[str, str]) -> tuple[pd.Dat
         info = dict(zip(_CELL + _SETTING, key, strict=True))
         where = f"{info['grid']}/{info['cell']} {info['way']}-way {info['shot']}-shot {info['policy']}"
         seeds, acc = _stack(group, where)
+        cell = {**{k: info[k] for k in _CELL}, "train_episodes": int(group["train_episodes"].iloc[0]),
+                **{k: info[k] for k in _SETTING}}  # fmt: skip
         ci = hierarchical_bootstrap(acc, n_resamples=N_RESAMPLES, seed=0)
         ref_cell = references[info["grid"]]
-        ref = frame[(frame["grid"] == info["grid"]) & (frame["cell"] == ref_cell) & (frame["way"] == info["way"])
-                    & (frame["shot"] == info["shot"]) & (frame["policy"] == info["policy"])]  # fmt: skip
+        ref = frame[(frame["grid"] == info["grid"]) & (frame["cell"] == ref_cell)]
+        ref = ref[(ref[_SETTING] == pd.Series(info)[_SETTING]).all(axis=1)]
         diff = {"diff_to_bn": math.nan, "diff_ci95": math.nan, "diff_low": math.nan, "diff_high": math.nan,
                 "n_paired_seeds": 0}  # fmt: skip
         if not ref.empty and ref_cell != info["cell"]:
@@ -130,11 +149,11 @@ def study_table(frame: pd.DataFrame, references: dict[str, str]) -> tuple[pd.Dat
                         "diff_high": 100 * dci.high, "n_paired_seeds": len(shared)}  # fmt: skip
                 for s in shared:
                     p = paired_comparison(ref_acc[ref_seeds.index(s)], acc[seeds.index(s)])
-                    pairs.append({**info, "reference": ref_cell, "seed": s, "diff": 100 * p.mean_diff,
+                    pairs.append({**cell, "reference": ref_cell, "seed": s, "diff": 100 * p.mean_diff,
                                   "diff_ci95": 100 * p.ci95_diff, "p_t": p.p_t, "p_perm": p.p_perm, "wins": p.wins,
                                   "ties": p.ties, "losses": p.losses, "episodes": p.n})  # fmt: skip
         table.append({
-            **{k: v for k, v in info.items() if k != "train_episodes"}, "train_episodes": info["train_episodes"],
+            **info, "train_episodes": int(group["train_episodes"].iloc[0]),
             "train_minutes": float(group["train_minutes"].mean()),
             "pretrain_episodes": int(group["pretrain_episodes"].iloc[0]),
             "pretrain_minutes": float(group["pretrain_minutes"].mean()),
@@ -177,6 +196,11 @@ def _diagnostics(grids: Sequence[GridSpec], runs_root: str | Path | None) -> tup
 
 
 def _csv(frame: pd.DataFrame, command: str) -> str:
+    """The CSV text: floats to 4 decimals, p-values to 6 significant digits (a p of 5e-05 is not 0.0000)."""
+    frame = frame.copy()
+    for column in _P_VALUES:
+        if column in frame:
+            frame[column] = frame[column].map(lambda p: "" if pd.isna(p) else f"{p:.6g}")
     return f"# command: {command}\n" + frame.to_csv(index=False, float_format="%.4f", lineterminator="\n")
 
 

@@ -10,8 +10,10 @@ from fewshot.study.grid import is_grid_file, load_grid, plan_runs, select_runs
 GRIDS = sorted(p for p in (configs_dir() / "study").glob("*.yaml") if is_grid_file(p))
 
 
-def test_the_three_grids_exist_and_start_with_their_command():
-    assert [p.stem for p in GRIDS] == ["miniimagenet_protonet", "omniglot_maml", "omniglot_protonet"]
+def test_the_four_grids_exist_and_start_with_their_command():
+    assert [p.stem for p in GRIDS] == [
+        "miniimagenet_maml", "miniimagenet_protonet", "omniglot_maml", "omniglot_protonet",
+    ]  # fmt: skip
     for path in GRIDS:
         assert path.read_text().splitlines()[0] == f"# python run_episode.py sweep --grid configs/study/{path.name}"
     assert not is_grid_file(configs_dir() / "study" / "quickstart.yaml")
@@ -37,6 +39,24 @@ def test_maml_grid_is_2042_meta_steps_of_32_tasks(tmp_path):
     assert [r.cfg.model.norm for r in runs] == ["batchnorm", "swbn", "tasknorm"]
     assert {r.target_episodes // r.cfg.train.meta_batch for r in runs} == {2042}
     assert all(r.target_episodes % r.cfg.train.meta_batch == 0 for r in runs)
+
+
+def test_miniimagenet_maml_grid_is_4000_second_order_meta_steps_for_bn_and_swbn(tmp_path):
+    runs = plan_runs(load_grid(configs_dir() / "study" / "miniimagenet_maml.yaml"), tmp_path)
+    assert [(r.cell.name, r.cfg.model.norm) for r in runs] == [
+        ("batchnorm", "batchnorm"), ("swbn", "swbn"), ("swbn_rho0.1", "swbn"),
+    ]  # fmt: skip
+    assert runs[1].cfg.model.norm_kwargs == {} and runs[2].cfg.model.norm_kwargs == {"shrinkage": 0.1}
+    for run in runs:
+        cfg = run.cfg
+        assert (cfg.learner.name, cfg.data.dataset, cfg.train.n_way, cfg.train.meta_batch) == (
+            "maml", "miniimagenet", 5, 4,
+        )  # fmt: skip
+        assert not cfg.learner.kwargs.get("first_order", False) and cfg.model.backbone_kwargs == {"hidden": 32}
+        assert run.target_episodes // cfg.train.meta_batch == 4000 and cfg.train.max_minutes is None
+        assert run.target_episodes % cfg.train.val_every == 0
+    spec = runs[0].cell.evaluation
+    assert (spec.ways, spec.shots, spec.queries, spec.episodes) == ((5,), (1, 5), 15, 600)
 
 
 def test_miniimagenet_grid_has_two_stages_for_bn_both_swbn_and_two_others(tmp_path):
