@@ -323,7 +323,7 @@ def test_merged_task_statistics_equal_the_joined_supports_at_the_first_layer_onl
 
 
 @pytest.mark.parametrize("policy", ["transductive", "support"])
-@pytest.mark.parametrize("norm", ["batchnorm", "swbn"])
+@pytest.mark.parametrize("norm", ["batchnorm", "swbn", "tasknorm"])
 def test_vmap_over_tasks_equals_the_loop_second_order(tiny_backbone, episode_factory, norm, policy):
     torch.manual_seed(0)
     kwargs = {"group_size": 8} if norm == "swbn" else {}
