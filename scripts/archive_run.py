@@ -8,7 +8,8 @@ every ``eval/*/`` folder with its per-episode ``episodes.csv`` and ``summary.jso
 the study's ``diagnostics/`` files) to ``results/runs/<name>/<UTC time>-<sha>/``, and the evaluated weights
 ``checkpoints/best.pt`` when they are at most 1 MiB (a Conv-4 model is about 0.45 MiB), so that ``eval``,
 ``predict``, ``embed`` and ``export`` work on the archived folder at once. A whitening layer's study run also has
-``w_spectrum.csv`` (W's spectrum per layer over training), copied too. ``last.pt`` (the full training state
+``w_spectrum.csv`` (W's spectrum per layer over training), copied too, and a reused study run its
+``reused_from.json``. ``last.pt`` (the full training state
 for ``--resume``) and larger checkpoints are never copied (they are named on stderr); ``.gitignore`` lets
 ``results/**/*.pt`` into git and keeps every other ``.pt`` out.
 An existing archive is refreshed file by file: files are replaced by the run's newer versions, nothing is deleted.
@@ -33,7 +34,15 @@ sys.path.insert(0, str(ROOT))
 
 from fewshot.training.file_lock import lock_owner  # noqa: E402
 
-FILES = ("config.yaml", "env.json", "metrics.json", "train_log.csv", "init_from.json", "w_spectrum.csv")
+FILES = (
+    "config.yaml",
+    "env.json",
+    "metrics.json",
+    "train_log.csv",
+    "init_from.json",
+    "reused_from.json",
+    "w_spectrum.csv",
+)
 #: Folders copied whole: per-episode evaluations and the study's diagnostics (W spectra, whiteness).
 FOLDERS = ("eval", "diagnostics")
 #: Checkpoints shipped with an archived run, and the largest size shipped (git holds results, not a model zoo).

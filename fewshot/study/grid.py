@@ -11,6 +11,7 @@ A grid file (``configs/study/<name>.yaml``)::
       - {name: layernorm, set: [norm=layernorm], priority: 1}
       - {name: pre_bn, config: classifier/miniimagenet_pretrain.yaml, evaluate: false}  # a training stage only
       - {name: fine_bn, config: protonet/miniimagenet_finetune.yaml, after: pre_bn}     # starts from pre_bn
+      - {name: bn_maml, reuse: {0: results/runs/maml_omniglot_vinyals_5w1s/headline-bn}}  # an existing run
     evaluation:                              # the support-size sweep at meta-test (each cell may override keys)
       ways: [5, 20]
       shots: [1, 2, 3, 5, 10]
@@ -26,8 +27,10 @@ is a second training stage: its run at seed ``s`` starts from the backbone of OT
 (``model.init_from`` is set to that run's folder) and is started only once that run is finished. OTHER must be
 defined earlier in the file, with the same seeds and a priority no higher, so run order puts it first. A cell
 with ``evaluate: false`` is trained only (e.g. a pre-training stage); its training episodes count in the
-budget of the cells that start from it. Every run has a fixed folder
-(:attr:`PlannedRun.run_dir`), so a sweep stopped anywhere resumes where it left off, and each run is an
+budget of the cells that start from it. A cell with ``reuse: {SEED: FOLDER}`` (a path relative to the project
+root) takes that seed's run from an existing finished run of exactly its config instead of training it
+(:mod:`fewshot.study.reuse` checks and copies it; the grid then evaluates it like any other). Every run has a
+fixed folder (:attr:`PlannedRun.run_dir`), so a sweep stopped anywhere resumes where it left off, and each run is an
 independent command (``sweep --grid FILE --only CELL/seedS``) that another machine can execute. Budgets are
 training episodes: a cell whose resolved config has ``train.max_minutes`` set is refused, because a time budget
 makes the result depend on the machine.
@@ -62,7 +65,7 @@ __all__ = [
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _GRID_KEYS = ("name", "config", "set", "seeds", "cells", "evaluation", "diagnostics")
-_CELL_KEYS = ("name", "config", "set", "seeds", "priority", "evaluation", "after", "evaluate")
+_CELL_KEYS = ("name", "config", "set", "seeds", "priority", "evaluation", "after", "evaluate", "reuse")
 _POLICIES = tuple(p.value for p in Policy)
 
 
@@ -105,6 +108,7 @@ class CellSpec:
     position: int
     evaluation: EvaluationSpec
     after: str | None = None
+    reuse: tuple[tuple[int, Path], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,11 @@ class PlannedRun:
     @property
     def target_episodes(self) -> int:
         return self.cfg.train.episodes
+
+    @property
+    def reuse_from(self) -> Path | None:
+        """The finished run this seed's run is taken from (the cell's ``reuse:``), or ``None``."""
+        return dict(self.cell.reuse).get(self.seed)
 
     @property
     def after_dir(self) -> Path | None:
@@ -200,6 +209,25 @@ def _evaluation(data: Any, base: EvaluationSpec, where: str) -> EvaluationSpec:
     if bad or not spec.policies:
         raise ConfigError(f"{where}.policies must be a non-empty list of {', '.join(_POLICIES)}, got {bad or []}")
     return spec
+
+
+def _reuse(value: Any, seeds: tuple[int, ...], after: str | None, where: str) -> tuple[tuple[int, Path], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{where}: reuse must map seeds to run folders, e.g. {{0: results/runs/<name>/<run>}}")
+    if after is not None:
+        raise ConfigError(f"{where}: a second stage (after: {after!r}) cannot reuse a run; reuse the first stage's")
+    pairs = []
+    for seed, folder in value.items():
+        if seed not in seeds or not isinstance(folder, str):
+            raise ConfigError(
+                f"{where}: reuse maps a seed of the cell ({list(seeds)}) to a run folder (a path relative to the "
+                f"project root), got {seed!r}: {folder!r}"
+            )
+        path = Path(folder)
+        pairs.append((seed, path if path.is_absolute() else configs_dir().parent / path))
+    return tuple(pairs)
 
 
 def _resolve_config(value: Any, where: str) -> Path | None:
@@ -289,6 +317,7 @@ def load_grid(path: str | Path) -> GridSpec:
                 position=i,
                 evaluation=cell_eval if evaluate else dataclasses.replace(cell_eval, ways=()),
                 after=after,
+                reuse=_reuse(raw.get("reuse"), cell_seeds, after, f"{cw}: reuse"),
             )
         )
     names = [c.name for c in cells]

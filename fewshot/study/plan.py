@@ -12,7 +12,8 @@ way/shot/query/meta-batch, policy). ``s_image`` (seconds per test image, support
 the median of ``eval_seconds / (n · way · (shot + query))`` over the measured evaluations of the same learner,
 backbone, norm and dataset, else of the same learner, backbone and dataset. Measured runs are searched under the
 runs root and any folders given (``results/runs`` by default). Unmeasured runs are listed with the command that
-measures them: a few training episodes of the run itself, which count towards its budget.
+measures them: a few training episodes of the run itself, which count towards its budget. A run its cell takes
+from an existing finished run (``reuse:``) costs no training.
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ def estimate(statuses: Sequence[RunStatus], measured: Measurements) -> list[RunC
     for st in statuses:
         run, cfg = st.run, st.run.cfg
         left = max(0, run.target_episodes - st.episodes_done)
-        if st.episodes_done > 0 and st.minutes > 0:
+        if st.state == "todo" and run.reuse_from is not None:  # taken from a finished run: nothing to train
+            left, spe, source = 0, 0.0, "reused run"
+        elif st.episodes_done > 0 and st.minutes > 0:
             spe, source = 60.0 * st.minutes / st.episodes_done, "this run"
         elif measured.train.get(train_signature(cfg)):
             values = measured.train[train_signature(cfg)]

@@ -116,7 +116,8 @@ def run_status(run: PlannedRun) -> RunStatus:
     if not folder.is_dir() or not any(folder.iterdir()):
         if lock is not None:
             return RunStatus(run, "running", 0, 0.0, 0, total, f"starting, pid {lock.pid} on {lock.host}")
-        return RunStatus(run, "todo", 0, 0.0, 0, total, waits_for(run) or "")
+        reuse = f"reuses the finished run {run.reuse_from}" if run.reuse_from is not None else ""
+        return RunStatus(run, "todo", 0, 0.0, 0, total, waits_for(run) or reuse)
     metrics = read_json(folder / "metrics.json")
     done = int(metrics.get("episodes_done", 0))
     minutes = float(metrics.get("train_seconds", 0.0)) / 60.0
@@ -126,7 +127,8 @@ def run_status(run: PlannedRun) -> RunStatus:
     if metrics.get("status") == "failed":
         return RunStatus(run, "failed", done, minutes, evals, total, str(metrics.get("error", ""))[:120])
     if done >= run.target_episodes and (folder / "checkpoints" / "best.pt").is_file():
-        return RunStatus(run, "finished", done, minutes, evals, total)
+        reused = read_json(folder / "reused_from.json").get("source")
+        return RunStatus(run, "finished", done, minutes, evals, total, f"reused from {reused}" if reused else "")
     has_last = (folder / "checkpoints" / "last.pt").is_file()
     note = "" if has_last else "no checkpoint yet: restarts from episode 0 (the folder is kept aside)"
     return RunStatus(run, "stopped", done, minutes, evals, total, note)

@@ -20,6 +20,7 @@ from typing import Any
 
 from fewshot.config.loader import load_config
 from fewshot.study.grid import GridSpec, PlannedRun
+from fewshot.study.reuse import reuse_run
 from fewshot.study.spectrum import append_spectrum
 from fewshot.study.status import run_lock, run_status, waits_for
 
@@ -28,13 +29,15 @@ __all__ = ["SweepOutcome", "train_planned", "evaluate_planned", "diagnose_planne
 
 @dataclass(frozen=True)
 class SweepOutcome:
-    """What a sweep did: run keys per outcome (``skipped`` were finished before, ``failed`` raised)."""
+    """What a sweep did: run keys per outcome (``skipped`` were finished before, ``failed`` raised, ``reused`` were
+    taken from an existing run by the cell's ``reuse:``)."""
 
     trained: tuple[str, ...]
     evaluated: tuple[str, ...]
     skipped: tuple[str, ...]
     failed: tuple[str, ...]
     busy: tuple[str, ...]
+    reused: tuple[str, ...] = ()
 
 
 def _segment_end(done: int, stop_at: int, every: int) -> int:
@@ -157,7 +160,7 @@ def run_sweep(
     """
     from fewshot.errors import ConfigError
 
-    trained, evaluated, skipped, failed, busy = [], [], [], [], []
+    trained, evaluated, skipped, failed, busy, reused = [], [], [], [], [], []
     for i, run in enumerate(runs):
         status = run_status(run)
         log(f"[sweep] ({i + 1}/{len(runs)}) {run.key}: {status.state}, {status.episodes_done}/{run.target_episodes} "
@@ -177,12 +180,18 @@ def run_sweep(
         done_before = status.state == "finished" and status.evals_done == status.evals_total
         try:
             with run_lock(run):
-                reached = status.state == "finished" or train_planned(
-                    run, spectrum_every=grid.diagnostics.spectrum_every, until_episodes=until_episodes, quiet=quiet,
-                    callback=callback, runs_root=runs_root, log=log,
-                )  # fmt: skip
-                if status.state != "finished" and reached:
-                    trained.append(run.key)
+                if status.state == "todo" and run.reuse_from is not None:
+                    source = reuse_run(run)  # a ConfigError (not that run) stops the sweep: the grid is wrong
+                    log(f"[sweep] {run.key}: reused the finished run {source} (budget, config and checkpoints checked)")
+                    reused.append(run.key)
+                    reached = True
+                else:
+                    reached = status.state == "finished" or train_planned(
+                        run, spectrum_every=grid.diagnostics.spectrum_every, until_episodes=until_episodes,
+                        quiet=quiet, callback=callback, runs_root=runs_root, log=log,
+                    )  # fmt: skip
+                    if status.state != "finished" and reached:
+                        trained.append(run.key)
                 if reached and evaluate:
                     if evaluate_planned(run, runs_root=runs_root, log=log):
                         evaluated.append(run.key)
@@ -201,4 +210,4 @@ def run_sweep(
             continue
         if done_before:
             skipped.append(run.key)
-    return SweepOutcome(tuple(trained), tuple(evaluated), tuple(skipped), tuple(failed), tuple(busy))
+    return SweepOutcome(tuple(trained), tuple(evaluated), tuple(skipped), tuple(failed), tuple(busy), tuple(reused))

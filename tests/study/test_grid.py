@@ -37,6 +37,8 @@ def test_omniglot_grid_covers_every_layer_bn_and_swbn_seeds_first(tmp_path):
 def test_maml_grid_is_2042_meta_steps_of_32_tasks(tmp_path):
     runs = plan_runs(load_grid(configs_dir() / "study" / "omniglot_maml.yaml"), tmp_path)
     assert [r.cfg.model.norm for r in runs] == ["batchnorm", "swbn", "tasknorm"]
+    assert runs[0].reuse_from == configs_dir().parent / "results/runs/maml_omniglot_vinyals_5w1s/headline-bn"
+    assert runs[0].reuse_from.is_dir() and [r.reuse_from for r in runs[1:]] == [None, None]
     assert {r.target_episodes // r.cfg.train.meta_batch for r in runs} == {2042}
     assert all(r.target_episodes % r.cfg.train.meta_batch == 0 for r in runs)
 
