@@ -8,7 +8,10 @@ replaced by a Markdown rendering of ``results/NAME.csv``. The opening marker may
 prints floats with that many decimals, else 4 significant digits), e.g.
 ``<!-- results:bench_norms where section == "step" columns dataset,layer,ms,ratio_to_batchnorm digits 2 -->``.
 Lines of the CSV starting with ``#`` are comments (the exact command that produced the file) and are rendered
-under the table. No page is ever edited by hand between markers.
+under the table. A pair ``<!-- include:PATH.md -->`` ... ``<!-- /include:PATH.md -->`` is replaced by the
+generated Markdown file ``results/PATH.md`` (e.g. a study's ``FINDINGS.md``): its top heading is dropped (the page
+has its own) and its relative links and images are rewritten to point into ``results/`` from the page. No page is
+ever edited by hand between markers.
 
 Usage: python scripts/render_results.py [--check]   (--check: exit 1 if a page is out of date, write nothing)
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import re
 import sys
 from pathlib import Path
@@ -30,6 +34,10 @@ MARKER = re.compile(
     r"(?P<body>.*?)(?P<end><!-- /results:(?P=name) -->)",
     re.S,
 )
+INCLUDE = re.compile(
+    r"(<!-- include:(?P<name>[\w./-]+\.md) -->\n)(?P<body>.*?)(?P<end><!-- /include:(?P=name) -->)", re.S
+)
+_LINK = re.compile(r"(!?\[[^\]]*\]\()(?P<target>[^)\s]+)\)")
 
 
 def render(name: str, where: str | None = None, columns: str | None = None, digits: int | None = None) -> str:
@@ -71,6 +79,28 @@ def _markdown(frame: pd.DataFrame, digits: int | None = None) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def include(name: str, page: Path) -> str:
+    """``results/<name>`` without its first ``# `` heading, its relative links re-pointed from ``page``'s folder."""
+    path = ROOT / "results" / name
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{page.name} includes results/{name}, which does not exist; run the command that makes it"
+        )
+    lines = path.read_text().splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    text = "\n".join(lines).strip("\n")
+    base = Path(os.path.relpath(path.parent, page.parent))
+
+    def repoint(m: re.Match) -> str:
+        target = m.group("target")
+        if re.match(r"^[a-z]+:|^/|^#", target):
+            return m.group(0)
+        return f"{m.group(1)}{(base / target).as_posix()})"
+
+    return _LINK.sub(repoint, text) + "\n"
+
+
 def _render_match(m: re.Match) -> str:
     digits = int(m.group("digits")) if m.group("digits") else None
     return render(m.group("name"), m.group("where"), m.group("columns"), digits)
@@ -89,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for page in pages():
         old = page.read_text()
         new = MARKER.sub(lambda m: m.group(1) + _render_match(m) + m.group("end"), old)
+        new = INCLUDE.sub(lambda m, page=page: m.group(1) + include(m.group("name"), page) + m.group("end"), new)
         if new != old:
             stale.append(page.relative_to(ROOT))
             if not args.check:

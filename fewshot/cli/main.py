@@ -2,7 +2,8 @@
 
 Each command module exposes ``register(subparsers)``, which adds its parser and sets ``func`` (a callable
 taking the parsed namespace and returning an exit code). Errors end in one line on stderr, never a traceback:
-a :class:`~fewshot.errors.FewshotError` exits with 2, any other ``OSError`` with 1, Ctrl-C or SIGTERM with 130.
+a :class:`~fewshot.errors.FewshotError` exits with 2, any other ``OSError`` with 1 (a closed output pipe, e.g.
+``| head``, with its own message), Ctrl-C or SIGTERM with 130.
 Modules are imported lazily by name so that a broken optional module does not break unrelated commands, and so
 that ``--help`` stays fast.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
+import os
 import sys
 from collections.abc import Sequence
 
@@ -55,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush into a closed pipe raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # stdout without a descriptor
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, return its exit code."""
     from fewshot.provenance import record_command
@@ -70,6 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FewshotError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # whoever read the output stopped reading (``| head``): not a storage problem
+        _silence_stdout()
+        print(
+            "error: the output pipe was closed before the command finished (e.g. `| head`); it stopped there, so "
+            "files it had still to write may be missing: run it again without the pipe",
+            file=sys.stderr,
+        )
+        return 1
     except OSError as exc:  # the operating system refused: disk full, read-only folder, permissions, quota
         where = f" ({exc.filename})" if exc.filename else ""
         print(

@@ -1,7 +1,8 @@
 """The study's plots (PNG, matplotlib Agg): accuracy against K, difference to BN against K, W spectra.
 
-Panels of the two K plots are one per (dataset, way, policy); lines are cells (norm with options); error bars
-are the 95% intervals of the study table (two-level bootstrap over seeds and episodes). The spectrum plot has a
+Panels of the two K plots are one per (dataset, learner, way, policy); lines are cells (norm with options); error
+bars span the 95% intervals of the study table (``ci_low``..``ci_high``, ``diff_low``..``diff_high``: the two-level
+bootstrap over seeds and episodes, not necessarily symmetric about the mean). The spectrum plot has a
 panel per cell with whitening matrices: the largest (solid) and smallest (dashed) singular value of W per
 network layer against training episodes, seeds averaged.
 """
@@ -19,7 +20,7 @@ import pandas as pd  # noqa: E402
 
 __all__ = ["plot_accuracy_vs_k", "plot_diff_vs_k", "plot_w_spectra"]
 
-_PANEL = ["dataset", "way", "policy"]
+_PANEL = ["dataset", "learner", "way", "policy"]
 
 
 def _panels(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
@@ -32,7 +33,12 @@ def _panels(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
 def _save(fig: plt.Figure, axes: list[plt.Axes], used: int, path: Path) -> Path:
     for ax in axes[used:]:
         ax.set_visible(False)
-    handles, labels = axes[0].get_legend_handles_labels() if used else ([], [])
+    handles, labels = [], []  # every line of every panel once (panels of several learners hold other cells)
+    for ax in axes[:used]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
         fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) // 4), 1, 1))
@@ -43,7 +49,9 @@ def _save(fig: plt.Figure, axes: list[plt.Axes], used: int, path: Path) -> Path:
     return path
 
 
-def _k_plot(table: pd.DataFrame, path: str | Path, value: str, ci: str, ylabel: str, zero: bool) -> Path:
+def _k_plot(
+    table: pd.DataFrame, path: str | Path, value: str, bounds: tuple[str, str], ylabel: str, zero: bool
+) -> Path:
     path = Path(path)
     data = table.dropna(subset=[value]) if not table.empty else table
     panels = list(data.groupby(_PANEL, sort=False)) if not data.empty else []
@@ -51,27 +59,28 @@ def _k_plot(table: pd.DataFrame, path: str | Path, value: str, ci: str, ylabel: 
     for ax, (key, group) in zip(axes, panels, strict=False):
         for (cell, norm), line in group.groupby(["cell", "norm"], sort=False):
             line = line.sort_values("shot")
-            ax.errorbar(line["shot"], line[value], yerr=line[ci].fillna(0.0), marker="o", ms=3, capsize=2,
-                        label=f"{norm} ({cell})" if norm != cell else norm)  # fmt: skip
+            low, high = (line[value] - line[bounds[0]]).fillna(0.0), (line[bounds[1]] - line[value]).fillna(0.0)
+            ax.errorbar(line["shot"], line[value], yerr=[low.clip(lower=0), high.clip(lower=0)], marker="o", ms=3,
+                        capsize=2, label=f"{norm} ({cell})" if norm != cell else norm)  # fmt: skip
         if zero:
             ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xscale("log")
         shots = sorted(group["shot"].unique())
         ax.set_xticks(shots, [str(k) for k in shots])
-        ax.set_title(f"{key[0]} {key[1]}-way, {key[2]}", fontsize=9)
+        ax.set_title(f"{key[0]} {key[1]} {key[2]}-way, {key[3]}", fontsize=9)
         ax.set_xlabel("support images per class K")
         ax.set_ylabel(ylabel)
     return _save(fig, axes, len(panels), path)
 
 
 def plot_accuracy_vs_k(table: pd.DataFrame, path: str | Path) -> Path:
-    """Mean accuracy (%) against K per cell, one panel per dataset × way × policy."""
-    return _k_plot(table, path, "mean", "ci95", "accuracy (%)", zero=False)
+    """Mean accuracy (%) against K per cell, one panel per dataset × learner × way × policy."""
+    return _k_plot(table, path, "mean", ("ci_low", "ci_high"), "accuracy (%)", zero=False)
 
 
 def plot_diff_vs_k(table: pd.DataFrame, path: str | Path) -> Path:
     """Paired difference to the reference (BN) in points against K, with its 95% interval."""
-    return _k_plot(table, path, "diff_to_bn", "diff_ci95", "difference to BN (points)", zero=True)
+    return _k_plot(table, path, "diff_to_bn", ("diff_low", "diff_high"), "difference to BN (points)", zero=True)
 
 
 def plot_w_spectra(spectra: pd.DataFrame, path: str | Path) -> Path:

@@ -163,3 +163,21 @@ def test_train_eval_compare_table_study(dataset, capsys):
     assert [r["label"] for r in result["runs"]] == ["protonet/conv4/batchnorm", "protonet/conv4/layernorm"]
     code, _, err = run_cli(capsys, *args)
     assert code == 2 and "already exists" in err
+
+
+class _ClosedPipe:
+    """A stdout whose reader has gone (``| head`` exited): every write raises."""
+
+    def write(self, _text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        pass
+
+
+def test_a_closed_output_pipe_is_named_as_such_not_as_a_storage_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FEWSHOT_RUNS", str(tmp_path))
+    monkeypatch.setattr("sys.stdout", _ClosedPipe())
+    assert main(["sweep", "status", "--grid", "configs/study/omniglot_protonet.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert "the output pipe was closed before the command finished" in err and "free space" not in err

@@ -71,3 +71,24 @@ def test_a_marker_may_name_a_csv_in_a_sub_folder_of_results(render, tmp_path) ->
     readme.write_text("<!-- results:study/grid/study columns cell,mean -->\n<!-- /results:study/grid/study -->\n")
     assert render.main([]) == 0
     assert readme.read_text().splitlines()[1:4] == ["| cell | mean |", "|---|---|", "| bn | 48 |"]
+
+
+def test_an_included_markdown_file_loses_its_heading_and_its_links_point_into_results(render, tmp_path) -> None:
+    (tmp_path / "results" / "study").mkdir()
+    (tmp_path / "results" / "study" / "FINDINGS.md").write_text(
+        "# Findings\n\n**Answer.** x.\n\n![plot](study_k.png) see [table](study.csv), [web](https://a.b/c)\n"
+    )
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "results.md"
+    page.write_text("# Results\n<!-- include:study/FINDINGS.md -->\nold\n<!-- /include:study/FINDINGS.md -->\nrest\n")
+    (tmp_path / "README.md").write_text("<!-- include:study/FINDINGS.md -->\n<!-- /include:study/FINDINGS.md -->\n")
+    assert render.main(["--check"]) == 1
+    assert render.main([]) == 0 and render.main(["--check"]) == 0
+    assert page.read_text() == (
+        "# Results\n<!-- include:study/FINDINGS.md -->\n**Answer.** x.\n\n![plot](../results/study/study_k.png) see "
+        "[table](../results/study/study.csv), [web](https://a.b/c)\n<!-- /include:study/FINDINGS.md -->\nrest\n"
+    )
+    assert "](results/study/study_k.png)" in (tmp_path / "README.md").read_text()
+    (tmp_path / "results" / "study" / "FINDINGS.md").unlink()
+    with pytest.raises(FileNotFoundError, match=r"README\.md includes results/study/FINDINGS\.md"):
+        render.main([])

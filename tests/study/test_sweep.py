@@ -110,8 +110,9 @@ def test_sweep_resume_skip_status_and_report(write_grid, toy_root, capsys):
     for name in ("study_accuracy_vs_k.png", "study_diff_vs_k.png", "study_w_spectrum.png"):
         assert (out_dir / name).read_bytes()[:4] == b"\x89PNG"
     findings = (out_dir / "FINDINGS.md").read_text()
-    assert findings.startswith("# Findings") and "**Answer.** At K = 1: `swbn` is" in findings
-    assert len(findings.splitlines()) <= 30
+    answer = "**Answer.** imagefolder protonet (toy), 3-way, `support`, K = 1: `swbn` is"
+    assert findings.startswith("# Findings") and answer in findings
+    assert len(findings.splitlines()) <= 30 and "](study_diff_vs_k.png)" in findings
     code = main(["sweep", "report", "--grid", str(grid_path), "--out-dir", str(out_dir)])
     assert code == 2 and "refusing to overwrite" in capsys.readouterr().err
 
