@@ -46,7 +46,7 @@ def render(name: str, where: str | None = None, columns: str | None = None, digi
         raise FileNotFoundError(
             f"README refers to results/{name}.csv, which does not exist; run the command that makes it"
         )
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     comments = [line[1:].strip() for line in text.splitlines() if line.startswith("#")]
     frame = pd.read_csv(io.StringIO(text), comment="#")
     if where:
@@ -82,11 +82,13 @@ def _markdown(frame: pd.DataFrame, digits: int | None = None) -> str:
 def include(name: str, page: Path) -> str:
     """``results/<name>`` without its first ``# `` heading, its relative links re-pointed from ``page``'s folder."""
     path = ROOT / "results" / name
+    if ".." in Path(name).parts:
+        raise ValueError(f"{page.name}: include:{name} must name a file under results/, without '..'")
     if not path.exists():
         raise FileNotFoundError(
             f"{page.name} includes results/{name}, which does not exist; run the command that makes it"
         )
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
     if lines and lines[0].startswith("# "):
         lines = lines[1:]
     text = "\n".join(lines).strip("\n")
@@ -117,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stale = []
     for page in pages():
-        old = page.read_text()
+        old = page.read_text(encoding="utf-8")
         new = MARKER.sub(lambda m: m.group(1) + _render_match(m) + m.group("end"), old)
         new = INCLUDE.sub(lambda m, page=page: m.group(1) + include(m.group("name"), page) + m.group("end"), new)
         if new != old:
             stale.append(page.relative_to(ROOT))
             if not args.check:
-                page.write_text(new)
+                page.write_text(new, encoding="utf-8")
     if args.check and stale:
         print(f"out of date: {', '.join(map(str, stale))}; run python scripts/render_results.py", file=sys.stderr)
         return 1

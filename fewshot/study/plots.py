@@ -1,6 +1,7 @@
 """The study's plots (PNG, matplotlib Agg): accuracy against K, difference to BN against K, W spectra.
 
-Panels of the two K plots are one per (dataset, learner, way, policy); lines are cells (norm with options); error
+Panels of the two K plots are one per (grid, way, policy); lines are cells (norm with options), one colour per
+cell label in the whole figure; error
 bars span the 95% intervals of the study table (``ci_low``..``ci_high``, ``diff_low``..``diff_high``: the two-level
 bootstrap over seeds and episodes, not necessarily symmetric about the mean). The spectrum plot has a
 panel per cell with whitening matrices: the largest (solid) and smallest (dashed) singular value of W per
@@ -20,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 __all__ = ["plot_accuracy_vs_k", "plot_diff_vs_k", "plot_w_spectra"]
 
-_PANEL = ["dataset", "learner", "way", "policy"]
+_PANEL = ["grid", "way", "policy"]
 
 
 def _panels(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
@@ -56,25 +57,29 @@ def _k_plot(
     data = table.dropna(subset=[value]) if not table.empty else table
     panels = list(data.groupby(_PANEL, sort=False)) if not data.empty else []
     fig, axes = _panels(len(panels))
+    pairs = [] if data.empty else list(zip(data["cell"], data["norm"], strict=True))
+    labels = dict.fromkeys(f"{norm} ({cell})" if norm != cell else norm for cell, norm in pairs)
+    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}
     for ax, (key, group) in zip(axes, panels, strict=False):
         for (cell, norm), line in group.groupby(["cell", "norm"], sort=False):
             line = line.sort_values("shot")
+            label = f"{norm} ({cell})" if norm != cell else norm
             low, high = (line[value] - line[bounds[0]]).fillna(0.0), (line[bounds[1]] - line[value]).fillna(0.0)
             ax.errorbar(line["shot"], line[value], yerr=[low.clip(lower=0), high.clip(lower=0)], marker="o", ms=3,
-                        capsize=2, label=f"{norm} ({cell})" if norm != cell else norm)  # fmt: skip
+                        capsize=2, color=colors[label], label=label)  # fmt: skip
         if zero:
             ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xscale("log")
         shots = sorted(group["shot"].unique())
         ax.set_xticks(shots, [str(k) for k in shots])
-        ax.set_title(f"{key[0]} {key[1]} {key[2]}-way, {key[3]}", fontsize=9)
+        ax.set_title(f"{key[0]}: {key[1]}-way, {key[2]}", fontsize=9)
         ax.set_xlabel("support images per class K")
         ax.set_ylabel(ylabel)
     return _save(fig, axes, len(panels), path)
 
 
 def plot_accuracy_vs_k(table: pd.DataFrame, path: str | Path) -> Path:
-    """Mean accuracy (%) against K per cell, one panel per dataset × learner × way × policy."""
+    """Mean accuracy (%) against K per cell, one panel per grid × way × policy."""
     return _k_plot(table, path, "mean", ("ci_low", "ci_high"), "accuracy (%)", zero=False)
 
 

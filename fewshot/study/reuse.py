@@ -6,14 +6,17 @@ of the cell is created from it, the source must
 
 * be a finished run (``metrics.json`` status ``finished``) of exactly the cell's target episodes, with
   ``checkpoints/best.pt``;
-* have been trained with the cell's resolved config: every key equal except ``name`` (the grid names its runs
-  ``<grid>_<cell>``), each differing key named otherwise;
+* have been trained with the cell's resolved config: every key equal except those of :data:`IGNORED_KEYS`
+  (the run's name, which the grid sets to ``<grid>_<cell>``, and what a resume may change without changing the
+  training: data root, threads, checkpoint interval, time limit), each differing key named otherwise;
+* not be held by a live process (training, resuming or evaluating it);
 * pass :func:`fewshot.training.run_dir.verify_run` (every checkpoint's SHA-256, and ``config.yaml`` against the
-  config each checkpoint was trained with).
+  config each checkpoint was trained with), and so must the copy before it is renamed into place.
 
 Then its record (``config.yaml``, ``env.json`` with the original training command, ``metrics.json``,
 ``train_log.csv``, the checkpoints, and ``w_spectrum.csv``/``init_from.json`` where present) is copied into the
-cell's run folder, beside ``reused_from.json`` (the source folder, the SHA-256 of its ``best.pt``, the time). Its
+cell's run folder, beside ``reused_from.json`` (the source folder relative to the project root, the SHA-256 of the
+copied ``best.pt``, the git commit that trained it, the time). Its
 evaluations and diagnostics are not copied: the grid makes its own on its own episode files. The source is never
 changed.
 """
@@ -31,8 +34,10 @@ from fewshot.study.grid import PlannedRun
 __all__ = ["REUSED_FILE", "IGNORED_KEYS", "reuse_run"]
 
 REUSED_FILE = "reused_from.json"
-#: Config keys a reused run may differ in from the cell: the run's name only.
-IGNORED_KEYS = frozenset({"name"})
+#: Config keys a reused run may differ in from the cell: its name, and keys a resume may change (``RESUMABLE_KEYS``)
+#: that leave the training as it is. ``train.log_every`` is not among them: on a device it fixes where SWBN's cap
+#: on ``W`` is applied.
+IGNORED_KEYS = frozenset({"name", "data.data_root", "train.threads", "train.checkpoint_minutes", "train.max_minutes"})
 _COPIED = ("config.yaml", "env.json", "metrics.json", "train_log.csv", "init_from.json", "w_spectrum.csv")
 
 
@@ -53,8 +58,9 @@ def reuse_run(run: PlannedRun) -> Path:
         ConfigError: the source is missing, unfinished, of another budget or config, or ``run.run_dir`` holds files.
         DataError: a checkpoint of the source is damaged or disagrees with its ``config.yaml``.
     """
+    from fewshot.config.loader import configs_dir
     from fewshot.evaluation.outputs import file_sha256
-    from fewshot.training.run_dir import read_json, verify_run, write_json
+    from fewshot.training.run_dir import lock_held, read_json, verify_run, write_json
 
     source = run.reuse_from
     where = f"{run.key}: reuse {str(source)!r}"
@@ -71,6 +77,8 @@ def reuse_run(run: PlannedRun) -> Path:
         )
     if not (source / "checkpoints" / "best.pt").is_file():
         raise ConfigError(f"{where} has no checkpoints/best.pt (the evaluated weights); it cannot be evaluated")
+    if lock_held(source):
+        raise ConfigError(f"{where} is held by a live process (training or evaluating it); wait for it to finish")
     trained = _flat(config_to_dict(verify_run(source)))
     wanted = _flat(config_to_dict(run.cfg))
     diffs = [k for k in sorted(set(trained) | set(wanted)) if k not in IGNORED_KEYS and trained.get(k) != wanted.get(k)]
@@ -92,9 +100,13 @@ def reuse_run(run: PlannedRun) -> Path:
             shutil.copy2(source / name, staging / name)
     for checkpoint in sorted((source / "checkpoints").glob("*.pt")):
         shutil.copy2(checkpoint, staging / "checkpoints" / checkpoint.name)
+    verify_run(staging)  # the copy, not only the source, holds what was checked
+    root = configs_dir().parent
     write_json(staging / REUSED_FILE, {
-        "source": str(source), "best_sha256": file_sha256(source / "checkpoints" / "best.pt"),
-        "source_name": trained.get("name"), "reused": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": str(source.relative_to(root)) if source.is_relative_to(root) else str(source),
+        "best_sha256": file_sha256(staging / "checkpoints" / "best.pt"), "source_name": trained.get("name"),
+        "git_commit": read_json(source / "env.json").get("git_commit"),
+        "reused": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })  # fmt: skip
     if run.run_dir.is_dir():
         run.run_dir.rmdir()  # empty (checked above)

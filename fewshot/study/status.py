@@ -126,11 +126,18 @@ def run_status(run: PlannedRun) -> RunStatus:
         return RunStatus(run, "running", done, minutes, evals, total, f"pid {lock.pid} on {lock.host}")
     if metrics.get("status") == "failed":
         return RunStatus(run, "failed", done, minutes, evals, total, str(metrics.get("error", ""))[:120])
+    reused = read_json(folder / "reused_from.json").get("source")
+    if reused:
+        note = f"reused from {reused}"
+    elif run.reuse_from is not None:  # e.g. trained here before 'reuse:' was added, or moved aside and retrained
+        note = f"trained here, not reused: the cell's reuse ({run.reuse_from}) applies only to an empty folder"
+    else:
+        note = ""
     if done >= run.target_episodes and (folder / "checkpoints" / "best.pt").is_file():
-        reused = read_json(folder / "reused_from.json").get("source")
-        return RunStatus(run, "finished", done, minutes, evals, total, f"reused from {reused}" if reused else "")
+        return RunStatus(run, "finished", done, minutes, evals, total, note)
     has_last = (folder / "checkpoints" / "last.pt").is_file()
-    note = "" if has_last else "no checkpoint yet: restarts from episode 0 (the folder is kept aside)"
+    if not has_last:
+        note = "no checkpoint yet: restarts from episode 0 (the folder is kept aside)"
     return RunStatus(run, "stopped", done, minutes, evals, total, note)
 
 

@@ -181,9 +181,12 @@ def run_sweep(
         try:
             with run_lock(run):
                 if status.state == "todo" and run.reuse_from is not None:
-                    source = reuse_run(run)  # a ConfigError (not that run) stops the sweep: the grid is wrong
-                    log(f"[sweep] {run.key}: reused the finished run {source} (budget, config and checkpoints checked)")
-                    reused.append(run.key)
+                    if not (run.run_dir / "reused_from.json").is_file():  # not done by another machine meanwhile
+                        source = reuse_run(run)  # a ConfigError stops the sweep: the grid names a wrong run
+                        log(
+                            f"[sweep] {run.key}: reused the finished run {source} (budget, config, checkpoints checked)"
+                        )
+                        reused.append(run.key)
                     reached = True
                 else:
                     reached = status.state == "finished" or train_planned(
@@ -204,7 +207,7 @@ def run_sweep(
             raise
         except (KeyboardInterrupt, SystemExit):
             raise
-        except Exception as exc:  # the trainer recorded it in metrics.json; keep going with the other runs
+        except Exception as exc:  # the trainer recorded it in metrics.json (a reuse: nothing was written); go on
             log(f"[sweep] {run.key}: FAILED: {type(exc).__name__}: {exc}")
             failed.append(run.key)
             continue

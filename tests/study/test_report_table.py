@@ -94,3 +94,16 @@ def test_findings_name_a_reference_that_is_not_bn(frame):
     table, _ = study_table(frame, {"g": "groupnorm"})
     text = findings_markdown(table, pd.DataFrame(), [SimpleNamespace(name="g")], "cmd")
     assert "`swbn` − `groupnorm` at K = 1" in text and "− BN" not in text
+
+
+def test_findings_give_every_grid_a_line_even_without_a_finished_run(frame):
+    table, _ = study_table(frame, {"g": "batchnorm"})
+    grids = [SimpleNamespace(name="g"), SimpleNamespace(name="later")]
+    text = findings_markdown(table, pd.DataFrame(), grids, "cmd")
+    assert "- omniglot protonet (g), 5-way, `support`, K = 1: `swbn` is" in text
+    assert "- later: no finished and evaluated run yet." in text
+    other = frame[frame["cell"] == "batchnorm"].assign(cell="groupnorm", norm="groupnorm")
+    table, _ = study_table(pd.concat([frame[frame["cell"] == "batchnorm"], other]), {"g": "batchnorm"})
+    assert "K = 1: no SWBN cell has a finished, paired seed yet." in findings_markdown(
+        table, pd.DataFrame(), grids[:1], "c"
+    )

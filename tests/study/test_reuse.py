@@ -12,6 +12,7 @@ from fewshot.study.plan import estimate, measure
 from fewshot.study.reuse import reuse_run
 from fewshot.study.status import run_status
 from fewshot.study.sweep import run_sweep
+from fewshot.training.run_dir import run_lock
 
 pytest.importorskip("fewshot.learners")
 
@@ -109,3 +110,15 @@ def test_bad_reuse_entries_are_config_errors(tmp_path, cell, match):
     path.write_text(f"config: protonet/omniglot_vinyals_1shot.yaml\ncells:\n  - {cell}\n")
     with pytest.raises(ConfigError, match=match):
         load_grid(path)
+
+
+def test_a_source_held_by_a_live_process_is_refused_and_a_folder_trained_here_is_noted(write_grid, toy_root, source):
+    grid = _reusing_grid(write_grid, toy_root, source)
+    runs = plan_runs(grid)
+    with run_lock(source), pytest.raises(ConfigError, match="is held by a live process"):
+        reuse_run(runs[0])
+    assert not runs[0].run_dir.exists()
+    plain = load_grid(write_grid(toy_root, name="main", norms=("batchnorm",), seeds=(0,)))  # same folder, no reuse
+    run_sweep(plain, plan_runs(plain), evaluate=False, log=_quiet)
+    note = run_status(plan_runs(grid)[0]).note
+    assert note.startswith("trained here, not reused: the cell's reuse") and str(source) in note
