@@ -44,13 +44,19 @@ COMPARE_COLUMNS = (
 
 
 def find_run(results: Path, run: str, learner: str | None = None) -> Path:
-    """The archived run directory named ``run`` (``<experiment>/<run>``, or a bare run name in any experiment).
+    """The archived run directory named ``run`` (``<experiment>/<run>``, ``sweeps/<grid>/<cell>/seed<s>``, or a bare
+    run name in any experiment).
 
     ``learner`` tells apart runs of the same name in different experiments (``headline-bn`` of ProtoNet and MAML).
     """
-    parts = Path(run).parts  # accuracy.csv: <experiment>/<run>; compare CSVs: runs/<experiment>/<run>
-    name = "/".join(parts[-2:]) if len(parts) > 1 else f"*/{run}"
-    hits = sorted(p for archive in ARCHIVES for p in (results / archive).glob(name) if p.is_dir())
+    parts = Path(run).parts  # accuracy.csv: <experiment>/<run> or sweeps/<grid>/<cell>/seed<s>; compare: runs/...
+    if parts and parts[0] == "runs":
+        parts = parts[1:]
+    if parts and parts[0] == "sweeps":  # a study run, archived under results/study/sweeps/
+        name, archives = "/".join(parts[1:]), ("study/sweeps",)
+    else:
+        name, archives = ("/".join(parts[-2:]) if len(parts) > 1 else f"*/{run}"), ARCHIVES
+    hits = sorted(p for archive in archives for p in (results / archive).glob(name) if p.is_dir())
     if len(hits) > 1 and learner is not None:
         hits = [p for p in hits if load_run_info(p)["config"].get("learner", {}).get("name") == learner]
     if len(hits) != 1:

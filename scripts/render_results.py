@@ -48,7 +48,8 @@ def render(name: str, where: str | None = None, columns: str | None = None, digi
         )
     text = path.read_text(encoding="utf-8")
     comments = [line[1:].strip() for line in text.splitlines() if line.startswith("#")]
-    frame = pd.read_csv(io.StringIO(text), comment="#")
+    # Nullable dtypes: an integer column with empty cells (a run without evaluation) stays integer, not float.
+    frame = pd.read_csv(io.StringIO(text), comment="#", dtype_backend="numpy_nullable")
     if where:
         frame = frame.query(where)
     if columns:
@@ -65,7 +66,7 @@ def _markdown(frame: pd.DataFrame, digits: int | None = None) -> str:
     """A Markdown table (no optional dependency, so the README does not depend on what is installed)."""
 
     def fmt(v: object) -> str:
-        if v is None or (isinstance(v, float) and pd.isna(v)):
+        if v is None or v is pd.NA or (isinstance(v, float) and pd.isna(v)):
             return ""
         if isinstance(v, float):
             if digits is not None:

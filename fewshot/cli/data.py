@@ -138,6 +138,12 @@ def format_report(report: dict[str, dict[str, Any]]) -> str:
             if key not in skip:
                 text = "; ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else value
                 lines.append(f"  {key}: {text}")
+        layouts = sorted({
+            str(counts["layout"]) for value in entry.get("protocols", {}).values() if isinstance(value, dict)
+            for counts in value.get("splits", value).values() if isinstance(counts, dict) and counts.get("layout")
+        })  # fmt: skip
+        if layouts:  # which of the dataset's on-disk formats was read (--json: per split, with those found)
+            lines.append(f"  layout: {', '.join(layouts)}")
         rows = _split_rows(entry.get("protocols", {}))
         header = ("protocol", "rotation", "split", "classes", "images", "unique images")
         table = [header, *(r for r in rows if r[2] != "unavailable")]

@@ -24,8 +24,9 @@ train_episodes training episodes actually done
 train_minutes  training wall time in minutes (validation and checkpointing included)
 status         how training ended: ``finished``, ``stopped_budget``, ``interrupted`` (Ctrl-C, SIGTERM, or a process
                that died while ``running``), ``failed``, or ``running`` (its process holds the run lock now)
-run            the run's experiment folder and directory name, ``<experiment>/<run>``
-               (``maml_omniglot_vinyals_5w1s/headline-bn``): run names repeat across experiments
+run            the run's path under its runs root: ``<experiment>/<run>``
+               (``maml_omniglot_vinyals_5w1s/headline-bn``; run names repeat across experiments), or
+               ``sweeps/<grid>/<cell>/seed<s>`` for a study run
 ============== ==========================================================================================
 
 Markdown tables in the README are generated from these frames (``run_episode.py table --format md``) and never
@@ -144,6 +145,13 @@ def run_status(run_dir: str | Path, metrics: dict[str, Any]) -> str:
     return "interrupted" if status == "running" and not lock_held(run_dir) else str(status)
 
 
+def run_label(run: Path) -> str:
+    """The run's path under its runs root: ``sweeps/<grid>/<cell>/seed<s>`` for a study run, else
+    ``<experiment>/<run>`` (see the ``run`` column)."""
+    parts = run.parts
+    return "/".join(parts[-4:] if len(parts) >= 4 and parts[-4] == "sweeps" else parts[-2:])
+
+
 def _percent(value: Any) -> float:
     return math.nan if value is None else 100.0 * float(value)
 
@@ -173,7 +181,7 @@ def runs_table(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
             "train_episodes": metrics.get("episodes_done"),
             "train_minutes": None if seconds is None else round(float(seconds) / 60.0, 2),
             "status": run_status(run, metrics),
-            "run": f"{run.parent.name}/{run.name}",
+            "run": run_label(run),
         }
         evals = list_evals(run)
         if not evals:

@@ -62,7 +62,7 @@ def test_an_edited_csv_fails_its_checksum_and_data_info_verify_exits_1(fake_rele
     monkeypatch.setenv("FEWSHOT_DATA", str(fake_release.parent))
     assert main(["data", "info", "--verify"]) == 1
     out = capsys.readouterr().out
-    assert "csv_sha256: train ok; val differs (" in out and "test ok" in out
+    assert "csv_sha256: train ok; val differs (" in out and "test ok" in out and "  layout: csv\n" in out
 
 
 SHARED = shared_data_root()
@@ -77,7 +77,9 @@ def test_the_real_test_split_loads_with_its_counts_and_image_digests():
     assert all(len(ix) == 600 for ix in split.class_images)
     listed = checks._listed_images(REAL)
     prefixes = checks._MANIFEST.read_bytes()
-    for name in (listed[0], listed[29_999], listed[-1]):
+    test_images = [line.split(",", 1)[0] for line in (REAL / "test.csv").read_text().splitlines()[1:] if line]
+    assert len(test_images) == 12_000 and set(test_images) <= set(listed)
+    for name in (test_images[0], test_images[5_999], test_images[-1]):  # three images of the test split itself
         i = listed.index(name)
         digest = hashlib.sha256((REAL / "images" / name).read_bytes()).hexdigest()
         assert digest.startswith(prefixes[8 * i : 8 * i + 8].hex()), name

@@ -56,6 +56,11 @@ def test_runs_table_has_fixed_columns_and_percent_values(tmp_path):
     assert swbn["run"] == f"{tmp_path.name}/r1" and swbn["policy"] == "running"
 
 
+def test_a_study_run_is_named_by_its_grid_cell_and_seed(tmp_path):
+    run = make_run(tmp_path / "study" / "sweeps" / "mini" / "batchnorm", "seed0", norm="batchnorm")
+    assert runs_table([run])["run"].tolist() == ["sweeps/mini/batchnorm/seed0"]
+
+
 def test_run_column_tells_apart_runs_of_the_same_name_in_different_experiments(tmp_path):
     a = make_run(tmp_path / "protonet_omniglot", "headline-bn", norm="batchnorm")
     b = make_run(tmp_path / "maml_omniglot", "headline-bn", norm="batchnorm")
