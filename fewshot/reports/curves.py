@@ -27,7 +27,7 @@ __all__ = ["X_AXES", "plot_training_curves", "read_train_log", "run_curve_label"
 #: x-axis choices: column of ``train_log.csv`` (after conversion) and its axis title.
 X_AXES = {
     "minutes": ("minutes", "training time (min, validation included)"),
-    "episodes": ("episode", "training episodes (tasks)"),
+    "episodes": ("episode", "training episodes (tasks; batches for a classifier)"),
 }
 _REQUIRED = ("episode", "loss", "elapsed_s", "val_acc")
 
