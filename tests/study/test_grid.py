@@ -43,7 +43,7 @@ def test_maml_grid_is_2042_meta_steps_of_32_tasks(tmp_path):
     assert all(r.target_episodes % r.cfg.train.meta_batch == 0 for r in runs)
 
 
-def test_miniimagenet_maml_grid_is_4000_second_order_meta_steps_for_bn_and_swbn(tmp_path):
+def test_miniimagenet_maml_grid_is_3500_second_order_meta_steps_for_bn_and_swbn(tmp_path):
     runs = plan_runs(load_grid(configs_dir() / "study" / "miniimagenet_maml.yaml"), tmp_path)
     assert [(r.cell.name, r.cfg.model.norm) for r in runs] == [
         ("batchnorm", "batchnorm"), ("swbn", "swbn"), ("swbn_rho0.1", "swbn"),
@@ -55,7 +55,7 @@ def test_miniimagenet_maml_grid_is_4000_second_order_meta_steps_for_bn_and_swbn(
             "maml", "miniimagenet", 5, 4,
         )  # fmt: skip
         assert not cfg.learner.kwargs.get("first_order", False) and cfg.model.backbone_kwargs == {"hidden": 32}
-        assert run.target_episodes // cfg.train.meta_batch == 4000 and cfg.train.max_minutes is None
+        assert run.target_episodes // cfg.train.meta_batch == 3500 and cfg.train.max_minutes is None
         assert run.target_episodes % cfg.train.val_every == 0
     spec = runs[0].cell.evaluation
     assert (spec.ways, spec.shots, spec.queries, spec.episodes) == ((5,), (1, 5), 15, 600)
