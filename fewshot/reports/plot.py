@@ -18,10 +18,10 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-__all__ = ["plot_accuracy_vs_shots"]
+__all__ = ["plot_accuracy_vs_shots", "series_color"]
 
 
-def _color(i: int) -> tuple[float, float, float, float]:
+def series_color(i: int) -> tuple[float, float, float, float]:
     """The i-th of 20 distinct colours (tab10, then tab10's lighter partners): no two series share one below 20."""
     cmap = plt.get_cmap("tab20")
     return cmap(2 * i % 20 + (i // 10) % 2)
@@ -66,7 +66,7 @@ def plot_accuracy_vs_shots(frame: pd.DataFrame, path: str | Path, *, overwrite: 
     varying = [c for c in _SERIES[1:] if data[c].nunique(dropna=False) > 1]
     series_keys = ["norm", *varying]
     labels = sorted({" / ".join(str(v) for v in key) for key, _ in data.groupby(series_keys, dropna=False)})
-    colors = {label: _color(i) for i, label in enumerate(labels)}  # one colour per series in every panel
+    colors = {label: series_color(i) for i, label in enumerate(labels)}  # one colour per series in every panel
     panels = list(data.groupby(_PANEL, sort=True, dropna=False))
     # One legend below all panels (colours are shared across panels), never over a point.
     fig, axes = plt.subplots(

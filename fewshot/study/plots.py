@@ -19,13 +19,9 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from fewshot.reports.plot import series_color  # noqa: E402
+
 __all__ = ["plot_accuracy_vs_k", "plot_diff_vs_k", "plot_w_spectra"]
-
-
-def _color(i: int) -> tuple[float, float, float, float]:
-    """The i-th of 20 distinct colours (tab10, then tab10's lighter partners): no two series share one below 20."""
-    cmap = plt.get_cmap("tab20")
-    return cmap(2 * i % 20 + (i // 10) % 2)
 
 
 _PANEL = ["grid", "way", "policy"]
@@ -66,7 +62,7 @@ def _k_plot(
     fig, axes = _panels(len(panels))
     pairs = [] if data.empty else list(zip(data["cell"], data["norm"], strict=True))
     labels = dict.fromkeys(f"{norm} ({cell})" if norm != cell else norm for cell, norm in pairs)
-    colors = {label: _color(i) for i, label in enumerate(labels)}
+    colors = {label: series_color(i) for i, label in enumerate(labels)}
     for ax, (key, group) in zip(axes, panels, strict=False):
         for (cell, norm), line in group.groupby(["cell", "norm"], sort=False):
             line = line.sort_values("shot")

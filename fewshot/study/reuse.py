@@ -27,9 +27,10 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fewshot.config.loader import config_to_dict
+from fewshot.config.loader import config_to_dict, diff_configs
 from fewshot.errors import ConfigError
 from fewshot.study.grid import PlannedRun
+from fewshot.training.run_dir import RESUMABLE_KEYS
 
 __all__ = ["REUSED_FILE", "IGNORED_KEYS", "reuse_run"]
 
@@ -37,18 +38,8 @@ REUSED_FILE = "reused_from.json"
 #: Config keys a reused run may differ in from the cell: its name, and keys a resume may change (``RESUMABLE_KEYS``)
 #: that leave the training as it is. ``train.log_every`` is not among them: on a device it fixes where SWBN's cap
 #: on ``W`` is applied.
-IGNORED_KEYS = frozenset({"name", "data.data_root", "train.threads", "train.checkpoint_minutes", "train.max_minutes"})
+IGNORED_KEYS = frozenset({"name", *RESUMABLE_KEYS} - {"device", "train.episodes", "train.log_every"})
 _COPIED = ("config.yaml", "env.json", "metrics.json", "train_log.csv", "init_from.json", "w_spectrum.csv")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def reuse_run(run: PlannedRun) -> Path:
@@ -79,11 +70,10 @@ def reuse_run(run: PlannedRun) -> Path:
         raise ConfigError(f"{where} has no checkpoints/best.pt (the evaluated weights); it cannot be evaluated")
     if lock_held(source):
         raise ConfigError(f"{where} is held by a live process (training or evaluating it); wait for it to finish")
-    trained = _flat(config_to_dict(verify_run(source)))
-    wanted = _flat(config_to_dict(run.cfg))
-    diffs = [k for k in sorted(set(trained) | set(wanted)) if k not in IGNORED_KEYS and trained.get(k) != wanted.get(k)]
+    trained = config_to_dict(verify_run(source))
+    diffs = [d for d in diff_configs(trained, config_to_dict(run.cfg)) if d[0] not in IGNORED_KEYS]
     if diffs:
-        listed = "; ".join(f"{k}: run {trained.get(k)!r}, cell {wanted.get(k)!r}" for k in diffs)
+        listed = "; ".join(f"{k}: run {a!r}, cell {b!r}" for k, a, b in diffs)
         raise ConfigError(
             f"{where} was trained with another config than the cell's ({listed}); reuse only a run of exactly the "
             "cell's config, or remove 'reuse' to train the cell"

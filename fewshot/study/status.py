@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fewshot.evaluation.outputs import EVAL_DIR
 from fewshot.study.grid import PlannedRun
+from fewshot.study.reuse import REUSED_FILE
 from fewshot.training.file_lock import LockOwner, hold_lock, lock_owner
 from fewshot.training.run_dir import read_json
 
@@ -126,7 +127,7 @@ def run_status(run: PlannedRun) -> RunStatus:
         return RunStatus(run, "running", done, minutes, evals, total, f"pid {lock.pid} on {lock.host}")
     if metrics.get("status") == "failed":
         return RunStatus(run, "failed", done, minutes, evals, total, str(metrics.get("error", ""))[:120])
-    reused = read_json(folder / "reused_from.json").get("source")
+    reused = read_json(folder / REUSED_FILE).get("source")
     if reused:
         note = f"reused from {reused}"
     elif run.reuse_from is not None:  # e.g. trained here before 'reuse:' was added, or moved aside and retrained

@@ -20,7 +20,7 @@ from typing import Any
 
 from fewshot.config.loader import load_config
 from fewshot.study.grid import GridSpec, PlannedRun
-from fewshot.study.reuse import reuse_run
+from fewshot.study.reuse import REUSED_FILE, reuse_run
 from fewshot.study.spectrum import append_spectrum
 from fewshot.study.status import run_lock, run_status, waits_for
 
@@ -181,7 +181,7 @@ def run_sweep(
         try:
             with run_lock(run):
                 if status.state == "todo" and run.reuse_from is not None:
-                    if not (run.run_dir / "reused_from.json").is_file():  # not done by another machine meanwhile
+                    if not (run.run_dir / REUSED_FILE).is_file():  # not done by another machine meanwhile
                         source = reuse_run(run)  # a ConfigError stops the sweep: the grid names a wrong run
                         log(
                             f"[sweep] {run.key}: reused the finished run {source} (budget, config, checkpoints checked)"
