@@ -15,7 +15,9 @@ Settings (the experiment files of the accuracy runs; real data from the data roo
 
 Variants: ``batchnorm`` (fewshot's BN; torch's fused kernel where exact, see :mod:`fewshot.norms.kernels`),
 ``batchnorm[primitive]`` (the same inside ``primitive_kernels()``: fewshot's BN before issue 13),
-``swbn``, ``iternorm[group_size=16]`` and ``dbn[group_size=16]`` (SWBN's default group size); for ProtoNet
+``swbn`` (on the compiled row kernel where it applies, :mod:`fewshot.norms.swbn_rows`), ``swbn[torch]`` (the
+same with compiled kernels off: torch's batch-norm kernel and the group product), ``iternorm[group_size=16]``
+and ``dbn[group_size=16]`` (SWBN's default group size); for ProtoNet
 the two loops of :mod:`benchmarks.reference_loops`: ``plain`` (tuned) and ``default`` (learn2learn-style); for
 MAML ``batchnorm[vmap]`` and ``swbn[vmap]``, the meta-batch's tasks as one ``torch.func.vmap``
 (``learner.kwargs.vmap_tasks=true``) instead of the task loop the other MAML variants run.
@@ -88,6 +90,7 @@ class Variant:
     norm: str | None = None
     norm_kwargs: tuple[tuple[str, object], ...] = ()
     primitive: bool = False
+    native: bool = True
     reference: str | None = None
     overrides: tuple[str, ...] = ()
 
@@ -98,6 +101,7 @@ def variants(learner: str) -> list[Variant]:
         Variant(BN, BN),
         Variant(f"{BN}[primitive]", BN, primitive=True),
         Variant("swbn", "swbn"),
+        Variant("swbn[torch]", "swbn", native=False),
         Variant("iternorm[group_size=16]", "iternorm", (("group_size", 16),)),
         Variant("dbn[group_size=16]", "dbn", (("group_size", 16),)),
     ]
@@ -128,6 +132,7 @@ def _norm_override(norm: str, kwargs: tuple[tuple[str, object], ...]) -> list[st
 
 
 def _fewshot_step(cfg, split, variant: Variant) -> Callable[[list], None]:  # noqa: ANN001
+    from fewshot.norms import native
     from fewshot.norms.kernels import primitive_kernels
     from fewshot.training.build import build_learner
 
@@ -137,7 +142,10 @@ def _fewshot_step(cfg, split, variant: Variant) -> Callable[[list], None]:  # no
     policy = cfg.train.norm_policy
 
     def step(batch: list) -> None:
-        with primitive_kernels() if variant.primitive else nullcontext():
+        with (
+            primitive_kernels() if variant.primitive else nullcontext(),
+            native.disabled() if not variant.native else nullcontext(),
+        ):
             optimizer.zero_grad(set_to_none=True)
             loss, _ = learner.meta_loss(batch, policy=policy)
             loss.backward()

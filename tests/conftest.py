@@ -72,7 +72,10 @@ class FusedCall(NamedTuple):
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """A list that gets one :class:`FusedCall` per call of torch's fused batch-norm kernel (BatchNorm and SWBN).
+    """A list that gets one :class:`FusedCall` per fused normalization forward (BatchNorm and SWBN).
+
+    Fused forwards are calls of torch's batch-norm kernel and of SWBN's compiled row kernel (its statistics,
+    :func:`fewshot.norms.swbn_rows.batch_moments`, mark each such forward).
 
     ``under_grad`` is True when a ``torch.func`` transform was active (MAML's inner loop), so tests can tell
     the inner-loop forwards from the plain-autograd ones (query forward, state update, ProtoNet).
@@ -84,5 +87,14 @@ def fused_calls(monkeypatch):
         calls.append(FusedCall(tuple(x.shape), torch._C._are_functorch_transforms_active()))
         return original(x, *args)
 
+    import fewshot.norms.swbn as swbn_module
+
+    rows_original = swbn_module.batch_moments
+
+    def rows_spy(x, *args):
+        calls.append(FusedCall(tuple(x.shape), torch._C._are_functorch_transforms_active()))
+        return rows_original(x, *args)
+
     monkeypatch.setattr(torch, "native_batch_norm", spy)
+    monkeypatch.setattr(swbn_module, "batch_moments", rows_spy)
     return calls

@@ -35,12 +35,12 @@ from torch import Tensor
 from torch._C._functorch import TransformType, get_unwrapped, is_functorch_wrapped_tensor
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-__all__ = ["fused_kernels_allowed", "primitive_kernels"]
+__all__ = ["fused_kernels_allowed", "plain_tensor", "primitive_kernels"]
 
 _forced_primitive = 0
 
 
-def _plain_tensor(t: Tensor) -> Tensor:
+def plain_tensor(t: Tensor) -> Tensor:
     """``t`` with every functorch wrapper (grad tracking, batching) removed: the tensor plain autograd sees."""
     while is_functorch_wrapped_tensor(t):
         t = get_unwrapped(t)
@@ -62,7 +62,7 @@ def fused_kernels_allowed(*inputs: Tensor | None) -> bool:
     levels = [level.key() for level in retrieve_all_functorch_interpreters()]
     if any(key != TransformType.Grad for key in levels) or len(levels) > 1:
         return False
-    return not any(t is not None and _plain_tensor(t).requires_grad for t in inputs)
+    return not any(t is not None and plain_tensor(t).requires_grad for t in inputs)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from fewshot.norms.policy import Policy
 from fewshot.norms.registry import NORM_LAYERS
 from fewshot.norms.sufficient import count_of, merge_covariances
 from fewshot.norms.swbn_kernel import standardize_then_group_matrix
+from fewshot.norms.swbn_rows import batch_moments, rows_kernel_usable, standardize_whiten_rows
 
 __all__ = ["SWBN", "SWBNStats"]
 
@@ -266,7 +267,10 @@ class SWBN(NormLayer):
         return WM.apply_group_matrix(x, matrix, shift)
 
     def _batch_forward(self, x: Tensor, flow: Any) -> Tensor:
-        """A batch-statistics forward; on torch's fused batch-norm kernel where exact: ``weight ⊙ W x̂ + bias``.
+        """A batch-statistics forward; on a fused kernel where exact: ``weight ⊙ W x̂ + bias``.
+
+        Fused means the compiled row kernel (:mod:`~fewshot.norms.swbn_rows`) on channels_last or 2-D CPU input,
+        else torch's batch-norm kernel followed by the group product (:mod:`~fewshot.norms.swbn_kernel`).
 
         ``R_B`` is computed only when a state update or a collecting flow will read it. The fused path is the same
         function as :meth:`apply` with batch statistics (``W diag(rstd)(x − μ) = W x̂``), used where
@@ -281,6 +285,11 @@ class SWBN(NormLayer):
             stats = self._batch_stats(x) if wants_corr else SWBNStats(count_of(x), *WM.channel_moments(x), None)
             self._observe(stats, flow)
             return self.apply(x, stats)
+        if rows_kernel_usable(x, self.group_size):  # the compiled kernel: no x̂ stored, one pass each way
+            mean, var, invstd, corr = batch_moments(x, self.group_size, self.eps, wants_corr)
+            self._observe(SWBNStats(count_of(x), mean, var, corr), flow)
+            matrix = self._current_w(x, self.state())
+            return standardize_whiten_rows(x, mean, invstd, matrix, self.weight, self.bias, self.eps)
         with torch.no_grad():  # the backward is standardize_then_group_matrix's closed form
             x_hat, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, self.eps)
         var = (invstd.double().pow(-2) - self.eps).clamp_min(0).to(invstd.dtype)
