@@ -5,6 +5,8 @@
 # budgets in episodes make the retraining independent of the machine's speed. Resumable: after an interruption
 # (session end, Ctrl-C) run the same command again; finished runs and evaluations are skipped.
 #   bash scripts/retrain_headline.sh [NAME ...]     (default: all five, in this order)
+# HEADLINE_RUNS=DIR trains under DIR instead of runs/, and ARCHIVE=0 leaves the runs unarchived: a re-derivation
+# beside the committed ones (e.g. after a kernel change), compared with scripts/rederived_runs.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -12,6 +14,7 @@ export FEWSHOT_DATA=${FEWSHOT_DATA:-../shared/data}
 PROTO=configs/protonet/omniglot_vinyals_1shot.yaml
 MAML=configs/maml/omniglot_vinyals_5w1s.yaml
 EPISODES="--set train.max_minutes=null --set train.episodes"
+ROOT=${HEADLINE_RUNS:-runs}
 
 train() {  # train NAME DIR ARGS...: start DIR, or resume it, unless it finished
   local dir=$2; shift 2
@@ -24,20 +27,20 @@ run() {
   local name=$1 dir
   case $name in
     protonet_bn)
-      dir=runs/protonet_omniglot_vinyals_1shot/headline-bn
+      dir=$ROOT/protonet_omniglot_vinyals_1shot/headline-bn
       train "$name" "$dir" --config $PROTO $EPISODES=5620 ;;
     protonet_swbn)
-      dir=runs/protonet_omniglot_vinyals_1shot/headline-swbn
+      dir=$ROOT/protonet_omniglot_vinyals_1shot/headline-swbn
       train "$name" "$dir" --config $PROTO --set norm=swbn $EPISODES=4632 ;;
     protonet_swbn_rho0.1)
-      dir=runs/protonet_omniglot_vinyals_1shot/headline-swbn-rho0.1
+      dir=$ROOT/protonet_omniglot_vinyals_1shot/headline-swbn-rho0.1
       train "$name" "$dir" --config $PROTO --set norm=swbn --set model.norm_kwargs.shrinkage=0.1 $EPISODES=4632 ;;
     maml_bn)
-      dir=runs/maml_omniglot_vinyals_5w1s/headline-bn
+      dir=$ROOT/maml_omniglot_vinyals_5w1s/headline-bn
       train "$name" "$dir" --config $MAML --set train.n_query=15 --set train.lr=3e-3 --set train.val_every=12800 \
         $EPISODES=65344 ;;
     maml_swbn_rho0.1)
-      dir=runs/maml_omniglot_vinyals_5w1s/headline-swbn-rho0.1
+      dir=$ROOT/maml_omniglot_vinyals_5w1s/headline-swbn-rho0.1
       train "$name" "$dir" --config $MAML --set norm=swbn --set model.norm_kwargs.shrinkage=0.1 $EPISODES=61504 ;;
     *) echo "unknown run '$name': protonet_bn protonet_swbn protonet_swbn_rho0.1 maml_bn maml_swbn_rho0.1" >&2
        exit 2 ;;
@@ -53,7 +56,7 @@ run() {
       "$PY" run_episode.py eval --run "$dir"
       "$PY" run_episode.py eval --run "$dir" --n-query 1 ;;
   esac
-  "$PY" scripts/archive_run.py "$dir"
+  if [[ ${ARCHIVE:-1} != 0 ]]; then "$PY" scripts/archive_run.py "$dir"; fi
 }
 
 for name in "${@:-protonet_bn protonet_swbn protonet_swbn_rho0.1 maml_bn maml_swbn_rho0.1}"; do
