@@ -32,7 +32,7 @@ __all__ = ["StandardizeWhitenRows", "batch_moments", "rows_kernel_usable", "stan
 
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1}
 _P = ctypes.c_void_p
-_L = ctypes.c_long
+_L = ctypes.c_int64
 _I = ctypes.c_int
 _SIGNATURES = {
     "swbn_rows_channel_sums": [_I, _P, _L, _L, _P, _P, _I],
@@ -84,14 +84,42 @@ def rows_kernel_usable(x: Tensor, group_size: int) -> bool:
 
 
 def _call(name: str, *args: object) -> None:
-    """Run kernel ``name``; tensor arguments are passed as data pointers of the tensors under any functorch wrapper
-    (inside a transform even fresh tensors come wrapped, and only the innermost one has storage)."""
-    tensors = [plain_tensor(a) for a in args if isinstance(a, Tensor)]
-    if not all(t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last) for t in tensors):
-        raise RuntimeError(f"{name}: every array the compiled kernel reads must be dense (a bug in the caller)")
-    args = tuple(plain_tensor(a).data_ptr() if isinstance(a, Tensor) else a for a in args)
-    if getattr(_lib(), name)(*args) != 0:
+    """Run kernel ``name``; tensors are passed as data pointers of the tensors under any functorch wrapper (inside
+    a transform even fresh tensors come wrapped, and only the innermost one has storage). The callers have checked
+    shapes, dtypes and layouts (:func:`_check_rows`, :func:`_check_vector`); the kernel checks the group shape."""
+    # ``args`` keeps every tensor alive until the kernel returns (a temporary's memory must not be reused).
+    pointers = tuple(plain_tensor(a).data_ptr() if isinstance(a, Tensor) else a for a in args)
+    status = getattr(_lib(), name)(*pointers)
+    if status == 2:
+        raise ValueError(f"{name}: the channels are not whole groups of the group size (a bug in the caller)")
+    if status != 0:
         raise MemoryError(f"{name}: the compiled SWBN kernel could not allocate its per-thread buffers")
+
+
+def _check_rows(x: Tensor, group_size: int, what: str = "x", like: Tensor | None = None) -> None:
+    """``x`` ``(N, C[, H, W])`` is float32/float64 in row layout with whole groups (and, with ``like``, its twin).
+
+    Raises:
+        ValueError: naming what was expected and what came (the kernel would read it out of bounds otherwise).
+    """
+    plain = plain_tensor(x)
+    if x.dtype not in _DTYPE_CODE or not _is_rows(plain) or x.dim() < 2 or x.shape[1] % group_size != 0:
+        raise ValueError(
+            f"swbn_rows: {what} must be a float32/float64 (N, C) or channels_last (N, C, H, W) tensor with C a "
+            f"multiple of the group size {group_size}; got {x.dtype} shape {tuple(x.shape)} strides {plain.stride()}"
+        )
+    if like is not None and (x.shape != like.shape or x.dtype != like.dtype):
+        raise ValueError(
+            f"swbn_rows: {what} must match x ({like.dtype} {tuple(like.shape)}), got {x.dtype} {tuple(x.shape)}"
+        )
+
+
+def _check_vector(t: Tensor, x: Tensor, what: str) -> None:
+    """``t`` is a dense ``(C,)`` tensor of ``x``'s dtype."""
+    if t.shape != (x.shape[1],) or t.dtype != x.dtype or not plain_tensor(t).is_contiguous():
+        raise ValueError(
+            f"swbn_rows: {what} must be a contiguous ({x.shape[1]},) {x.dtype} tensor, got {t.dtype} {tuple(t.shape)}"
+        )
 
 
 def _shape(x: Tensor, group_size: int) -> tuple[int, int, int, int]:
@@ -119,6 +147,7 @@ def batch_moments(
         ``mean (C,)``, biased ``var (C,)``, ``invstd = 1/sqrt(var + eps) (C,)`` in ``x``'s dtype, and ``R_B``
         ``(G, g, g)`` (the group second moment of ``x̂``, summed in float64) or ``None``.
     """
+    _check_rows(x, group_size)
     code, m, c, g = _shape(x, group_size)
     threads = torch.get_num_threads()
     with torch.no_grad():
@@ -153,6 +182,12 @@ class StandardizeWhitenRows(torch.autograd.Function):
         x: Tensor, mean: Tensor, invstd: Tensor, w: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> Tensor:
         groups, g, _ = w.shape
+        _check_rows(x, g)
+        if w.shape != (x.shape[1] // g, g, g):
+            raise ValueError(f"swbn_rows: W must be ({x.shape[1] // g}, {g}, {g}) for {x.shape[1]} channels, got "
+                             f"{tuple(w.shape)}")  # fmt: skip
+        _check_vector(mean, x, "mean")
+        _check_vector(invstd, x, "invstd")
         code, m, c, _ = _shape(x, g)
         at = _group_matrix(w, weight).mT.to(x.dtype).contiguous()  # at[b][c] = A[c][b]: rows of the inner loop
         shift = (bias if bias is not None else x.new_zeros(c)).to(x.dtype).contiguous()
@@ -177,6 +212,7 @@ class StandardizeWhitenRows(torch.autograd.Function):
         code, m, c, _ = _shape(x, g)
         threads = torch.get_num_threads()
         grad_y = grad_y.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else grad_y.contiguous()
+        _check_rows(grad_y, g, "grad_y", like=x)
         sums = torch.empty(c * g + c, dtype=torch.float64)
         _call("swbn_rows_cross", code, grad_y, x, m, c, g, mean, invstd, sums, threads)
         cross = sums[: c * g].reshape(groups, g, g)  # Σ_j g_y,j x̂_jᵀ, entry [c][b]

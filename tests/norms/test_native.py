@@ -95,3 +95,11 @@ def test_no_compiler_is_named_in_the_error(fresh, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(native.NativeBuildError, match=r"no C compiler found"):
         native._build("swbn_rows")
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+def test_a_damaged_cached_library_is_rebuilt(fresh):
+    built = native._build("swbn_rows")
+    built.write_bytes(b"not a shared object")
+    assert native.load("swbn_rows") is not None
+    assert built.read_bytes()[:4] == b"\x7fELF"

@@ -29,6 +29,8 @@ CASES = {
     "f64-g3-2d": (torch.float64, (300, 6), 3, 1e-11),
     "f32-g16-channels_last": (torch.float32, (7, 32, 7, 9), 16, 3e-5),
     "f32-g16-2d": (torch.float32, (263, 32), 16, 3e-5),
+    "f32-g8-channels_last": (torch.float32, (7, 32, 7, 9), 8, 3e-5),  # the scalar path in float32
+    "f64-g16-2d": (torch.float64, (263, 32), 16, 1e-11),  # float64 with g = 16: scalar, not the vector path
 }
 
 
@@ -99,8 +101,9 @@ def test_batch_moments_are_the_batch_statistics_and_the_gram_of_the_standardized
     assert swbn_rows.batch_moments(x, g, EPS, with_corr=False)[3] is None
 
 
-def test_results_are_the_same_bits_on_one_and_two_threads():
-    x, w, weight, bias, gy = _inputs(torch.float32, (7, 32, 7, 9), 16)
+@pytest.mark.parametrize("shape", [(7, 32, 7, 9), (17003, 32)], ids=["one-chunk-per-slot", "two-chunks-per-slot"])
+def test_results_are_the_same_bits_on_one_and_two_threads(shape):
+    x, w, weight, bias, gy = _inputs(torch.float32, shape, 16)
     x.requires_grad_()
 
     def run():
@@ -134,6 +137,19 @@ def test_rows_kernel_runs_inside_torch_func_grad_at_detached_parameters(monkeypa
     assert not recomputed
     for key in got:
         torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-12)
+
+
+def test_input_gradient_inside_torch_func_grad_equals_the_reference():
+    """``dx`` written by the kernel into a tensor created inside the transform reaches the conv weight before it."""
+    x, w, weight, bias, gy = _inputs(torch.float64, (9, 3, 6, 5), 3)
+    conv = torch.randn(6, 3, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    gy = torch.randn(9, 6, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+
+    def loss(k, f):
+        h = F.conv2d(x, k, padding=1).contiguous(memory_format=torch.channels_last)
+        return (f(h, torch.eye(3, dtype=h.dtype).expand(2, 3, 3) + 0.1, None, None) * gy).sum()
+
+    torch.testing.assert_close(grad(loss)(conv, _rows), grad(loss)(conv, _reference), rtol=1e-10, atol=1e-12)
 
 
 def test_second_derivatives_are_exact():
@@ -201,3 +217,26 @@ def test_swbn_layer_takes_the_exact_path_when_forced(fused_calls):
     with primitive_kernels():
         layer(x)
     assert not fused_calls
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: swbn_rows.batch_moments(torch.randn(4, 24), 16, EPS, True), r"C a multiple of the group size 16"),
+        (lambda: swbn_rows.batch_moments(torch.randn(4, 32, 5, 5), 16, EPS, True), r"channels_last .* strides"),
+        (lambda: swbn_rows.batch_moments(torch.randn(4, 32).half(), 16, EPS, True), r"float32/float64"),
+        (lambda: _rows_with(w=torch.eye(16).expand(1, 16, 16)), r"W must be \(2, 16, 16\) for 32 channels"),
+        (lambda: _rows_with(mean=torch.zeros(32, dtype=torch.float64)), r"mean must be a contiguous \(32,\)"),
+        (lambda: _rows_with(invstd=torch.ones(31)), r"invstd must be a contiguous \(32,\) torch.float32"),
+    ],
+    ids=["indivisible", "nchw", "float16", "w-shape", "mean-dtype", "invstd-size"],
+)
+def test_inputs_the_kernel_cannot_read_are_refused_before_it_runs(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def _rows_with(**change):
+    x = torch.randn(6, 32)
+    args = {"mean": x.mean(0), "invstd": torch.ones(32), "w": torch.eye(16).expand(2, 16, 16)} | change
+    return swbn_rows.standardize_whiten_rows(x, args["mean"], args["invstd"], args["w"], None, None, EPS)

@@ -111,6 +111,16 @@ def _build(name: str) -> Path:
     return target
 
 
+def _open(name: str) -> ctypes.CDLL:
+    """Build (if needed) and load ``<name>``; a cached file that does not load (damaged) is rebuilt once."""
+    path = _build(name)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)
+        return ctypes.CDLL(str(_build(name)))
+
+
 def load(name: str) -> ctypes.CDLL | None:
     """The compiled library ``<name>`` (built on first use), or ``None`` when off or unavailable (one warning).
 
@@ -122,7 +132,7 @@ def load(name: str) -> ctypes.CDLL | None:
     with _lock:
         if name not in _loaded:
             try:
-                _loaded[name] = ctypes.CDLL(str(_build(name)))
+                _loaded[name] = _open(name)
             except (NativeBuildError, OSError) as err:
                 if os.environ.get("FEWSHOT_NATIVE", "").strip().lower() == "require":
                     raise NativeBuildError(

@@ -18,6 +18,7 @@
  * and does not depend on the number of OpenMP threads. Float32 with g = 16 has a vectorized path (GCC vector
  * extensions); everything else a scalar one.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
@@ -36,13 +37,13 @@ static inline void st16(float* p, v16f v) { memcpy(p, &v, sizeof v); }
  * from the register through lane permutes, which are the slower way on the CPUs measured. */
 #define RELOAD() __asm__ volatile("" ::: "memory")
 
-static void apply_chunk_f32_16(const float* x, float* y, long r0, long r1, long C, const float* mean,
+static void apply_chunk_f32_16(const float* x, float* y, int64_t r0, int64_t r1, int64_t C, const float* mean,
                                const float* invstd, const float* at, const float* bias) {
   float xs[TILE][16] __attribute__((aligned(64)));
-  for (long c0 = 0; c0 < C; c0 += 16) {
+  for (int64_t c0 = 0; c0 < C; c0 += 16) {
     v16f mu = ld16(mean + c0), r = ld16(invstd + c0), bi = ld16(bias + c0), a[16];
     for (int b = 0; b < 16; ++b) a[b] = ld16(at + c0 * 16 + b * 16);
-    long j = r0;
+    int64_t j = r0;
     for (; j + TILE <= r1; j += TILE) {
       v16f out[TILE];
       for (int t = 0; t < TILE; ++t) { st16(xs[t], (ld16(x + (j + t) * C + c0) - mu) * r); out[t] = bi; }
@@ -61,13 +62,13 @@ static void apply_chunk_f32_16(const float* x, float* y, long r0, long r1, long 
   }
 }
 
-static void gram_chunk_f32_16(const float* x, long r0, long r1, long C, const float* mean, const float* invstd,
+static void gram_chunk_f32_16(const float* x, int64_t r0, int64_t r1, int64_t C, const float* mean, const float* invstd,
                               double* acc) {
   float xs[16] __attribute__((aligned(64)));
-  for (long c0 = 0; c0 < C; c0 += 16) {
+  for (int64_t c0 = 0; c0 < C; c0 += 16) {
     v16f mu = ld16(mean + c0), r = ld16(invstd + c0), gram[16];
     for (int b = 0; b < 16; ++b) gram[b] = (v16f){0};
-    for (long j = r0; j < r1; ++j) {
+    for (int64_t j = r0; j < r1; ++j) {
       v16f xh = (ld16(x + j * C + c0) - mu) * r;
       st16(xs, xh);
       RELOAD();
@@ -77,13 +78,13 @@ static void gram_chunk_f32_16(const float* x, long r0, long r1, long C, const fl
   }
 }
 
-static void cross_chunk_f32_16(const float* gy, const float* x, long r0, long r1, long C, const float* mean,
+static void cross_chunk_f32_16(const float* gy, const float* x, int64_t r0, int64_t r1, int64_t C, const float* mean,
                                const float* invstd, double* acc) {
   float gs[16] __attribute__((aligned(64)));
-  for (long c0 = 0; c0 < C; c0 += 16) {
+  for (int64_t c0 = 0; c0 < C; c0 += 16) {
     v16f mu = ld16(mean + c0), r = ld16(invstd + c0), sum = (v16f){0}, cross[16];
     for (int c = 0; c < 16; ++c) cross[c] = (v16f){0};
-    for (long j = r0; j < r1; ++j) {
+    for (int64_t j = r0; j < r1; ++j) {
       v16f xh = (ld16(x + j * C + c0) - mu) * r, g = ld16(gy + j * C + c0);
       st16(gs, g);
       RELOAD();
@@ -95,13 +96,13 @@ static void cross_chunk_f32_16(const float* gy, const float* x, long r0, long r1
   }
 }
 
-static void dx_chunk_f32_16(const float* gy, const float* x, float* dx, long r0, long r1, long C, const float* mean,
+static void dx_chunk_f32_16(const float* gy, const float* x, float* dx, int64_t r0, int64_t r1, int64_t C, const float* mean,
                             const float* p, const float* s1, const float* s2) {
   float gs[TILE][16] __attribute__((aligned(64)));
-  for (long c0 = 0; c0 < C; c0 += 16) {
+  for (int64_t c0 = 0; c0 < C; c0 += 16) {
     v16f mu = ld16(mean + c0), t1 = ld16(s1 + c0), t2 = ld16(s2 + c0), pm[16];
     for (int c = 0; c < 16; ++c) pm[c] = ld16(p + c0 * 16 + c * 16);
-    long j = r0;
+    int64_t j = r0;
     for (; j + TILE <= r1; j += TILE) {
       v16f out[TILE];
       for (int t = 0; t < TILE; ++t) {
@@ -125,55 +126,55 @@ static void dx_chunk_f32_16(const float* gy, const float* x, float* dx, long r0,
 
 /* ---------------------------------------------------------------- any precision, any g */
 #define SCALAR_CHUNKS(T, SUF)                                                                                 \
-  static void apply_chunk_##SUF(const T* x, T* y, long r0, long r1, long C, long g, const T* mean,           \
+  static void apply_chunk_##SUF(const T* x, T* y, int64_t r0, int64_t r1, int64_t C, int64_t g, const T* mean,           \
                                 const T* invstd, const T* at, const T* bias, T* tmp) {                        \
     T* xh = tmp;                                                                                            \
-    for (long c0 = 0; c0 < C; c0 += g) {                                                                    \
+    for (int64_t c0 = 0; c0 < C; c0 += g) {                                                                    \
       const T* a = at + c0 * g;                                                                             \
-      for (long j = r0; j < r1; ++j) {                                                                      \
+      for (int64_t j = r0; j < r1; ++j) {                                                                      \
         const T* xr = x + j * C + c0; T* yr = y + j * C + c0;                                               \
-        for (long b = 0; b < g; ++b) xh[b] = (xr[b] - mean[c0 + b]) * invstd[c0 + b];                      \
-        for (long c = 0; c < g; ++c) yr[c] = bias[c0 + c];                                                  \
-        for (long b = 0; b < g; ++b) for (long c = 0; c < g; ++c) yr[c] += xh[b] * a[b * g + c];            \
+        for (int64_t b = 0; b < g; ++b) xh[b] = (xr[b] - mean[c0 + b]) * invstd[c0 + b];                      \
+        for (int64_t c = 0; c < g; ++c) yr[c] = bias[c0 + c];                                                  \
+        for (int64_t b = 0; b < g; ++b) for (int64_t c = 0; c < g; ++c) yr[c] += xh[b] * a[b * g + c];            \
       }                                                                                                     \
     }                                                                                                       \
   }                                                                                                         \
-  static void gram_chunk_##SUF(const T* x, long r0, long r1, long C, long g, const T* mean, const T* invstd, \
+  static void gram_chunk_##SUF(const T* x, int64_t r0, int64_t r1, int64_t C, int64_t g, const T* mean, const T* invstd, \
                                double* acc, T* tmp) {                                                       \
     T* xh = tmp; T* gram = tmp + g;                                                                         \
-    for (long c0 = 0; c0 < C; c0 += g) {                                                                    \
-      for (long i = 0; i < g * g; ++i) gram[i] = 0;                                                         \
-      for (long j = r0; j < r1; ++j) {                                                                      \
+    for (int64_t c0 = 0; c0 < C; c0 += g) {                                                                    \
+      for (int64_t i = 0; i < g * g; ++i) gram[i] = 0;                                                         \
+      for (int64_t j = r0; j < r1; ++j) {                                                                      \
         const T* xr = x + j * C + c0;                                                                       \
-        for (long b = 0; b < g; ++b) xh[b] = (xr[b] - mean[c0 + b]) * invstd[c0 + b];                      \
-        for (long b = 0; b < g; ++b) for (long c = 0; c < g; ++c) gram[b * g + c] += xh[b] * xh[c];         \
+        for (int64_t b = 0; b < g; ++b) xh[b] = (xr[b] - mean[c0 + b]) * invstd[c0 + b];                      \
+        for (int64_t b = 0; b < g; ++b) for (int64_t c = 0; c < g; ++c) gram[b * g + c] += xh[b] * xh[c];         \
       }                                                                                                     \
-      for (long i = 0; i < g * g; ++i) acc[c0 * g + i] += gram[i];                                          \
+      for (int64_t i = 0; i < g * g; ++i) acc[c0 * g + i] += gram[i];                                          \
     }                                                                                                       \
   }                                                                                                         \
-  static void cross_chunk_##SUF(const T* gy, const T* x, long r0, long r1, long C, long g, const T* mean,    \
+  static void cross_chunk_##SUF(const T* gy, const T* x, int64_t r0, int64_t r1, int64_t C, int64_t g, const T* mean,    \
                                 const T* invstd, double* acc, T* tmp) {                                     \
     T* xh = tmp; T* cross = tmp + g; T* sum = tmp + g + g * g;                                              \
-    for (long c0 = 0; c0 < C; c0 += g) {                                                                    \
-      for (long i = 0; i < g * g; ++i) cross[i] = 0;                                                        \
-      for (long c = 0; c < g; ++c) sum[c] = 0;                                                              \
-      for (long j = r0; j < r1; ++j) {                                                                      \
+    for (int64_t c0 = 0; c0 < C; c0 += g) {                                                                    \
+      for (int64_t i = 0; i < g * g; ++i) cross[i] = 0;                                                        \
+      for (int64_t c = 0; c < g; ++c) sum[c] = 0;                                                              \
+      for (int64_t j = r0; j < r1; ++j) {                                                                      \
         const T* xr = x + j * C + c0; const T* gr = gy + j * C + c0;                                        \
-        for (long b = 0; b < g; ++b) xh[b] = (xr[b] - mean[c0 + b]) * invstd[c0 + b];                      \
-        for (long c = 0; c < g; ++c) { sum[c] += gr[c]; for (long b = 0; b < g; ++b) cross[c * g + b] += gr[c] * xh[b]; } \
+        for (int64_t b = 0; b < g; ++b) xh[b] = (xr[b] - mean[c0 + b]) * invstd[c0 + b];                      \
+        for (int64_t c = 0; c < g; ++c) { sum[c] += gr[c]; for (int64_t b = 0; b < g; ++b) cross[c * g + b] += gr[c] * xh[b]; } \
       }                                                                                                     \
-      for (long i = 0; i < g * g; ++i) acc[c0 * g + i] += cross[i];                                         \
-      for (long c = 0; c < g; ++c) acc[C * g + c0 + c] += sum[c];                                           \
+      for (int64_t i = 0; i < g * g; ++i) acc[c0 * g + i] += cross[i];                                         \
+      for (int64_t c = 0; c < g; ++c) acc[C * g + c0 + c] += sum[c];                                           \
     }                                                                                                       \
   }                                                                                                         \
-  static void dx_chunk_##SUF(const T* gy, const T* x, T* dx, long r0, long r1, long C, long g, const T* mean, \
+  static void dx_chunk_##SUF(const T* gy, const T* x, T* dx, int64_t r0, int64_t r1, int64_t C, int64_t g, const T* mean, \
                              const T* p, const T* s1, const T* s2) {                                        \
-    for (long c0 = 0; c0 < C; c0 += g) {                                                                    \
+    for (int64_t c0 = 0; c0 < C; c0 += g) {                                                                    \
       const T* pm = p + c0 * g;                                                                             \
-      for (long j = r0; j < r1; ++j) {                                                                      \
+      for (int64_t j = r0; j < r1; ++j) {                                                                      \
         const T* xr = x + j * C + c0; const T* gr = gy + j * C + c0; T* out = dx + j * C + c0;              \
-        for (long b = 0; b < g; ++b) out[b] = s1[c0 + b] + (xr[b] - mean[c0 + b]) * s2[c0 + b];            \
-        for (long c = 0; c < g; ++c) for (long b = 0; b < g; ++b) out[b] += gr[c] * pm[c * g + b];          \
+        for (int64_t b = 0; b < g; ++b) out[b] = s1[c0 + b] + (xr[b] - mean[c0 + b]) * s2[c0 + b];            \
+        for (int64_t c = 0; c < g; ++c) for (int64_t b = 0; b < g; ++b) out[b] += gr[c] * pm[c * g + b];          \
       }                                                                                                     \
     }                                                                                                       \
   }
@@ -183,16 +184,16 @@ SCALAR_CHUNKS(double, f64)
 
 /* ---------------------------------------------------------------- per-channel sums (any precision, any C) */
 #define CHANNEL_SUMS(T, SUF)                                                                                  \
-  static void sum_chunk_##SUF(const T* x, long r0, long r1, long C, const T* mean, double* acc, T* part) {   \
-    for (long c = 0; c < C; ++c) part[c] = 0;                                                                 \
+  static void sum_chunk_##SUF(const T* x, int64_t r0, int64_t r1, int64_t C, const T* mean, double* acc, T* part) {   \
+    for (int64_t c = 0; c < C; ++c) part[c] = 0;                                                                 \
     if (mean) {                                                                                               \
-      for (long j = r0; j < r1; ++j)                                                                          \
-        for (long c = 0; c < C; ++c) { T d = x[j * C + c] - mean[c]; part[c] += d * d; }                      \
+      for (int64_t j = r0; j < r1; ++j)                                                                          \
+        for (int64_t c = 0; c < C; ++c) { T d = x[j * C + c] - mean[c]; part[c] += d * d; }                      \
     } else {                                                                                                  \
-      for (long j = r0; j < r1; ++j)                                                                          \
-        for (long c = 0; c < C; ++c) part[c] += x[j * C + c];                                                 \
+      for (int64_t j = r0; j < r1; ++j)                                                                          \
+        for (int64_t c = 0; c < C; ++c) part[c] += x[j * C + c];                                                 \
     }                                                                                                         \
-    for (long c = 0; c < C; ++c) acc[c] += part[c];                                                           \
+    for (int64_t c = 0; c < C; ++c) acc[c] += part[c];                                                           \
   }
 
 CHANNEL_SUMS(float, f32)
@@ -202,11 +203,11 @@ CHANNEL_SUMS(double, f64)
 typedef struct {
   const void *x, *gy, *mean, *invstd, *mat, *bias, *s1, *s2;
   void *out;
-  long m, C, g;
+  int64_t m, C, g;
   int fast; /* float32 with g = 16: the vectorized chunk functions */
 } args_t;
 
-typedef void (*chunk_fn)(const args_t* a, long r0, long r1, double* acc, void* tmp);
+typedef void (*chunk_fn)(const args_t* a, int64_t r0, int64_t r1, double* acc, void* tmp);
 
 /* Rows [0, m) in chunks of CHUNK, the chunks in at most SLOTS fixed consecutive ranges ("slots"). Each slot sums its
  * chunks in order into its own double buffer of `nacc` values, and the slots are added in order into out_acc.
@@ -214,58 +215,58 @@ typedef void (*chunk_fn)(const args_t* a, long r0, long r1, double* acc, void* t
  * thread and one on two, or a distributed rank, give identical results). Returns 0, or 1 when memory ran out. */
 #define SLOTS 64
 
-static int run_chunks(const args_t* a, int threads, long nacc, size_t tmp_bytes, chunk_fn fn, double* out_acc) {
-  long nchunks = (a->m + CHUNK - 1) / CHUNK;
-  long nslots = nchunks < SLOTS ? nchunks : SLOTS;
+static int run_chunks(const args_t* a, int threads, int64_t nacc, size_t tmp_bytes, chunk_fn fn, double* out_acc) {
+  int64_t nchunks = (a->m + CHUNK - 1) / CHUNK;
+  int64_t nslots = nchunks < SLOTS ? nchunks : SLOTS;
   if (threads < 1) threads = 1;
   double* bufs = nacc ? (double*)calloc((size_t)nacc * (nslots > 0 ? nslots : 1), sizeof(double)) : NULL;
   if (nacc && !bufs) return 1;
   int failed = 0;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(| : failed)
-  for (long s = 0; s < nslots; ++s) {
+  for (int64_t s = 0; s < nslots; ++s) {
     void* tmp = malloc(tmp_bytes ? tmp_bytes : 1);
     if (!tmp) {
       failed = 1;
       continue;
     }
     double* acc = nacc ? bufs + (size_t)nacc * s : NULL;
-    for (long k = nchunks * s / nslots; k < nchunks * (s + 1) / nslots; ++k) {
-      long r0 = k * CHUNK, r1 = r0 + CHUNK < a->m ? r0 + CHUNK : a->m;
+    for (int64_t k = nchunks * s / nslots; k < nchunks * (s + 1) / nslots; ++k) {
+      int64_t r0 = k * CHUNK, r1 = r0 + CHUNK < a->m ? r0 + CHUNK : a->m;
       fn(a, r0, r1, acc, tmp);
     }
     free(tmp);
   }
-  for (long i = 0; i < nacc; ++i) out_acc[i] = 0;
-  for (long s = 0; s < nslots; ++s)
-    for (long i = 0; i < nacc; ++i) out_acc[i] += bufs[(size_t)nacc * s + i];
+  for (int64_t i = 0; i < nacc; ++i) out_acc[i] = 0;
+  for (int64_t s = 0; s < nslots; ++s)
+    for (int64_t i = 0; i < nacc; ++i) out_acc[i] += bufs[(size_t)nacc * s + i];
   free(bufs);
   return failed;
 }
 
 #define CHUNK_FNS(T, SUF)                                                                                     \
-  static void sums_##SUF(const args_t* a, long r0, long r1, double* acc, void* tmp) {                         \
+  static void sums_##SUF(const args_t* a, int64_t r0, int64_t r1, double* acc, void* tmp) {                         \
     sum_chunk_##SUF((const T*)a->x, r0, r1, a->C, (const T*)a->mean, acc, (T*)tmp);                          \
   }                                                                                                           \
-  static void apply_##SUF(const args_t* a, long r0, long r1, double* acc, void* tmp) {                        \
+  static void apply_##SUF(const args_t* a, int64_t r0, int64_t r1, double* acc, void* tmp) {                        \
     (void)acc;                                                                                                \
     if (a->fast) apply_chunk_f32_16((const float*)a->x, (float*)a->out, r0, r1, a->C, (const float*)a->mean,  \
                                     (const float*)a->invstd, (const float*)a->mat, (const float*)a->bias);    \
     else apply_chunk_##SUF((const T*)a->x, (T*)a->out, r0, r1, a->C, a->g, (const T*)a->mean,                \
                            (const T*)a->invstd, (const T*)a->mat, (const T*)a->bias, (T*)tmp);                \
   }                                                                                                           \
-  static void gram_##SUF(const args_t* a, long r0, long r1, double* acc, void* tmp) {                         \
+  static void gram_##SUF(const args_t* a, int64_t r0, int64_t r1, double* acc, void* tmp) {                         \
     if (a->fast) gram_chunk_f32_16((const float*)a->x, r0, r1, a->C, (const float*)a->mean,                   \
                                    (const float*)a->invstd, acc);                                             \
     else gram_chunk_##SUF((const T*)a->x, r0, r1, a->C, a->g, (const T*)a->mean, (const T*)a->invstd, acc,   \
                           (T*)tmp);                                                                           \
   }                                                                                                           \
-  static void cross_##SUF(const args_t* a, long r0, long r1, double* acc, void* tmp) {                        \
+  static void cross_##SUF(const args_t* a, int64_t r0, int64_t r1, double* acc, void* tmp) {                        \
     if (a->fast) cross_chunk_f32_16((const float*)a->gy, (const float*)a->x, r0, r1, a->C,                    \
                                     (const float*)a->mean, (const float*)a->invstd, acc);                     \
     else cross_chunk_##SUF((const T*)a->gy, (const T*)a->x, r0, r1, a->C, a->g, (const T*)a->mean,           \
                            (const T*)a->invstd, acc, (T*)tmp);                                                \
   }                                                                                                           \
-  static void dx_##SUF(const args_t* a, long r0, long r1, double* acc, void* tmp) {                           \
+  static void dx_##SUF(const args_t* a, int64_t r0, int64_t r1, double* acc, void* tmp) {                           \
     (void)acc; (void)tmp;                                                                                     \
     if (a->fast) dx_chunk_f32_16((const float*)a->gy, (const float*)a->x, (float*)a->out, r0, r1, a->C,       \
                                  (const float*)a->mean, (const float*)a->mat, (const float*)a->s1,            \
@@ -278,36 +279,42 @@ CHUNK_FNS(float, f32)
 CHUNK_FNS(double, f64)
 
 /* ---------------------------------------------------------------- entry points (ctypes)
- * dtype: 0 float32, 1 float64. All arrays contiguous; x, gy, y, dx are (m, C) rows; mean, invstd, bias, s1, s2
- * (C); at, p (C / g, g, g). Returns 0 on success. */
+ * dtype: 0 float32, 1 float64. All arrays dense and of that dtype (the sums: double); x, gy, y, dx are (m, C)
+ * rows; mean, invstd, bias, s1, s2 (C); at, p (C / g, g, g). The caller (fewshot/norms/swbn_rows.py) checks all
+ * of that. Each returns 0, 1 when memory ran out, or 2 for a shape it cannot take (g < 1, C not a multiple of g). */
+#define BAD_SHAPE(m, C, g) ((m) < 0 || (g) < 1 || (C) < (g) || (C) % (g) != 0)
 static chunk_fn pick(int dtype, chunk_fn f32, chunk_fn f64) { return dtype ? f64 : f32; }
 
 /* out (C) = sum over rows of x, or of (x - mean)^2 when mean is not NULL. */
-int swbn_rows_channel_sums(int dtype, const void* x, long m, long C, const void* mean, double* out, int threads) {
+int swbn_rows_channel_sums(int dtype, const void* x, int64_t m, int64_t C, const void* mean, double* out, int threads) {
+  if (m < 0 || C < 1) return 2;
   args_t a = {x, NULL, mean, NULL, NULL, NULL, NULL, NULL, NULL, m, C, 1, 0};
   size_t esize = dtype ? sizeof(double) : sizeof(float);
   return run_chunks(&a, threads, C, esize * (size_t)C, pick(dtype, sums_f32, sums_f64), out);
 }
 
 /* y = A (x - mean) * invstd + bias per group. */
-int swbn_rows_apply(int dtype, const void* x, void* y, long m, long C, long g, const void* mean, const void* invstd,
+int swbn_rows_apply(int dtype, const void* x, void* y, int64_t m, int64_t C, int64_t g, const void* mean, const void* invstd,
                     const void* at, const void* bias, int threads) {
+  if (BAD_SHAPE(m, C, g)) return 2;
   args_t a = {x, NULL, mean, invstd, at, bias, NULL, NULL, y, m, C, g, dtype == 0 && g == 16};
   size_t esize = dtype ? sizeof(double) : sizeof(float);
   return run_chunks(&a, threads, 0, esize * (size_t)g, pick(dtype, apply_f32, apply_f64), NULL);
 }
 
 /* gram (C / g, g, g) = sum over rows of xh xh^T, xh = (x - mean) * invstd. */
-int swbn_rows_gram(int dtype, const void* x, long m, long C, long g, const void* mean, const void* invstd,
+int swbn_rows_gram(int dtype, const void* x, int64_t m, int64_t C, int64_t g, const void* mean, const void* invstd,
                    double* gram, int threads) {
+  if (BAD_SHAPE(m, C, g)) return 2;
   args_t a = {x, NULL, mean, invstd, NULL, NULL, NULL, NULL, NULL, m, C, g, dtype == 0 && g == 16};
   size_t esize = dtype ? sizeof(double) : sizeof(float);
   return run_chunks(&a, threads, C * g, esize * (size_t)(g + g * g), pick(dtype, gram_f32, gram_f64), gram);
 }
 
 /* out (C * g + C): cross (C / g, g, g) = sum over rows of gy xh^T, then gsum (C) = sum over rows of gy. */
-int swbn_rows_cross(int dtype, const void* gy, const void* x, long m, long C, long g, const void* mean,
+int swbn_rows_cross(int dtype, const void* gy, const void* x, int64_t m, int64_t C, int64_t g, const void* mean,
                     const void* invstd, double* out, int threads) {
+  if (BAD_SHAPE(m, C, g)) return 2;
   args_t a = {x, gy, mean, invstd, NULL, NULL, NULL, NULL, NULL, m, C, g, dtype == 0 && g == 16};
   size_t esize = dtype ? sizeof(double) : sizeof(float);
   return run_chunks(&a, threads, C * g + C, esize * (size_t)(2 * g + g * g), pick(dtype, cross_f32, cross_f64),
@@ -315,8 +322,9 @@ int swbn_rows_cross(int dtype, const void* gy, const void* x, long m, long C, lo
 }
 
 /* dx[b] = sum_c gy[c] p[c][b] + s1[b] + (x[b] - mean[b]) s2[b] per group. */
-int swbn_rows_dx(int dtype, const void* gy, const void* x, void* dx, long m, long C, long g, const void* mean,
+int swbn_rows_dx(int dtype, const void* gy, const void* x, void* dx, int64_t m, int64_t C, int64_t g, const void* mean,
                  const void* p, const void* s1, const void* s2, int threads) {
+  if (BAD_SHAPE(m, C, g)) return 2;
   args_t a = {x, gy, mean, NULL, p, NULL, s1, s2, dx, m, C, g, dtype == 0 && g == 16};
   return run_chunks(&a, threads, 0, 0, pick(dtype, dx_f32, dx_f64), NULL);
 }
