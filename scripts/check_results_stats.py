@@ -52,8 +52,8 @@ def find_run(results: Path, run: str, learner: str | None = None) -> Path:
     parts = Path(run).parts  # accuracy.csv: <experiment>/<run> or sweeps/<grid>/<cell>/seed<s>; compare: runs/...
     if parts and parts[0] == "runs":
         parts = parts[1:]
-    if parts and parts[0] == "sweeps":  # a study run, archived under results/study/sweeps/
-        name, archives = "/".join(parts[1:]), ("study/sweeps",)
+    if "sweeps" in parts:  # a study run (sweeps/..., runs/sweeps/..., results/study/sweeps/...), archived there
+        name, archives = "/".join(parts[parts.index("sweeps") + 1 :]), ("study/sweeps",)
     else:
         name, archives = ("/".join(parts[-2:]) if len(parts) > 1 else f"*/{run}"), ARCHIVES
     hits = sorted(p for archive in archives for p in (results / archive).glob(name) if p.is_dir())
