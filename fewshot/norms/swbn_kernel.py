@@ -36,7 +36,7 @@ from torch import Tensor
 from fewshot.norms import functional as FN
 from fewshot.norms import whitening_math as WM
 
-__all__ = ["StandardizeThenGroupMatrix", "standardize_then_group_matrix"]
+__all__ = ["StandardizeThenGroupMatrix", "backward_means", "standardize_then_group_matrix"]
 
 
 def _group_matrix(w: Tensor, weight: Tensor | None) -> Tensor:
@@ -78,9 +78,7 @@ class StandardizeThenGroupMatrix(torch.autograd.Function):
         grad_sum = grad_y.sum(dim=dims)  # (C,)
         grad_y = grad_y.contiguous(memory_format=_memory_format(x_hat))  # same row layout for the cross moment
         cross = WM.group_second_moment(grad_y, g, x_hat) * m  # (G, g, g): Σ g_y x̂ᵀ
-        at_cross = a.mT @ cross
-        mean_gxhat_xhat = at_cross.diagonal(dim1=-2, dim2=-1).reshape(c) / m
-        mean_gxhat = (a.mT @ grad_sum.reshape(groups, g, 1)).reshape(c) / m
+        mean_gxhat, mean_gxhat_xhat = backward_means(a, cross, grad_sum, m)
         grad_x = None
         if ctx.needs_input_grad[0]:
             back = a.mT * invstd.reshape(groups, g, 1)  # diag(r) Aᵀ
@@ -89,6 +87,18 @@ class StandardizeThenGroupMatrix(torch.autograd.Function):
         grad_weight = (w * cross).sum(-1).reshape(c) if weight is not None and ctx.needs_input_grad[4] else None
         grad_bias = grad_sum if bias is not None and ctx.needs_input_grad[5] else None
         return grad_x, None, None, None, grad_weight, grad_bias, None
+
+
+def backward_means(a: Tensor, cross: Tensor, grad_sum: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """The closed form's two per-channel means: ``mean(gŷ) = Aᵀ Σg_y / m`` and ``mean(gŷ ⊙ x̂) = diag(Aᵀ M) / m``.
+
+    ``a`` ``(G, g, g)`` is ``diag(γ) W``, ``cross`` ``(G, g, g)`` the cross moment ``M = Σ_j g_y,j x̂_jᵀ`` (entry
+    ``[c][b]``), ``grad_sum`` ``(C,)`` ``Σ_j g_y,j``, ``m`` the rows. Returns both ``(C,)`` in their dtype.
+    """
+    groups, g, _ = a.shape
+    mean_gxhat = (a.mT @ grad_sum.reshape(groups, g, 1)).reshape(-1) / m
+    mean_gxhat_xhat = (a.mT @ cross).diagonal(dim1=-2, dim2=-1).reshape(-1) / m
+    return mean_gxhat, mean_gxhat_xhat
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:

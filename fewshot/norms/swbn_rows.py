@@ -26,7 +26,7 @@ from torch import Tensor
 
 from fewshot.norms import native
 from fewshot.norms.kernels import plain_tensor
-from fewshot.norms.swbn_kernel import _differentiable_backward, _group_matrix
+from fewshot.norms.swbn_kernel import _differentiable_backward, _group_matrix, backward_means
 
 __all__ = ["StandardizeWhitenRows", "batch_moments", "rows_kernel_usable", "standardize_whiten_rows"]
 
@@ -219,8 +219,7 @@ class StandardizeWhitenRows(torch.autograd.Function):
         grad_sum = sums[c * g :]  # Σ_j g_y,j
         a = _group_matrix(w, weight).double()
         r = invstd.double()
-        mean_gxhat_xhat = (a.mT @ cross).diagonal(dim1=-2, dim2=-1).reshape(c) / m
-        mean_gxhat = (a.mT @ grad_sum.reshape(groups, g, 1)).reshape(c) / m
+        mean_gxhat, mean_gxhat_xhat = backward_means(a, cross, grad_sum, m)
         grad_x = None
         if ctx.needs_input_grad[0]:
             p = (a * r.reshape(groups, 1, g)).to(x.dtype).contiguous()  # p[c][b] = A[c][b] r_b
