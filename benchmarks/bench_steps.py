@@ -11,7 +11,11 @@ Settings (the experiment files of the accuracy runs; real data from the data roo
 * ``protonet omniglot 60w1s5q``: ``configs/protonet/omniglot_vinyals_1shot.yaml``;
 * ``protonet miniimagenet 5w1s15q``: ``configs/protonet/miniimagenet_1shot.yaml`` with ``train.n_way=5``;
 * ``protonet miniimagenet 20w5s15q``: ``configs/protonet/miniimagenet_5shot.yaml``;
-* ``maml omniglot 5w1s15q mb32 2nd-order``: ``configs/maml/omniglot_vinyals_5w1s.yaml``.
+* ``maml omniglot 5w1s15q mb32 2nd-order``: ``configs/maml/omniglot_vinyals_5w1s.yaml``;
+* ``protonet omniglot 5w1s1q (fixed cost)``: the Omniglot file at 5-way 1-shot 1-query (10 images), where the
+  kernels cost little: what a step costs besides its kernels (Python, dispatch, the norm layers' explicit state
+  updates and their finiteness guard). Not a target of issue 13: :func:`claims` prints fewshot BN's fixed cost
+  over the plain loop in milliseconds.
 
 Variants: ``batchnorm`` (fewshot's BN; torch's fused kernel where exact, see :mod:`fewshot.norms.kernels`),
 ``batchnorm[primitive]`` (the same inside ``primitive_kernels()``: fewshot's BN before issue 13),
@@ -41,6 +45,7 @@ from benchmarks._results import environment, rows_to_csv, write_result
 from benchmarks.reference_loops import REFERENCE_LOOPS, ReferenceProtoNet
 
 __all__ = [
+    "FIXED_COST",
     "SETTINGS",
     "StepRow",
     "StepSetting",
@@ -79,7 +84,14 @@ SETTINGS: tuple[StepSetting, ...] = (
     StepSetting("protonet miniimagenet 5w1s15q", "configs/protonet/miniimagenet_1shot.yaml", ("train.n_way=5",)),
     StepSetting("protonet miniimagenet 20w5s15q", "configs/protonet/miniimagenet_5shot.yaml"),
     StepSetting("maml omniglot 5w1s15q mb32 2nd-order", "configs/maml/omniglot_vinyals_5w1s.yaml"),
+    StepSetting(
+        "protonet omniglot 5w1s1q (fixed cost)",
+        "configs/protonet/omniglot_vinyals_1shot.yaml",
+        ("train.n_way=5", "train.n_query=1"),
+    ),
 )
+#: The setting that measures per-step cost besides the kernels (no issue-13 target applies to it).
+FIXED_COST = SETTINGS[-1].label
 
 
 @dataclass(frozen=True)
@@ -279,6 +291,11 @@ def claims(rows: Sequence[StepRow]) -> list[str]:
     ms = {(r.setting, r.variant): r.ms for r in rows}
     lines = []
     for setting in dict.fromkeys(r.setting for r in rows):
+        if setting == FIXED_COST:
+            if {(setting, BN), (setting, "plain")} <= ms.keys():
+                extra = ms[(setting, BN)] - ms[(setting, "plain")]
+                lines.append(f"{setting}: batchnorm step time - plain {extra:+.2f} ms (fixed cost per step; no target)")
+            continue
         for variant, ref, bound, learner in _TARGETS:
             if not setting.startswith(learner) or (setting, ref) not in ms or (setting, variant) not in ms:
                 continue

@@ -208,7 +208,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "'steps' times training steps on the same episodes, interleaved in one process: fewshot with BN (fused "
             "and primitive-op), SWBN, IterNorm and DBN, and for ProtoNet a plain tuned loop and a learn2learn-style "
             "default loop (benchmarks/bench_steps.py), on Omniglot 60w1s5q, miniImageNet 5w1s15q and 20w5s15q and "
-            "MAML Omniglot 5w1s mb32, and prints the ratios issue 13 asks for. Section 'compile' (not run by "
+            "MAML Omniglot 5w1s mb32, and prints the ratios issue 13 asks for; and on Omniglot 5w1s1q (10 images) the "
+            "fixed cost of a step besides its kernels. Section 'compile' (not run by "
             "default) times ProtoNet steps with and without train.compile (torch.compile), including the compile "
             "time, and the minutes a run needs before compiling pays back (benchmarks/bench_compile.py)."
         ),

@@ -64,7 +64,18 @@ def test_settings_name_existing_configs_with_the_issues_episode_sizes():
     for s in bench.SETTINGS:
         t = s.resolve().train
         sizes.append((t.n_way, t.n_shot, t.n_query, t.meta_batch))
-    assert sizes == [(60, 1, 5, 1), (5, 1, 15, 1), (20, 5, 15, 1), (5, 1, 15, 32)]
+    assert sizes == [(60, 1, 5, 1), (5, 1, 15, 1), (20, 5, 15, 1), (5, 1, 15, 32), (5, 1, 1, 1)]
+    assert bench.FIXED_COST == bench.SETTINGS[-1].label
+
+
+def test_claims_give_the_fixed_cost_setting_a_difference_in_ms_and_no_target():
+    rows = _rows(bench.FIXED_COST, batchnorm=11.5, swbn=14.0, plain=10.0)
+    rows += _rows("protonet omniglot 60w1s5q", batchnorm=100.0, plain=105.0)
+    assert bench.claims(rows) == [
+        f"{bench.FIXED_COST}: batchnorm step time - plain +1.50 ms (fixed cost per step; no target)",
+        "protonet omniglot 60w1s5q: batchnorm / plain step time 0.952 (target <= 1.00): holds",
+    ]
+    assert bench.claims(_rows(bench.FIXED_COST, batchnorm=11.5)) == []
 
 
 def test_ratios_relate_each_variant_to_bn_the_plain_loop_and_its_own_task_loop():
