@@ -22,7 +22,8 @@ Variants: ``batchnorm`` (fewshot's BN; torch's fused kernel where exact, see :mo
 ``swbn`` (on the compiled row kernel where it applies, :mod:`fewshot.norms.swbn_rows`), ``swbn[torch]`` (the
 same with compiled kernels off: torch's batch-norm kernel and the group product), ``iternorm[group_size=16]``
 and ``dbn[group_size=16]`` (SWBN's default group size); for ProtoNet
-the two loops of :mod:`benchmarks.reference_loops`: ``plain`` (tuned) and ``default`` (learn2learn-style); for
+the loops of :mod:`benchmarks.reference_loops`: ``plain`` (tuned; the reference of ``speed_vs_plain``),
+``plain[inplace]`` (the same with in-place ReLU, as fewshot's Conv-4) and ``default`` (learn2learn-style); for
 MAML ``batchnorm[vmap]`` and ``swbn[vmap]``, the meta-batch's tasks as one ``torch.func.vmap``
 (``learner.kwargs.vmap_tasks=true``) instead of the task loop the other MAML variants run.
 
@@ -167,7 +168,8 @@ def _fewshot_step(cfg, split, variant: Variant) -> Callable[[list], None]:  # no
 
 
 def _reference_step(variant: Variant, in_channels: int, lr: float) -> Callable[[list], None]:
-    loop = ReferenceProtoNet(in_channels, channels_last=REFERENCE_LOOPS[variant.reference], lr=lr)
+    channels_last, inplace_relu = REFERENCE_LOOPS[variant.reference]
+    loop = ReferenceProtoNet(in_channels, channels_last=channels_last, inplace_relu=inplace_relu, lr=lr)
     return lambda batch: loop.step(batch[0])
 
 

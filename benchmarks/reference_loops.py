@@ -7,6 +7,8 @@ NeurIPS 2017, arXiv 1703.05175):
 
 * ``plain``: the tuned loop of issue 13: model and input in the channels-last memory format (the lever of
   ``../shared/docs/cpu-performance.md``), under the same allocator settings as the process;
+* ``plain[inplace]``: ``plain`` with ``nn.ReLU(inplace=True)``, as fewshot's Conv-4 runs its ReLU (one
+  activation-sized write and read less per block): the tuned loop at its best;
 * ``default``: the learn2learn-style default: contiguous (NCHW) model and input. Run in the same process, so it
   shares the process's allocator; a user's default process also lacks the glibc malloc tunables that
   ``run_episode.py`` sets, which ``cpu-performance.md`` measured at another 1.4–1.9× on large steps.
@@ -22,18 +24,22 @@ from episodes.episode import Episode
 
 __all__ = ["REFERENCE_LOOPS", "ReferenceMAML", "ReferenceProtoNet", "conv4_sequential"]
 
-#: Reference loop name → whether it uses the channels-last memory format.
-REFERENCE_LOOPS: dict[str, bool] = {"plain": True, "default": False}
+#: Reference loop name → (channels-last memory format, in-place ReLU).
+REFERENCE_LOOPS: dict[str, tuple[bool, bool]] = {
+    "plain": (True, False),
+    "plain[inplace]": (True, True),
+    "default": (False, False),
+}
 
 
-def conv4_sequential(in_channels: int, hidden: int = 64) -> nn.Sequential:
+def conv4_sequential(in_channels: int, hidden: int = 64, *, inplace_relu: bool = False) -> nn.Sequential:
     """Conv-4 from torch layers: 4 × [Conv2d 3×3 pad 1, BatchNorm2d, ReLU, MaxPool2d 2], then flatten."""
     layers: list[nn.Module] = []
     for i in range(4):
         layers += [
             nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1),
             nn.BatchNorm2d(hidden),
-            nn.ReLU(),
+            nn.ReLU(inplace=inplace_relu),
             nn.MaxPool2d(2),
         ]
     return nn.Sequential(*layers, nn.Flatten())
@@ -45,6 +51,7 @@ class ReferenceProtoNet:
     Args:
         in_channels: image channels.
         channels_last: convert model and inputs to the channels-last memory format.
+        inplace_relu: run the ReLUs in place.
         lr: Adam's learning rate.
         seed: seeds the model's initialization.
         device: where the model runs (the episodes must be there too).
@@ -55,12 +62,13 @@ class ReferenceProtoNet:
         in_channels: int,
         *,
         channels_last: bool,
+        inplace_relu: bool = False,
         lr: float = 1e-3,
         seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
         torch.manual_seed(seed)
-        self.model = conv4_sequential(in_channels).to(device)
+        self.model = conv4_sequential(in_channels, inplace_relu=inplace_relu).to(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)

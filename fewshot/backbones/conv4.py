@@ -28,6 +28,10 @@ __all__ = ["ConvBlock", "Conv4", "Conv4MAML"]
 class ConvBlock(nn.Module):
     """Conv2d 3×3 (padding 1, bias) → norm → ReLU → optional MaxPool2d(2).
 
+    The ReLU runs in place on the norm's output: no norm layer's backward needs its own output (they save their
+    input and statistics; autograd's version check would raise if one did), so this saves one activation-sized
+    write and read per block with the same values and gradients bit for bit (docs/performance.md).
+
     Args:
         in_channels: input channels.
         out_channels: output channels.
@@ -56,7 +60,7 @@ class ConvBlock(nn.Module):
         """Map ``x`` (N, C_in, H, W) to ``(y, posterior)``; ``y`` is (N, C_out, H', W')."""
         h = self.conv(x)
         h, posterior = apply_norm(self.norm, h, posterior, self.conv)
-        h = F.relu(h)
+        h = F.relu(h, inplace=True)
         if self.pool:
             h = F.max_pool2d(h, 2)
         return h, posterior

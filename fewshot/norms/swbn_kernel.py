@@ -57,7 +57,10 @@ class StandardizeThenGroupMatrix(torch.autograd.Function):
     def forward(
         x: Tensor, x_hat: Tensor, invstd: Tensor, w: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> Tensor:
-        return WM.apply_group_matrix(x_hat, _group_matrix(w, weight), bias)
+        y = WM.apply_group_matrix(x_hat, _group_matrix(w, weight), bias)
+        # A custom Function's output that is a view (the NCHW and 2-D products are reshaped) may not be modified in
+        # place, and callers do that (Conv-4's ReLU): return a tensor that owns its storage.
+        return y if y._base is None else y.clone()
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - autograd signature

@@ -3,14 +3,18 @@ state threading for state-passing norm layers, DropBlock, the registry's errors.
 
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import fewshot.norms as norms
 from fewshot import backbones
+from fewshot.backbones._common import apply_norm
+from fewshot.backbones.conv4 import ConvBlock
 from fewshot.backbones.resnet12 import DropBlock
 from fewshot.errors import UnknownNameError
 
@@ -87,6 +91,29 @@ def test_every_backbone_with_every_norm_forwards_and_backprops(name, norm):
     net(x).square().mean().backward()
     for pname, p in net.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("norm", norms.names())
+def test_conv_block_relu_in_place_changes_no_value_gradient_or_state(norm, memory_format):
+    # ConvBlock runs its ReLU in place on the norm's output: the same bits as conv -> norm -> F.relu -> pool
+    torch.manual_seed(0)
+    block = ConvBlock(3, 16, norm=norm, norm_kwargs=None).to(memory_format=memory_format)
+    ref = copy.deepcopy(block)
+    x = torch.rand(6, 3, 8, 8).contiguous(memory_format=memory_format).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    y, _ = block(x)
+    h, _ = apply_norm(ref.norm, ref.conv(x_ref), None, ref.conv)
+    y_ref = F.max_pool2d(F.relu(h), 2)
+    assert torch.equal(y, y_ref)
+    grad = torch.rand_like(y)
+    y.backward(grad)
+    y_ref.backward(grad)
+    assert torch.equal(x.grad, x_ref.grad)
+    for (name, p), q in zip(block.named_parameters(), ref.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad), name
+    for (name, b), c in zip(block.named_buffers(), ref.buffers(), strict=True):
+        assert torch.equal(b, c), name
 
 
 @pytest.mark.parametrize("name", backbones.names())

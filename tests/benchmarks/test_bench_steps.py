@@ -50,7 +50,7 @@ def test_variants_compare_swbn_at_its_default_group_size_and_only_protonet_gets_
 
     protonet = {v.label: v for v in bench.variants("protonet")}
     maml = {v.label for v in bench.variants("maml")}
-    assert set(protonet) - maml == {"plain", "default"}
+    assert set(protonet) - maml == {"plain", "plain[inplace]", "default"}
     assert maml - set(protonet) == {"batchnorm[vmap]", "swbn[vmap]"}
     vmapped = {v.label: v for v in bench.variants("maml") if v.label.endswith("[vmap]")}
     assert all(v.overrides == ("learner.kwargs.vmap_tasks=true",) for v in vmapped.values())
@@ -114,14 +114,15 @@ def test_bench_train_rejects_unknown_sections(capsys):
     assert "--sections" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_reference_loop_is_protonet_with_torch_layers(channels_last):
+@pytest.mark.parametrize(("channels_last", "inplace_relu"), [(True, False), (True, True), (False, False)])
+def test_reference_loop_is_protonet_with_torch_layers(channels_last, inplace_relu):
     g = torch.Generator().manual_seed(0)
     sx, qx = torch.rand(6, 1, 28, 28, generator=g), torch.rand(9, 1, 28, 28, generator=g)
     sy, qy = torch.arange(3).repeat_interleave(2), torch.arange(3).repeat_interleave(3)
     ep = Episode(sx, sy, qx, qy, class_ids=("a", "b", "c"), support_ids=tuple("123456"),
                  query_ids=tuple("abcdefghi"), index=0)  # fmt: skip
-    loop = loops.ReferenceProtoNet(1, channels_last=channels_last)
+    loop = loops.ReferenceProtoNet(1, channels_last=channels_last, inplace_relu=inplace_relu)
+    assert [m.inplace for m in loop.model if isinstance(m, torch.nn.ReLU)] == [inplace_relu] * 4
     learner = ProtoNet(loop.model)
     z = loop.model(torch.cat([sx, qx]))
     want = F.cross_entropy(learner.logits(z[:6], sy, z[6:], 3), qy).item()
