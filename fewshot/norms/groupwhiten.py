@@ -91,12 +91,13 @@ class GroupWhitening(NormLayer):
 def _like_memory_format(y: Tensor, x: Tensor) -> Tensor:
     """``y`` in ``x``'s memory format when ``x`` is channels_last (4-D); otherwise ``y`` itself.
 
-    Under ``vmap`` memory formats cannot be queried (and do not matter): ``y`` is returned unchanged.
+    Under ``vmap`` memory formats cannot be queried or set (and do not matter): ``y`` is returned unchanged. A
+    tensor that ``grad`` wraps inside ``vmap`` answers the query but refuses the conversion, so both are guarded.
     """
     if x.dim() != 4:
         return y
     try:
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    except RuntimeError:  # a vmap-batched tensor
+        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+    except RuntimeError:  # inside vmap (functorch's "NYI: Tensor.clone(memory_format) inside vmap")
         return y
-    return y.contiguous(memory_format=torch.channels_last) if channels_last else y

@@ -57,9 +57,19 @@ class StandardizeThenGroupMatrix(torch.autograd.Function):
     def forward(
         x: Tensor, x_hat: Tensor, invstd: Tensor, w: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> Tensor:
-        y = WM.apply_group_matrix(x_hat, _group_matrix(w, weight), bias)
-        # A custom Function's output that is a view (the NCHW and 2-D products are reshaped) may not be modified in
-        # place, and callers do that (Conv-4's ReLU): return a tensor that owns its storage.
+        # A custom Function's output that is a view may not be modified in place, and callers do that (Conv-4's
+        # ReLU): the NCHW product is written straight into an owned tensor, other products are copied if a view.
+        a = _group_matrix(w, weight)
+        if x_hat.dim() == 4 and x_hat.is_contiguous():
+            n, _, h, w_ = x_hat.shape
+            groups, g, _ = a.shape
+            y = torch.empty_like(x_hat, memory_format=torch.contiguous_format)
+            rows = y.view(n, groups, g, h * w_)
+            torch.matmul(a, x_hat.view(n, groups, g, h * w_), out=rows)
+            if bias is not None:
+                rows.add_(bias.reshape(groups, g, 1))
+            return y
+        y = WM.apply_group_matrix(x_hat, a, bias)
         return y if y._base is None else y.clone()
 
     @staticmethod

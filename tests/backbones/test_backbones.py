@@ -116,6 +116,20 @@ def test_conv_block_relu_in_place_changes_no_value_gradient_or_state(norm, memor
         assert torch.equal(b, c), name
 
 
+@pytest.mark.parametrize("policy", ["running", "transductive"])
+@pytest.mark.parametrize("norm", norms.names())
+def test_no_norm_output_shares_storage_with_its_input_or_state(norm, policy):
+    # What makes Conv-4's in-place ReLU safe where autograd checks nothing (eval, no_grad): the output is new memory
+    layer = norms.create(norm, 16)
+    x = torch.rand(6, 16, 4, 4)
+    held = [x, *layer.parameters(), *layer.buffers()]
+    with torch.no_grad(), norms.set_policy(layer, policy):
+        for training in (True, False):
+            y = layer.train(training)(x)
+            ptr = y.untyped_storage().data_ptr()
+            assert all(ptr != t.untyped_storage().data_ptr() for t in held), (norm, training)
+
+
 @pytest.mark.parametrize("name", backbones.names())
 def test_channels_last_gives_the_same_features(name):
     torch.manual_seed(0)

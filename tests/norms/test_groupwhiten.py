@@ -54,3 +54,19 @@ def test_defaults_and_bad_groups():
     assert create("groupwhiten", 20).groups == 20
     with pytest.raises(ValueError, match=r"groups=3 does not divide num_features=8"):
         create("groupwhiten", 8, groups=3)
+
+
+def test_grad_inside_vmap_on_channels_last_samples_equals_the_loop():
+    # MAML's vmap_tasks on a channels_last model: grad wraps the batched tensor, which answers the memory-format
+    # query but refuses the conversion ("NYI: Tensor.clone(memory_format) inside vmap")
+    layer = create("groupwhiten", 16).double()
+    x = torch.randn(3, 8, 4, 4, 16, dtype=F64, generator=torch.Generator().manual_seed(0)).permute(0, 1, 4, 2, 3)
+    assert x[0].is_contiguous(memory_format=torch.channels_last) and not x[0].is_contiguous()
+    scale = torch.arange(16, dtype=F64).reshape(16, 1, 1)
+
+    def loss(sample):
+        return (layer(sample).square() * scale).sum()
+
+    loop = torch.stack([torch.func.grad(loss)(sample) for sample in x])
+    torch.testing.assert_close(torch.func.vmap(torch.func.grad(loss))(x), loop, rtol=0, atol=1e-12)
+    assert layer(x[0]).is_contiguous(memory_format=torch.channels_last)  # outside vmap the format is kept
