@@ -5,16 +5,18 @@ Files (under ``--out-dir``, ``results/`` by default; each CSV starts with ``# co
 * ``study.csv``: one row per cell × test way × test shot K × policy: learner, backbone, norm (with options),
   dataset, way, shot, query, train_shot, train_episodes, train_minutes (mean wall time per seed), policy,
   pretrain_episodes and pretrain_minutes (the first stage of a two-stage cell, ``after:``; 0 for one stage),
-  n_seeds, episodes, mean, ci95, ci_low, ci_high, diff_to_bn, diff_ci95, diff_low, diff_high, n_paired_seeds,
-  reference. Accuracies in percent. ``mean`` is the mean over seeds of the per-seed mean accuracy on the same
-  fixed episodes, its interval ``[ci_low, ci_high]`` the 95% percentile interval of the two-level bootstrap of
-  :func:`fewshot.evaluation.stats.hierarchical_bootstrap` (seeds, then episodes; 10,000 resamples, seed 0) and
-  ``ci95`` that interval's half-width ``(ci_high − ci_low)/2`` (the interval need not be symmetric about
-  ``mean``; elsewhere in the project ``ci95`` is ``1.96·s/√n``, which it matches for one seed); ``diff_to_bn``
-  the same for the per-episode differences to the grid's reference cell (its first evaluated ``batchnorm`` cell
-  without options; the first evaluated cell of a grid without one, named in ``reference``) over the seeds both
-  have, paired on identical episodes. With one seed (``n_seeds``, ``n_paired_seeds`` = 1) the interval holds
-  episode noise only: seed-to-seed variation is not estimated.
+  n_seeds, seeds, episodes, mean, ci95, ci_low, ci_high, diff_to_bn, diff_ci95, diff_low, diff_high,
+  n_paired_seeds, paired_seeds, reference_seeds, reference. Accuracies in percent; seed lists as ``"0 1 2"``.
+  ``mean`` is the mean over seeds of the per-seed mean accuracy on the same fixed episodes, its interval
+  ``[ci_low, ci_high]`` that of :func:`fewshot.evaluation.stats.hierarchical_bootstrap` (seeds and one episode
+  draw shared by them, 10,000 resamples, seed 0; for two or more seeds widened to contain the t-interval of
+  :func:`fewshot.evaluation.stats.crossed_t_interval`) and ``ci95`` that interval's half-width
+  ``(ci_high − ci_low)/2`` (the interval need not be symmetric about ``mean``; elsewhere in the project ``ci95``
+  is ``1.96·s/√n``, which it matches for one seed); ``diff_to_bn`` the same for the per-episode differences to
+  the grid's reference cell (its first evaluated ``batchnorm`` cell without options; the first evaluated cell of
+  a grid without one, named in ``reference``) over the seeds both have (``paired_seeds``; the reference's own
+  in ``reference_seeds``), paired on identical episodes. With one seed (``n_seeds``, ``n_paired_seeds`` = 1) the
+  interval holds episode noise only: seed-to-seed variation is not estimated.
 * ``study_pairs.csv``: the same differences per seed (:func:`fewshot.evaluation.stats.paired_comparison`:
   mean, 1.96·s/√n CI, paired t and sign-flip p-values printed to 6 significant digits, wins/ties/losses; the
   p-values are per row, not corrected for the many rows).
@@ -136,17 +138,19 @@ def study_table(frame: pd.DataFrame, references: dict[str, str]) -> tuple[pd.Dat
         ref = frame[(frame["grid"] == info["grid"]) & (frame["cell"] == ref_cell)]
         ref = ref[(ref[_SETTING] == pd.Series(info)[_SETTING]).all(axis=1)]
         diff = {"diff_to_bn": math.nan, "diff_ci95": math.nan, "diff_low": math.nan, "diff_high": math.nan,
-                "n_paired_seeds": 0}  # fmt: skip
+                "n_paired_seeds": 0, "paired_seeds": "", "reference_seeds": ""}  # fmt: skip
         if not ref.empty and ref_cell != info["cell"]:
             ref_seeds, ref_acc = _stack(ref, f"{info['grid']}/{ref_cell}")
             if ref["episode_hash"].iloc[0] != group["episode_hash"].iloc[0]:
                 raise DataError(f"{where}: evaluated on other episodes than the reference {ref_cell!r}")
             shared = [s for s in seeds if s in ref_seeds]
+            diff["reference_seeds"] = _seed_list(ref_seeds)
             if shared:
                 d = np.stack([acc[seeds.index(s)] - ref_acc[ref_seeds.index(s)] for s in shared])
                 dci = hierarchical_bootstrap(d, n_resamples=N_RESAMPLES, seed=0)
                 diff = {"diff_to_bn": 100 * dci.mean, "diff_ci95": 100 * dci.ci95, "diff_low": 100 * dci.low,
-                        "diff_high": 100 * dci.high, "n_paired_seeds": len(shared)}  # fmt: skip
+                        "diff_high": 100 * dci.high, "n_paired_seeds": len(shared), "paired_seeds": _seed_list(shared),
+                        "reference_seeds": _seed_list(ref_seeds)}  # fmt: skip
                 for s in shared:
                     p = paired_comparison(ref_acc[ref_seeds.index(s)], acc[seeds.index(s)])
                     pairs.append({**cell, "reference": ref_cell, "seed": s, "diff": 100 * p.mean_diff,
@@ -157,11 +161,16 @@ def study_table(frame: pd.DataFrame, references: dict[str, str]) -> tuple[pd.Dat
             "train_minutes": float(group["train_minutes"].mean()),
             "pretrain_episodes": int(group["pretrain_episodes"].iloc[0]),
             "pretrain_minutes": float(group["pretrain_minutes"].mean()),
-            "n_seeds": len(seeds), "episodes": acc.shape[1],
+            "n_seeds": len(seeds), "seeds": _seed_list(seeds), "episodes": acc.shape[1],
             "mean": 100 * ci.mean, "ci95": 100 * ci.ci95, "ci_low": 100 * ci.low, "ci_high": 100 * ci.high, **diff,
             "reference": ref_cell,
         })  # fmt: skip
     return _in_order(pd.DataFrame(table)), _in_order(pd.DataFrame(pairs))
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    """Seeds as the table writes them: ``"0 1 2"`` (a string, so that one seed is not read back as a number)."""
+    return " ".join(str(int(s)) for s in seeds)
 
 
 def _in_order(frame: pd.DataFrame) -> pd.DataFrame:

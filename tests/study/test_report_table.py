@@ -1,7 +1,9 @@
 """The study table's statistics on hand-made per-episode accuracies (no training): values against a direct
 computation, pairing with the reference, a cell whose seeds trained different budgets, printed p-values, and
-what FINDINGS.md says when a cell has one seed."""
+what FINDINGS.md says when a cell has one seed or unpaired seeds, its verdicts at a bound of 0, and its whitening
+table."""
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 
 from fewshot.errors import DataError
 from fewshot.evaluation.stats import paired_comparison
-from fewshot.study.findings import findings_markdown
+from fewshot.study.findings import findings_markdown, verdict
 from fewshot.study.report import _csv, study_table
 
 N_EPISODES = 40
@@ -107,3 +109,49 @@ def test_findings_give_every_grid_a_line_even_without_a_finished_run(frame):
     assert "K = 1: no SWBN cell has a finished, paired seed yet." in findings_markdown(
         table, pd.DataFrame(), grids[:1], "c"
     )
+
+
+def test_verdict_reads_a_bound_that_is_zero_up_to_rounding_as_zero():
+    # per-episode differences are multiples of 1/(way*query): a bootstrap bound that is 0 exactly can come out as
+    # -1.85e-17 (the CSV then prints -0.0000); it must not turn "not distinguishable" into "worse than"
+    row = pd.Series({"diff_low": -0.31, "diff_high": -1.85e-17})
+    assert verdict(row) == "not distinguishable from"
+    assert verdict(row.replace(-1.85e-17, -0.01)) == "worse than"
+    assert verdict(pd.Series({"diff_low": 1e-17, "diff_high": 0.4})) == "not distinguishable from"
+    assert verdict(pd.Series({"diff_low": 0.01, "diff_high": 0.4})) == "better than"
+
+
+def test_findings_claim_one_seed_for_that_seed_and_name_unpaired_seeds(frame):
+    # BN has seeds 0 and 1, swbn only seed 1: one paired seed, named, and BN's seed 0 said to be unpaired
+    table, _ = study_table(frame[(frame["cell"] == "batchnorm") | (frame["seed"] == 1)], {"g": "batchnorm"})
+    row = table[(table["cell"] == "swbn") & (table["shot"] == 1)].iloc[0]
+    assert (row["seeds"], row["paired_seeds"], row["reference_seeds"]) == ("1", "1", "0 1")
+    text = findings_markdown(table, pd.DataFrame(), [SimpleNamespace(name="g")], "cmd")
+    assert "`swbn` seed 1 is " in text and " BN seed 1 (" in text
+    assert "(1 paired seed: test episodes only); BN's seed 0 unpaired)" in text
+    table, _ = study_table(frame, {"g": "batchnorm"})
+    text = findings_markdown(table, pd.DataFrame(), [SimpleNamespace(name="g")], "cmd")
+    assert "`swbn` is " in text and "unpaired" not in text
+
+
+def test_findings_give_the_other_policies_beside_the_headline(frame):
+    running = frame.assign(policy="running", episode_hash=frame["episode_hash"] + "-running")
+    table, _ = study_table(pd.concat([frame, running], ignore_index=True), {"g": "batchnorm"})
+    text = findings_markdown(table, pd.DataFrame(), [SimpleNamespace(name="g")], "cmd")
+    run = table[(table["cell"] == "swbn") & (table["shot"] == 1) & (table["policy"] == "running")].iloc[0]
+    assert "`support`, K = 1: `swbn` is" in text
+    assert f"; `running` {run['diff_to_bn']:+.2f} points [{run['diff_low']:+.2f}, {run['diff_high']:+.2f}]" in text
+
+
+def test_findings_whitening_table_takes_the_median_layer_and_counts_singular_ones(frame):
+    table, _ = study_table(frame, {"g": "batchnorm"})
+    rows = []
+    for norm, conds in (("batchnorm", [math.inf, 300.0, 500.0, math.inf]), ("swbn", [math.inf, 10.0, 20.0, 30.0])):
+        for shot in (1, 5):
+            for layer, cond in enumerate(conds):
+                rows.append({"grid": "g", "cell": norm, "norm": norm, "way": 5, "shot": shot, "policy": "support",
+                             "layer": f"blocks.{layer}.norm", "support_cond": cond * shot, "corr_error": 1.0 + layer,
+                             "cond_dim": 16 if norm == "swbn" else 64})  # fmt: skip
+    text = findings_markdown(table, pd.DataFrame(rows), [SimpleNamespace(name="g")], "cmd")
+    assert "| `swbn` (d = 16) | 25 (1 of 4 singular) | 125 (1 of 4 singular) | 2.50 | 2.50 |" in text
+    assert "| `batchnorm` (d = 64) | inf (2 of 4 singular) | inf (2 of 4 singular) | 2.50 | 2.50 |" in text

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Land the study's finished runs in results/: archive every finished run of the named grids (both stages of a
+# two-stage cell) into results/study/sweeps/<grid>/, rerun each named grid's report and the report of all grids, the
+# accuracy table and plot, the paired miniImageNet ProtoNet comparison (issue 15), the README/docs tables and the
+# statistics check. Every step is a command that can be rerun on its own; this only chains them in order.
+#   bash scripts/land_study.sh miniimagenet_protonet [omniglot_protonet ...]
+# A run still held by a live process (training, evaluating) is refused by archive_run.py, and the script stops.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+export FEWSHOT_DATA=${FEWSHOT_DATA:-../shared/data}
+RUNS=${FEWSHOT_RUNS:-runs}
+GRIDS=(omniglot_protonet miniimagenet_protonet omniglot_maml miniimagenet_maml)
+(( $# )) || { echo "usage: bash scripts/land_study.sh GRID [GRID ...]  (grids: ${GRIDS[*]})" >&2; exit 2; }
+
+for grid in "$@"; do
+  [[ -f configs/study/$grid.yaml ]] || { echo "no grid configs/study/$grid.yaml (grids: ${GRIDS[*]})" >&2; exit 2; }
+  # `sweep status` prints one row per run: "#  CELL/seedS  STATE  ..."; only finished runs are final
+  mapfile -t finished < <("$PY" run_episode.py sweep status --grid "configs/study/$grid.yaml" --runs-root "$RUNS" |
+    awk '$3 == "finished" { print $2 }')
+  if (( ${#finished[@]} == 0 )); then echo "[land] $grid: no finished run"; continue; fi
+  dirs=()
+  for run in "${finished[@]}"; do dirs+=("$RUNS/sweeps/$grid/$run"); done
+  echo "[land] $grid: archiving ${finished[*]}"
+  "$PY" scripts/archive_run.py "${dirs[@]}" --dest "results/study/sweeps/$grid"
+  "$PY" run_episode.py sweep report --grid "configs/study/$grid.yaml" --runs-root results/study \
+    --out-dir "results/study/$grid" --force
+done
+
+all=()
+for grid in "${GRIDS[@]}"; do all+=(--grid "configs/study/$grid.yaml"); done
+"$PY" run_episode.py sweep report "${all[@]}" --runs-root results/study --out-dir results/study --force
+"$PY" run_episode.py table --runs results/runs results/study/sweeps/miniimagenet_protonet --format csv --published \
+  --out results/accuracy.csv --plot results/accuracy_vs_shots.png --force
+
+# issue 15: BN against both SWBN settings, and shrinkage against none, on the same 600 test episodes
+mini=results/study/sweeps/miniimagenet_protonet
+if [[ -f $mini/swbn_rho0.1/seed0/metrics.json ]]; then
+  out=results/compare_protonet_miniimagenet.csv
+  mode=--force
+  for shot in 1 5; do
+    for policy in running support transductive; do
+      "$PY" run_episode.py compare --runs "$mini/batchnorm/seed0" "$mini/swbn/seed0" "$mini/swbn_rho0.1/seed0" \
+        --policy "$policy" --n-shot "$shot" --out "$out" "$mode"
+      mode=--append
+      "$PY" run_episode.py compare --runs "$mini/swbn/seed0" "$mini/swbn_rho0.1/seed0" \
+        --policy "$policy" --n-shot "$shot" --out "$out" --append
+    done
+  done
+fi
+
+"$PY" scripts/render_results.py
+"$PY" scripts/check_results_stats.py
+echo "[land] done: review 'git status' and 'git diff --stat', then commit results/ with the docs"
