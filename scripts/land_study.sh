@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Land the study's finished runs in results/: archive every finished run of the named grids (both stages of a
 # two-stage cell) into results/study/sweeps/<grid>/, rerun each named grid's report and the report of all grids, the
-# accuracy table and plot, the paired miniImageNet ProtoNet comparison (issue 15), the README/docs tables and the
-# statistics check. Every step is a command that can be rerun on its own; this only chains them in order.
+# accuracy table and plot, the paired miniImageNet ProtoNet comparison and training curves (issue 15), the README/docs
+# tables and the statistics check. Every step is a command that can be rerun on its own; this only chains them in order.
 #   bash scripts/land_study.sh miniimagenet_protonet [omniglot_protonet ...]
 # A run still held by a live process (training, evaluating) is refused by archive_run.py, and the script stops.
 set -euo pipefail
@@ -47,6 +47,17 @@ if [[ -f $mini/swbn_rho0.1/seed0/metrics.json ]]; then
         --policy "$policy" --n-shot "$shot" --out "$out" --append
     done
   done
+fi
+
+# both stages of every finished miniImageNet ProtoNet cell: training loss and validation accuracy
+stages=()
+for cell in batchnorm swbn swbn_rho0.1; do
+  for stage in "pre_$cell" "$cell"; do
+    [[ -f $mini/$stage/seed0/metrics.json ]] && stages+=("$mini/$stage/seed0")
+  done
+done
+if (( ${#stages[@]} )); then
+  "$PY" run_episode.py curves --runs "${stages[@]}" --out results/miniimagenet_protonet_curves.png --x episodes --force
 fi
 
 "$PY" scripts/render_results.py
