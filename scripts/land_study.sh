@@ -30,7 +30,13 @@ done
 all=()
 for grid in "${GRIDS[@]}"; do all+=(--grid "configs/study/$grid.yaml"); done
 "$PY" run_episode.py sweep report "${all[@]}" --runs-root results/study --out-dir results/study --force
-"$PY" run_episode.py table --runs results/runs results/study/sweeps/miniimagenet_protonet --format csv --published \
+# the accuracy table holds the results/runs models and the miniImageNet study cells (the Omniglot cells are in the
+# study table); a grid with no archived run yet is left out of the command
+table_runs=(results/runs)
+for grid in miniimagenet_protonet miniimagenet_maml; do
+  [[ -d results/study/sweeps/$grid ]] && table_runs+=("results/study/sweeps/$grid")
+done
+"$PY" run_episode.py table --runs "${table_runs[@]}" --format csv --published \
   --out results/accuracy.csv --plot results/accuracy_vs_shots.png --force
 
 # issue 15: BN against both SWBN settings, and shrinkage against none, on the same 600 test episodes
@@ -45,6 +51,20 @@ if [[ -f $mini/swbn_rho0.1/seed0/metrics.json ]]; then
       mode=--append
       "$PY" run_episode.py compare --runs "$mini/swbn/seed0" "$mini/swbn_rho0.1/seed0" \
         --policy "$policy" --n-shot "$shot" --out "$out" --append
+    done
+  done
+fi
+
+# issue 15: MAML BN against SWBN (rho = 0) on the same 600 test episodes, under the policies MAML is evaluated with
+maml=results/study/sweeps/miniimagenet_maml
+if [[ -f $maml/batchnorm/seed0/metrics.json && -f $maml/swbn/seed0/metrics.json ]]; then
+  out=results/compare_maml_miniimagenet.csv
+  mode=--force
+  for shot in 1 5; do
+    for policy in transductive support; do
+      "$PY" run_episode.py compare --runs "$maml/batchnorm/seed0" "$maml/swbn/seed0" \
+        --policy "$policy" --n-shot "$shot" --out "$out" "$mode"
+      mode=--append
     done
   done
 fi

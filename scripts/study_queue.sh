@@ -16,11 +16,12 @@ STEPS=(
   # issue 15: SWBN on miniImageNet, rho = 0 then 0.1, on the BN run's batches and episodes
   "miniimagenet_protonet pre_swbn/seed0 swbn/seed0"
   "miniimagenet_protonet pre_swbn_rho0.1/seed0 swbn_rho0.1/seed0"
+  # issue 15: MAML on miniImageNet, BN and SWBN (its last missing result)
+  "miniimagenet_maml batchnorm/seed0 swbn/seed0"
   # issue 16: the seeds of BN and both SWBN settings on Omniglot
   "omniglot_protonet */seed1 */seed2"
-  # issue 16: MAML on Omniglot at equal work (BN reused from the headline run), then issue 15's MAML runs
+  # issue 16: MAML on Omniglot at equal work (BN reused from the headline run)
   "omniglot_maml *"
-  "miniimagenet_maml batchnorm/seed0 swbn/seed0"
   # issue 16: every other layer on Omniglot (one seed), then the two best of them on miniImageNet
   "omniglot_protonet *"
   "miniimagenet_protonet *"
