@@ -55,7 +55,7 @@ from fewshot.norms.state import norm_layers
 __all__ = ["MAML"]
 
 Params = dict[str, Tensor]
-_HEAD_INITS = ("normal", "default")
+_HEAD_INITS = ("normal", "xavier", "default")
 _NORM_STATE_UPDATES = ("meta_batch", "task")
 
 
@@ -122,8 +122,10 @@ class MAML(Learner):
         anil: adapt only the head; the backbone features are computed once per task.
         adapt_norm: adapt the norm layers' affine parameters in the inner loop too (learn2learn, torchmeta, higher);
             ``False`` meta-learns them in the outer loop only, as the reference TensorFlow code does.
-        head_init: ``"normal"``: weights N(0, 1) and zero bias, as the reference code for Omniglot; ``"default"``:
-            PyTorch's ``nn.Linear`` initialization.
+        head_init: ``"normal"``: weights N(0, 1) and zero bias, as the reference code for Omniglot (a 64-d
+            feature); ``"xavier"``: Glorot-uniform weights and zero bias, as the reference code for miniImageNet
+            (an 800-d feature, where N(0, 1) weights give logits of standard deviation ~30 and a meta-training
+            that stays at chance); ``"default"``: PyTorch's ``nn.Linear`` initialization.
         channels_last: convert input images to the channels-last memory format.
         norm_state_update: when ``meta_loss`` updates the norm layers' state (see the module docstring):
             ``"meta_batch"`` (once per call, on all support sets concatenated) or ``"task"`` (once per task).
@@ -196,9 +198,12 @@ class MAML(Learner):
         if not callable(getattr(backbone, "out_features", None)):
             raise TypeError(f"maml needs a backbone with out_features(image_size), got {type(backbone).__name__}")
         self.head = nn.Linear(backbone.out_features(image_size), self.n_way)
-        if head_init == "normal":
+        if head_init != "default":
             with torch.no_grad():
-                nn.init.normal_(self.head.weight)
+                if head_init == "normal":
+                    nn.init.normal_(self.head.weight)
+                else:
+                    nn.init.xavier_uniform_(self.head.weight)
                 nn.init.zeros_(self.head.bias)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -265,12 +265,30 @@ def test_meta_learning_beats_chance_on_new_classes(tiny_backbone, episode_factor
     assert evaluate(learner, "transductive", world=1) >= 0.8
 
 
+@pytest.mark.parametrize("head_init", ["normal", "xavier", "default"])
+def test_head_init_draws_the_reference_distribution(head_init):
+    """normal: N(0, 1) (the reference code's Omniglot head); xavier: U(-a, a) with a = sqrt(6 / (fan_in + fan_out))
+    (its miniImageNet head); default: nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Biases zero but the default's."""
+    torch.manual_seed(0)
+    backbone = backbones.create("conv4", in_channels=3, norm="batchnorm", hidden=32)
+    learner = learners.create("maml", backbone, n_way=5, image_size=84, head_init=head_init)
+    w, b = learner.head.weight, learner.head.bias
+    assert w.shape == (5, 800)
+    bound = {"normal": None, "xavier": (6 / 805) ** 0.5, "default": 800**-0.5}[head_init]
+    if bound is None:
+        assert abs(w.std().item() - 1) < 0.05 and abs(w.mean().item()) < 0.05 and w.abs().max() > 2
+    else:  # uniform on (-bound, bound): its extremes near the bound, its std bound / sqrt(3)
+        assert w.abs().max() <= bound and w.abs().max() > 0.99 * bound
+        assert abs(w.std().item() - bound / 3**0.5) < 0.05 * bound
+    assert (b == 0).all() == (head_init != "default")
+
+
 # ----------------------------------------------------------------------------------------------- errors
 def test_bad_options_and_episodes_raise(tiny_backbone, episode_factory):
     with pytest.raises(ValueError, match="inner_lr must be a number > 0"):
         _maml(tiny_backbone(), inner_lr=0)
-    with pytest.raises(ValueError, match="head_init must be one of"):
-        _maml(tiny_backbone(), head_init="xavier")
+    with pytest.raises(ValueError, match="head_init must be one of 'normal', 'xavier', 'default', got 'glorot'"):
+        _maml(tiny_backbone(), head_init="glorot")
     with pytest.raises(TypeError, match="unknown option.*'inner_step'.*inner_steps"):
         _maml(tiny_backbone(), inner_step=3)
     learner = _maml(tiny_backbone())
