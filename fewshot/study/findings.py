@@ -22,15 +22,20 @@ __all__ = ["verdict", "findings_markdown"]
 
 
 def _first_stage(table: pd.DataFrame) -> str:
-    """``", after a first stage of ..."`` for two-stage cells (``pretrain_episodes`` > 0), else ``""``."""
+    """``", after a first stage of ..."`` for two-stage cells (``pretrain_episodes`` > 0), else ``""``: a
+    classifier's first stage counts batches, an episodic one episodes."""
     if "pretrain_episodes" not in table:
         return ""
     staged = table[table["pretrain_episodes"] > 0]
     if staged.empty:
         return ""
     budgets = ", ".join(str(int(e)) for e in sorted(set(staged["pretrain_episodes"])))
+    learners = set(staged["pretrain_learner"].fillna("")) if "pretrain_learner" in staged else {""}
+    unit = {frozenset({"classifier"}): "classifier batches"}.get(frozenset(learners), "episodes")
+    if "classifier" in learners and len(learners) > 1:
+        unit = "steps (classifier batches or episodes)"
     lo, hi = staged["pretrain_minutes"].min(), staged["pretrain_minutes"].max()
-    return f", after a first stage of {budgets} episodes ({lo:.0f}-{hi:.0f} min)"
+    return f", after a first stage of {budgets} {unit} ({lo:.0f}-{hi:.0f} min)"
 
 
 # Interval bounds within this many points of 0 count as 0: per-episode differences are multiples of 1/(way·query),
@@ -190,8 +195,9 @@ def findings_markdown(table: pd.DataFrame, whiteness: pd.DataFrame, grids: Seque
         f"{_first_stage(table)}). Headline setting per grid: its smallest way and K, the `support` policy "
         "(statistics from the K·N support images alone), differences to its reference cell (BN where it has one) "
         "paired on identical episodes, "
-        "95% intervals from a bootstrap over seeds and episodes, at least as wide as a t-interval over seeds "
-        "(over episodes alone where a cell has one seed); the other policies at the same K after the first interval."
+        "95% intervals from a bootstrap over seeds and episodes (with two or more seeds widened to contain a "
+        "t-interval over seeds and episodes; with one seed over episodes alone); the other policies at the same K "
+        "after the first interval."
     )
     lines.append("")
     if len(heads) == 1 and not waiting:

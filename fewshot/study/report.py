@@ -4,7 +4,8 @@ Files (under ``--out-dir``, ``results/`` by default; each CSV starts with ``# co
 
 * ``study.csv``: one row per cell × test way × test shot K × policy: learner, backbone, norm (with options),
   dataset, way, shot, query, train_shot, train_episodes, train_minutes (mean wall time per seed), policy,
-  pretrain_episodes and pretrain_minutes (the first stage of a two-stage cell, ``after:``; 0 for one stage),
+  pretrain_episodes, pretrain_minutes and pretrain_learner (the first stage of a two-stage cell, ``after:``; its
+  episodes are batches when its learner is ``classifier``; 0 and ``""`` for one stage),
   n_seeds, seeds, episodes, mean, ci95, ci_low, ci_high, diff_to_bn, diff_ci95, diff_low, diff_high,
   n_paired_seeds, paired_seeds, reference_seeds, reference. Accuracies in percent; seed lists as ``"0 1 2"``.
   ``mean`` is the mean over seeds of the per-seed mean accuracy on the same fixed episodes, its interval
@@ -102,6 +103,7 @@ def collect(grids: Sequence[GridSpec], runs_root: str | Path | None = None) -> t
                     "train_minutes": status.minutes,
                     "pretrain_episodes": 0 if first is None else first.episodes_done,
                     "pretrain_minutes": 0.0 if first is None else first.minutes,
+                    "pretrain_learner": "" if first is None else first.run.cfg.learner.name,
                     "way": s["way"], "shot": s["shot"], "query": s["query"], "policy": s["policy"],
                     "episode_hash": s["episode_hash"], "acc": read_episode_accuracies(summary_path.parent),
                 })  # fmt: skip
@@ -161,6 +163,7 @@ def study_table(frame: pd.DataFrame, references: dict[str, str]) -> tuple[pd.Dat
             "train_minutes": float(group["train_minutes"].mean()),
             "pretrain_episodes": int(group["pretrain_episodes"].iloc[0]),
             "pretrain_minutes": float(group["pretrain_minutes"].mean()),
+            "pretrain_learner": str(group["pretrain_learner"].iloc[0]),
             "n_seeds": len(seeds), "seeds": _seed_list(seeds), "episodes": acc.shape[1],
             "mean": 100 * ci.mean, "ci95": 100 * ci.ci95, "ci_low": 100 * ci.low, "ci_high": 100 * ci.high, **diff,
             "reference": ref_cell,

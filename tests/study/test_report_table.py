@@ -27,8 +27,8 @@ def _rows(cell, norm, seeds, rng, *, episodes=100, shift=0.0):
             rows.append({
                 "grid": "g", "cell": cell, "seed": seed, "learner": "protonet", "backbone": "conv4", "norm": norm,
                 "dataset": "omniglot", "train_shot": 1, "train_episodes": episodes, "train_minutes": 2.0 + seed,
-                "pretrain_episodes": 0, "pretrain_minutes": 0.0, "way": 5, "shot": shot, "query": 5,
-                "policy": "support", "episode_hash": f"hash-k{shot}", "acc": acc,
+                "pretrain_episodes": 0, "pretrain_minutes": 0.0, "pretrain_learner": "", "way": 5, "shot": shot,
+                "query": 5, "policy": "support", "episode_hash": f"hash-k{shot}", "acc": acc,
             })  # fmt: skip
     return rows
 

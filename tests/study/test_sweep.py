@@ -12,8 +12,9 @@ import torch
 
 from fewshot.cli.main import main
 from fewshot.evaluation.outputs import read_episode_accuracies
+from fewshot.study.findings import findings_markdown
 from fewshot.study.grid import load_grid, plan_runs
-from fewshot.study.report import collect
+from fewshot.study.report import collect, study_table
 from fewshot.study.status import lock_path, run_status
 from fewshot.study.sweep import run_sweep
 from fewshot.training.checkpoint import load_checkpoint
@@ -166,7 +167,10 @@ def test_a_second_stage_waits_for_its_first_and_starts_from_its_backbone(write_g
     record = json.loads((fine.run_dir / "init_from.json").read_text())
     assert record["path"] == str(pre.run_dir / "checkpoints" / "best.pt")
     # the study table reports the first stage's budget beside the evaluated stage's
-    frame, _ = collect([grid])
+    frame, references = collect([grid])
     first = run_status(pre)
     assert set(frame["cell"]) == {"fine"} and set(frame["pretrain_episodes"]) == {4}
     assert set(frame["pretrain_minutes"]) == {first.minutes} and first.minutes > 0
+    assert set(frame["pretrain_learner"]) == {"classifier"}
+    table, _ = study_table(frame, references)
+    assert ", after a first stage of 4 classifier batches (" in findings_markdown(table, pd.DataFrame(), [grid], "c")
