@@ -55,7 +55,10 @@ from fewshot.norms.state import norm_layers
 __all__ = ["MAML"]
 
 Params = dict[str, Tensor]
-_HEAD_INITS = ("normal", "xavier", "default")
+# head_init -> the draw of the head's weights (its bias set to zero), None: nn.Linear's own initialization
+_HEAD_INITS: dict[str, Callable[[Tensor], Tensor] | None] = {
+    "normal": nn.init.normal_, "xavier": nn.init.xavier_uniform_, "default": None,
+}  # fmt: skip
 _NORM_STATE_UPDATES = ("meta_batch", "task")
 
 
@@ -198,12 +201,10 @@ class MAML(Learner):
         if not callable(getattr(backbone, "out_features", None)):
             raise TypeError(f"maml needs a backbone with out_features(image_size), got {type(backbone).__name__}")
         self.head = nn.Linear(backbone.out_features(image_size), self.n_way)
-        if head_init != "default":
+        draw = _HEAD_INITS[head_init]
+        if draw is not None:
             with torch.no_grad():
-                if head_init == "normal":
-                    nn.init.normal_(self.head.weight)
-                else:
-                    nn.init.xavier_uniform_(self.head.weight)
+                draw(self.head.weight)
                 nn.init.zeros_(self.head.bias)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -30,10 +30,13 @@ def _first_stage(table: pd.DataFrame) -> str:
     if staged.empty:
         return ""
     budgets = ", ".join(str(int(e)) for e in sorted(set(staged["pretrain_episodes"])))
-    learners = set(staged["pretrain_learner"].fillna("")) if "pretrain_learner" in staged else {""}
-    unit = {frozenset({"classifier"}): "classifier batches"}.get(frozenset(learners), "episodes")
-    if "classifier" in learners and len(learners) > 1:
+    learners = set(staged["pretrain_learner"].fillna("")) if "pretrain_learner" in staged else set()
+    if learners == {"classifier"}:
+        unit = "classifier batches"
+    elif "classifier" in learners:
         unit = "steps (classifier batches or episodes)"
+    else:
+        unit = "episodes"
     lo, hi = staged["pretrain_minutes"].min(), staged["pretrain_minutes"].max()
     return f", after a first stage of {budgets} {unit} ({lo:.0f}-{hi:.0f} min)"
 
