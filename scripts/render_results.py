@@ -5,7 +5,9 @@ A page (README.md, or any docs/*.md such as the full results page docs/results.m
 ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``; everything between a pair is
 replaced by a Markdown rendering of ``results/NAME.csv``. The opening marker may select rows and columns:
 ``<!-- results:NAME where <pandas query> columns a,b,c digits 2 -->`` (all parts optional, in that order; ``digits``
-prints floats with that many decimals, else 4 significant digits), e.g.
+prints floats with that many decimals, else 4 significant digits; a p-value column, ``p`` or ``p_*``, always prints
+2 significant digits, since fixed decimals would print 6e-4 and 7e-19 alike as 0.00; any other float below 1e-12 in
+magnitude is the rounding of a sum, e.g. the mean difference of two equal columns, and prints as 0), e.g.
 ``<!-- results:bench_norms where section == "step" columns dataset,layer,ms,ratio_to_batchnorm digits 2 -->``.
 Lines of the CSV starting with ``#`` are comments (the exact command that produced the file) and are rendered
 under the table. A pair ``<!-- include:PATH.md -->`` ... ``<!-- /include:PATH.md -->`` is replaced by the
@@ -65,18 +67,26 @@ def render(name: str, where: str | None = None, columns: str | None = None, digi
 def _markdown(frame: pd.DataFrame, digits: int | None = None) -> str:
     """A Markdown table (no optional dependency, so the README does not depend on what is installed)."""
 
-    def fmt(v: object) -> str:
+    def fmt(v: object, column: str) -> str:
         if v is None or v is pd.NA or (isinstance(v, float) and pd.isna(v)):
             return ""
         if isinstance(v, float):
+            if column == "p" or column.startswith("p_"):
+                return f"{v:.2g}"
+            if abs(v) < 1e-12:
+                v = 0.0
             if digits is not None:
                 return f"{v:.{digits}f}"
             return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
         return str(v)
 
-    head = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    columns = [str(c) for c in frame.columns]
+    head = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    rows = [
+        "| " + " | ".join(fmt(v, c) for v, c in zip(row, columns, strict=True)) + " |"
+        for row in frame.itertuples(index=False)
+    ]
     return "\n".join([head, rule, *rows])
 
 

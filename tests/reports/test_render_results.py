@@ -32,7 +32,7 @@ def test_markers_select_rows_columns_and_decimals(render, tmp_path) -> None:
     assert render.main([]) == 0
     assert readme.read_text() == (
         "intro\n<!-- results:acc where shot == 1 columns norm,mean,p digits 2 -->\n"
-        "| norm | mean | p |\n|---|---|---|\n| batchnorm | 98.59 | 0.00 |\n| swbn | 98.27 |  |\n"
+        "| norm | mean | p |\n|---|---|---|\n| batchnorm | 98.59 | 0.00032 |\n| swbn | 98.27 |  |\n"
         "\ncommand: python run_episode.py table --format csv  \n<!-- /results:acc -->\nend\n"
     )
     assert render.main(["--check"]) == 0  # up to date now
@@ -43,7 +43,16 @@ def test_default_is_four_significant_digits_and_check_reports_staleness(render, 
     readme.write_text("<!-- results:acc columns mean,p -->\n<!-- /results:acc -->\n")
     assert render.main(["--check"]) == 1 and readme.read_text().count("\n") == 2  # --check writes nothing
     render.main([])
-    assert "| 98.59 | 0.0003243 |" in readme.read_text() and "| 99.54 | 0.5 |" in readme.read_text()
+    assert "| 98.59 | 0.00032 |" in readme.read_text() and "| 99.54 | 0.5 |" in readme.read_text()
+
+
+def test_p_values_keep_their_magnitude_and_rounding_noise_prints_as_zero(render, tmp_path) -> None:
+    (tmp_path / "results" / "pairs.csv").write_text("diff,p_t,p_perm\n1.85e-16,7e-19,0.0073\n-0.304,1.0,0.5\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:pairs digits 2 -->\n<!-- /results:pairs -->\n")
+    render.main([])
+    rows = readme.read_text().splitlines()[3:5]
+    assert rows == ["| 0.00 | 7e-19 | 0.0073 |", "| -0.30 | 1 | 0.5 |"]
 
 
 def test_missing_csv_and_unknown_column_are_named(render, tmp_path) -> None:
