@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Land the study's finished runs in results/: archive every finished run of the named grids (both stages of a
 # two-stage cell) into results/study/sweeps/<grid>/, rerun each named grid's report and the report of all grids, the
-# accuracy table and plot, the paired miniImageNet ProtoNet comparison and training curves (issue 15), the README/docs
+# accuracy table and plot, the paired miniImageNet comparisons and training curves (issue 15), the README/docs
 # tables and the statistics check. Every step is a command that can be rerun on its own; this only chains them in order.
 #   bash scripts/land_study.sh miniimagenet_protonet [omniglot_protonet ...]
 # A run still held by a live process (training, evaluating) is refused by archive_run.py, and the script stops.
@@ -78,6 +78,15 @@ for cell in batchnorm swbn swbn_rho0.1; do
 done
 if (( ${#stages[@]} )); then
   "$PY" run_episode.py curves --runs "${stages[@]}" --out results/miniimagenet_protonet_curves.png --x episodes --force
+fi
+
+# every finished miniImageNet MAML cell: training loss and validation accuracy against tasks
+maml_runs=()
+for cell in batchnorm swbn swbn_rho0.1; do
+  [[ -f $maml/$cell/seed0/metrics.json ]] && maml_runs+=("$maml/$cell/seed0")
+done
+if (( ${#maml_runs[@]} )); then
+  "$PY" run_episode.py curves --runs "${maml_runs[@]}" --out results/miniimagenet_maml_curves.png --x episodes --force
 fi
 
 "$PY" scripts/render_results.py
