@@ -67,6 +67,9 @@ if [[ -f $maml/batchnorm/seed0/metrics.json && -f $maml/swbn/seed0/metrics.json 
       mode=--append
     done
   done
+  # the reference code's test episodes: K queries per class (1 at 1-shot); compare evaluates both runs on them
+  "$PY" run_episode.py compare --runs "$maml/batchnorm/seed0" "$maml/swbn/seed0" \
+    --policy transductive --n-shot 1 --n-query 1 --out "$out" --append
 fi
 
 # both stages of every finished miniImageNet ProtoNet cell: training loss and validation accuracy

@@ -143,8 +143,10 @@ def _answer(h: _Headline) -> str:
     verdicts = "; ".join(
         f"{_claim(r, h)} ({_diff(r)}{_other_policies(h, r)}{_left_out(r, h.ref_name)})" for _, r in swbn.iterrows()
     )
-    if at_min.empty:
-        verdicts = "no paired comparison yet (the reference or the other cells have no finished seed here)"
+    if at_min.empty and (h.rows["cell"] == h.ref).any():
+        verdicts = f"no paired comparison yet ({h.ref_name} is finished; no other cell has a finished seed)"
+    elif at_min.empty:
+        verdicts = f"no paired comparison yet ({h.ref_name}, the reference, has no finished seed)"
     elif swbn.empty:
         verdicts = "no SWBN cell has a finished, paired seed yet"
     return f"{h.dataset} {h.learner} ({h.grid}), {h.way}-way, `{h.policy}`, K = {h.k_min}: {verdicts}"

@@ -109,6 +109,14 @@ def test_findings_give_every_grid_a_line_even_without_a_finished_run(frame):
     assert "K = 1: no SWBN cell has a finished, paired seed yet." in findings_markdown(
         table, pd.DataFrame(), grids[:1], "c"
     )
+    table, _ = study_table(frame[frame["cell"] == "batchnorm"], {"g": "batchnorm"})
+    assert "K = 1: no paired comparison yet (BN is finished; no other cell has a finished seed)." in findings_markdown(
+        table, pd.DataFrame(), grids[:1], "c"
+    )
+    table, _ = study_table(frame[frame["cell"] == "swbn"], {"g": "batchnorm"})
+    assert "K = 1: no paired comparison yet (BN, the reference, has no finished seed)." in findings_markdown(
+        table, pd.DataFrame(), grids[:1], "c"
+    )
 
 
 def test_verdict_reads_a_bound_that_is_zero_up_to_rounding_as_zero():
