@@ -32,11 +32,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 import numpy as np
 
 __all__ = [
     "Z_95",
+    "exact_mean_difference",
     "MeanCI",
     "PairedComparison",
     "mean_ci",
@@ -52,6 +54,7 @@ Z_95 = 1.96
 """Normal quantile used for the 95% confidence interval half-width (1.96 · s / √n)."""
 
 _EXACT_MAX_NONZERO = 16  # sign-flip test enumerates all 2^m sign patterns up to m = 16 non-zero differences
+_MAX_ACCURACY_DENOMINATOR = 100_000  # queries per episode up to which accuracies are read back as exact ratios
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,36 @@ def _differences(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarra
             f"{arr_b.size}; evaluate both runs on the same episode file"
         )
     return arr_b - arr_a
+
+
+def exact_mean_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """``mean(b − a)``, computed in exact rational arithmetic when every value is a ratio of small integers.
+
+    Per-episode accuracies are ``n_correct / n_query_total`` rounded to the nearest double. Summing their float
+    differences leaves rounding residue (``1.85e-16`` instead of ``0`` when two runs have the same number of
+    correct queries in all), which a table then prints as a difference. Each value is read back as the fraction
+    with denominator at most 100,000 whose nearest double it is; the differences are summed exactly and rounded
+    once, so equal totals give exactly ``0``. Values that are not such ratios fall back to the float mean.
+
+    Args:
+        a: ``(n,)`` per-episode values of the reference.
+        b: ``(n,)`` per-episode values on the same episodes.
+
+    Example:
+        >>> exact_mean_difference([1 / 3, 2 / 3, 0.2], [2 / 3, 1 / 3, 0.2])
+        0.0
+    """
+    d = _differences(a, b)
+
+    def as_ratio(x: float) -> Fraction | None:
+        fraction = Fraction(x).limit_denominator(_MAX_ACCURACY_DENOMINATOR)
+        return fraction if float(fraction) == x else None
+
+    values_a = [as_ratio(float(x)) for x in np.asarray(a, dtype=np.float64).ravel()]
+    values_b = [as_ratio(float(x)) for x in np.asarray(b, dtype=np.float64).ravel()]
+    if any(v is None for v in values_a) or any(v is None for v in values_b):
+        return float(d.mean())
+    return float((sum(values_b, Fraction(0)) - sum(values_a, Fraction(0))) / len(values_a))
 
 
 def paired_t_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> tuple[float, int, float]:
@@ -279,7 +312,7 @@ def paired_comparison(
         n=int(d.size),
         mean_a=float(arr_a.mean()),
         mean_b=float(arr_b.mean()),
-        mean_diff=diff.mean,
+        mean_diff=exact_mean_difference(arr_a, arr_b),
         ci95_diff=diff.ci95,
         t=t,
         df=df,

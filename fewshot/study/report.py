@@ -41,7 +41,7 @@ import pandas as pd
 
 from fewshot.errors import ConfigError, DataError
 from fewshot.evaluation.outputs import EVAL_DIR, atomic_write_text, read_episode_accuracies
-from fewshot.evaluation.stats import hierarchical_bootstrap, paired_comparison
+from fewshot.evaluation.stats import exact_mean_difference, hierarchical_bootstrap, paired_comparison
 from fewshot.provenance import command_line
 from fewshot.registry import option_label
 from fewshot.study.grid import GridSpec, PlannedRun, plan_runs
@@ -150,7 +150,11 @@ def study_table(frame: pd.DataFrame, references: dict[str, str]) -> tuple[pd.Dat
             if shared:
                 d = np.stack([acc[seeds.index(s)] - ref_acc[ref_seeds.index(s)] for s in shared])
                 dci = hierarchical_bootstrap(d, n_resamples=N_RESAMPLES, seed=0)
-                diff = {"diff_to_bn": 100 * dci.mean, "diff_ci95": 100 * dci.ci95, "diff_low": 100 * dci.low,
+                ref_shared = np.stack([ref_acc[ref_seeds.index(s)] for s in shared])
+                exact = exact_mean_difference(
+                    ref_shared.ravel(), np.stack([acc[seeds.index(s)] for s in shared]).ravel()
+                )
+                diff = {"diff_to_bn": 100 * exact, "diff_ci95": 100 * dci.ci95, "diff_low": 100 * dci.low,
                         "diff_high": 100 * dci.high, "n_paired_seeds": len(shared), "paired_seeds": _seed_list(shared),
                         "reference_seeds": _seed_list(ref_seeds)}  # fmt: skip
                 for s in shared:

@@ -12,6 +12,7 @@ import pytest
 import scipy.stats
 
 from fewshot.evaluation.stats import (
+    exact_mean_difference,
     mean_ci,
     paired_comparison,
     paired_t_test,
@@ -195,6 +196,25 @@ def test_sign_flip_monte_carlo_stream_is_unchanged():
 def test_sign_flip_monte_carlo_p_is_never_zero():
     p, exact, n = sign_flip_test(np.zeros(30), np.ones(30), n_resamples=100, seed=0)
     assert not exact and p == pytest.approx(1 / 101)
+
+
+def test_exact_mean_difference_is_zero_when_the_correct_counts_are_equal():
+    # the same correct counts (of 75 queries) in another episode order: the float mean keeps a residue
+    a = np.array([55, 3, 43, 6]) / 75
+    b = np.array([55, 43, 6, 3]) / 75
+    assert float(np.mean(b - a)) != 0.0
+    assert exact_mean_difference(a, b) == 0.0
+    assert paired_comparison(a, b).mean_diff == 0.0
+    # totals one query apart: exactly (1/75)/4, rounded once
+    assert exact_mean_difference(a, np.array([56, 43, 6, 3]) / 75) == 1 / 300
+
+
+def test_exact_mean_difference_falls_back_to_the_float_mean_for_other_values():
+    rng = np.random.default_rng(0)
+    a, b = rng.random(50), rng.random(50)
+    assert exact_mean_difference(a, b) == float(np.mean(b - a))
+    with pytest.raises(ValueError, match="equal length"):
+        exact_mean_difference(a, b[:3])
 
 
 def test_paired_comparison_counts_and_direction():
