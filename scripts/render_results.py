@@ -6,8 +6,8 @@ A page (README.md, or any docs/*.md such as the full results page docs/results.m
 replaced by a Markdown rendering of ``results/NAME.csv``. The opening marker may select rows and columns:
 ``<!-- results:NAME where <pandas query> columns a,b,c digits 2 -->`` (all parts optional, in that order; ``digits``
 prints floats with that many decimals, else 4 significant digits; a p-value column, ``p`` or ``p_*``, always prints
-2 significant digits, since fixed decimals would print 6e-4 and 7e-19 alike as 0.00; any other float below 1e-12 in
-magnitude is the rounding of a sum, e.g. the mean difference of two equal columns, and prints as 0), e.g.
+2 significant digits, since fixed decimals would print 6e-4 and 7e-19 alike as 0.00; other floats print as they are,
+so a tiny value shows up rather than being hidden as 0), e.g.
 ``<!-- results:bench_norms where section == "step" columns dataset,layer,ms,ratio_to_batchnorm digits 2 -->``.
 Lines of the CSV starting with ``#`` are comments (the exact command that produced the file) and are rendered
 under the table. A pair ``<!-- include:PATH.md -->`` ... ``<!-- /include:PATH.md -->`` is replaced by the
@@ -73,8 +73,6 @@ def _markdown(frame: pd.DataFrame, digits: int | None = None) -> str:
         if isinstance(v, float):
             if column == "p" or column.startswith("p_"):
                 return f"{v:.2g}"
-            if abs(v) < 1e-12:
-                v = 0.0
             if digits is not None:
                 return f"{v:.{digits}f}"
             return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"

@@ -46,13 +46,16 @@ def test_default_is_four_significant_digits_and_check_reports_staleness(render, 
     assert "| 98.59 | 0.00032 |" in readme.read_text() and "| 99.54 | 0.5 |" in readme.read_text()
 
 
-def test_p_values_keep_their_magnitude_and_rounding_noise_prints_as_zero(render, tmp_path) -> None:
+def test_p_values_keep_their_magnitude_and_other_tiny_values_are_not_hidden(render, tmp_path) -> None:
     (tmp_path / "results" / "pairs.csv").write_text("diff,p_t,p_perm\n1.85e-16,7e-19,0.0073\n-0.304,1.0,0.5\n")
     readme = tmp_path / "README.md"
-    readme.write_text("<!-- results:pairs digits 2 -->\n<!-- /results:pairs -->\n")
+    readme.write_text(
+        "<!-- results:pairs digits 2 -->\n<!-- /results:pairs -->\n<!-- results:pairs -->\n<!-- /results:pairs -->\n"
+    )
     render.main([])
-    rows = readme.read_text().splitlines()[3:5]
-    assert rows == ["| 0.00 | 7e-19 | 0.0073 |", "| -0.30 | 1 | 0.5 |"]
+    lines = readme.read_text().splitlines()
+    assert lines[3:5] == ["| 0.00 | 7e-19 | 0.0073 |", "| -0.30 | 1 | 0.5 |"]
+    assert "| 1.85e-16 | 7e-19 | 0.0073 |" in lines
 
 
 def test_missing_csv_and_unknown_column_are_named(render, tmp_path) -> None:
