@@ -11,7 +11,7 @@ mkdir -p logs
 exec > >(tee -a logs/bench_all.log) 2>&1
 echo "== $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)"
 # Training steps side by side, every setting, all variants, torch's default threads (= the cores, as training).
-"$PY" run_episode.py bench train --sections steps --protonet-steps 8 --maml-steps 3 --warmup-steps 1 \
+"$PY" run_episode.py bench train --sections steps --protonet-steps 20 --maml-steps 3 --warmup-steps 1 \
   --write --force
 echo "== $(date -u +%FT%TZ)"
 # Evaluation against the bare forwards of the same images, Omniglot and miniImageNet 5w1s15q, running policy.
