@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Name the miniImageNet grid's two placeholder layers by a rule fixed before the Omniglot layers were trained.
+
+``configs/study/miniimagenet_protonet.yaml`` trains BN, both SWBN settings and "the two best other layers on
+Omniglot"; until those are known its last cells hold placeholders, named in its ``# PLACEHOLDERS: A and B stand
+for ...`` comment, and ``scripts/study_queue.sh`` skips the grid. The rule (stated here and in that comment before
+any of the other layers was trained, so the choice cannot follow the miniImageNet results or a favourite metric):
+
+    score(layer) = mean of its ProtoNet accuracies on Omniglot at K = 1 under the ``support`` policy, 5- and
+                   20-way (the regime the study asks about: statistics from the K·N support images alone),
+                   read from the Omniglot grid's ``study.csv``; every layer but BN and SWBN is a candidate,
+                   each must be in the table; the two highest scores are picked (ties: the cell order of the
+                   Omniglot grid).
+
+``--apply`` rewrites the placeholder cells of the miniImageNet grid to the two picked layers (a placeholder that
+was picked keeps its cells), drops the ``PLACEHOLDERS`` comment and records the choice in its place. Only a grid
+none of whose placeholder cells has a run folder yet is rewritten (a run started under a placeholder's name would
+otherwise be attributed to another layer).
+
+Usage: python scripts/pick_layers.py [--study CSV] [--grid YAML] [--runs-root DIR] [--apply]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fewshot.study.grid import load_grid  # noqa: E402
+
+STUDY_CSV = ROOT / "results/study/omniglot_protonet/study.csv"
+OMNIGLOT_GRID = ROOT / "configs/study/omniglot_protonet.yaml"
+TARGET_GRID = ROOT / "configs/study/miniimagenet_protonet.yaml"
+NOT_CANDIDATES = ("batchnorm", "swbn")  # the layers every grid trains anyway (by `norm`, so both SWBN settings)
+WAYS, SHOT, POLICY = (5, 20), 1, "support"
+PLACEHOLDERS = re.compile(r"^# PLACEHOLDERS: (\S+) and (\S+) stand for .*\n(?:# .*\n)*", re.MULTILINE)
+
+
+def rank(study: pd.DataFrame, candidates: list[str]) -> pd.DataFrame:
+    """Every candidate cell with its two accuracies and score, best first (ties: the order of ``candidates``)."""
+    rows = study[(study["shot"] == SHOT) & (study["policy"] == POLICY) & study["way"].isin(WAYS)]
+    table = rows.pivot_table(index="cell", columns="way", values="mean", aggfunc="first")
+    missing = [c for c in candidates if c not in table.index or table.loc[c].isna().any()]
+    if missing:
+        raise ValueError(
+            f"the study table has no {POLICY}-policy K = {SHOT} accuracy at {' and '.join(map(str, WAYS))} ways for "
+            f"{', '.join(missing)}; every candidate must be trained and evaluated before two are picked: run "
+            "`bash scripts/study_queue.sh`, then `bash scripts/land_study.sh omniglot_protonet`"
+        )
+    ranked = table.loc[candidates, list(WAYS)].rename(columns=lambda w: f"acc_{w}way")
+    ranked["score"] = ranked.mean(axis=1)
+    ranked["order"] = range(len(ranked))
+    return ranked.sort_values(["score", "order"], ascending=[False, True]).drop(columns="order")
+
+
+def rewrite(text: str, picked: list[str]) -> tuple[str, dict[str, str]]:
+    """The grid's text with its placeholders renamed to ``picked`` and the choice recorded; and the renaming."""
+    match = PLACEHOLDERS.search(text)
+    if match is None:
+        raise ValueError("the grid has no '# PLACEHOLDERS: A and B stand for ...' comment: its layers are named")
+    holders = [match.group(1), match.group(2)]
+    free = [p for p in picked if p not in holders]
+    renaming = {h: (h if h in picked else free.pop(0)) for h in holders}
+    record = (
+        f"# The two other layers, {picked[0]} and {picked[1]}, were picked by scripts/pick_layers.py: the best mean\n"
+        f"# {POLICY}-policy K = {SHOT} accuracy at 5 and 20 ways on Omniglot (results/study/omniglot_protonet/).\n"
+    )
+    text = text[: match.start()] + record + text[match.end() :]
+    token = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(map(re.escape, holders)) + r")(?![A-Za-z0-9])")
+    head, cells = text.split("\ncells:\n", 1)
+    body, tail = re.match(r"((?:  .*\n)*)(.*)", cells, re.DOTALL).groups()  # the indented cell lines, the rest
+    return head + "\ncells:\n" + token.sub(lambda m: renaming[m.group(1)], body) + tail, renaming
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", type=Path, default=STUDY_CSV, help="the Omniglot grid's study.csv")
+    parser.add_argument("--omniglot-grid", type=Path, default=OMNIGLOT_GRID)
+    parser.add_argument("--grid", type=Path, default=TARGET_GRID, help="the grid whose placeholders are named")
+    parser.add_argument("--runs-root", type=Path, default=ROOT / "runs", help="where the grid's run folders live")
+    parser.add_argument("--apply", action="store_true", help="rewrite --grid (else print the choice only)")
+    args = parser.parse_args(argv)
+
+    omniglot = load_grid(args.omniglot_grid)
+    candidates = [c.name for c in omniglot.cells if not any(c.name.startswith(n) for n in NOT_CANDIDATES)]
+    study = pd.read_csv(args.study, comment="#")
+    study = study[study["grid"] == omniglot.name]
+    ranked = rank(study, candidates)
+    picked = list(ranked.index[:2])
+    print(ranked.to_string(float_format=lambda v: f"{v:.2f}"))
+    print(f"picked: {picked[0]}, {picked[1]}")
+    if not args.apply:
+        return 0
+    text, renaming = rewrite(args.grid.read_text(), picked)
+    grid = load_grid(args.grid)
+    started = [
+        str(p)
+        for old, new in renaming.items()
+        if old != new
+        for p in sorted((args.runs_root / "sweeps" / grid.name).glob(f"*{old}/seed*"))
+        if p.parent.name in (old, f"pre_{old}")
+    ]
+    if started:
+        raise ValueError(f"placeholder cells already have run folders ({', '.join(started)}): move them aside first")
+    args.grid.write_text(text)
+    load_grid(args.grid)  # the rewritten grid must still load
+    print(f"wrote {args.grid}: " + ", ".join(f"{o} -> {n}" for o, n in renaming.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
