@@ -3,11 +3,14 @@
 Toy class ``c``: a 16x16 grey image of dark noise (0..59) with a bright bar (255) at rows ``2c, 2c+1``, so a
 few episodes of training separate the classes.
 
-Also ``fused_calls``: a spy on the normalization layers' fused-kernel forwards (norm and learner tests).
+Also ``fused_calls``: a spy on the normalization layers' fused-kernel forwards (norm and learner tests), and
+``load_script``: a module of ``scripts/`` imported by name (the scripts are not a package).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -61,6 +64,21 @@ def bar_image_fixture():
 def write_classes_fixture():
     """:func:`write_classes`, as a fixture."""
     return write_classes
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a fresh module, registered in ``sys.modules`` (a dataclass looks its module up)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(name="load_script", scope="session")
+def load_script_fixture():
+    """:func:`load_script`, as a fixture."""
+    return load_script
 
 
 class FusedCall(NamedTuple):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,15 +10,10 @@ import torch
 
 from fewshot.training.checkpoint import save_checkpoint
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_run_metrics.py"
-
 
 @pytest.fixture(scope="module")
-def compare():
-    spec = importlib.util.spec_from_file_location("compare_run_metrics", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def compare(load_script):
+    return load_script("compare_run_metrics")
 
 
 def _run(root: Path, loss: str, weight: float, elapsed: str = "1.0") -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,15 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "rederived_runs.py"
-
 
 @pytest.fixture()
-def script():
-    spec = importlib.util.spec_from_file_location("rederived_runs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("rederived_runs")
 
 
 def _eval(run: Path, name: str, correct: list[int], *, policy: str = "running", episodes: str = "h1") -> None:

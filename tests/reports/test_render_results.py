@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "render_results.py"
 
 
 @pytest.fixture()
-def render(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("render_results", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def render(tmp_path, monkeypatch, load_script):
+    module = load_script("render_results")
     monkeypatch.setattr(module, "ROOT", tmp_path)
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "acc.csv").write_text(

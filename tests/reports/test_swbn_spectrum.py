@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -15,20 +14,16 @@ from fewshot.errors import DataError
 from fewshot.training.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "swbn_spectrum.py"
 RUNS = REPO / "results" / "runs" / "protonet_omniglot_vinyals_1shot"
 SWBN_CONFIG = RUNS / "headline-swbn" / "config.yaml"
 BN_CONFIG = RUNS / "headline-bn" / "config.yaml"
 
 
 @pytest.fixture(scope="module")
-def spectrum():
-    spec = importlib.util.spec_from_file_location("swbn_spectrum", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up by name
-    spec.loader.exec_module(module)
+def spectrum(load_script):
+    module = load_script("swbn_spectrum")
     yield module
-    sys.modules.pop(spec.name, None)
+    sys.modules.pop("swbn_spectrum", None)
 
 
 def _run(tmp_path: Path, config: Path, model: dict) -> Path:

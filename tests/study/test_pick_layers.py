@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -11,16 +10,12 @@ import pytest
 from fewshot.study.grid import load_grid
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "pick_layers.py"
 OTHERS = ["tasknorm", "dbn", "iternorm", "groupwhiten", "kalmannorm", "groupnorm", "instancenorm", "layernorm"]
 
 
 @pytest.fixture()
-def pick():
-    spec = importlib.util.spec_from_file_location("pick_layers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def pick(load_script):
+    return load_script("pick_layers")
 
 
 def _study(path: Path, scores: dict[str, tuple[float, float]]) -> Path:
