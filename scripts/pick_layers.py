@@ -17,7 +17,7 @@ was picked keeps its cells), drops the ``PLACEHOLDERS`` comment and records the 
 none of whose placeholder cells has a run folder yet is rewritten (a run started under a placeholder's name would
 otherwise be attributed to another layer).
 
-Usage: python scripts/pick_layers.py [--study CSV] [--grid YAML] [--runs-root DIR] [--apply]
+Usage: python scripts/pick_layers.py [--study CSV] [--omniglot-grid YAML] [--grid YAML] [--runs-root DIR] [--apply]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -33,83 +34,110 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fewshot.study.grid import load_grid  # noqa: E402
+from fewshot.training.episode_sets import runs_root  # noqa: E402
 
 STUDY_CSV = ROOT / "results/study/omniglot_protonet/study.csv"
 OMNIGLOT_GRID = ROOT / "configs/study/omniglot_protonet.yaml"
 TARGET_GRID = ROOT / "configs/study/miniimagenet_protonet.yaml"
-NOT_CANDIDATES = ("batchnorm", "swbn")  # the layers every grid trains anyway (by `norm`, so both SWBN settings)
+NOT_CANDIDATES = ("batchnorm", "swbn")  # cell-name prefixes of the layers every grid trains anyway (both SWBN)
 WAYS, SHOT, POLICY = (5, 20), 1, "support"
+# The comment's first line and its continuation lines up to the next line that is not a comment.
 PLACEHOLDERS = re.compile(r"^# PLACEHOLDERS: (\S+) and (\S+) stand for .*\n(?:# .*\n)*", re.MULTILINE)
+CELLS = re.compile(r"^cells:[ \t]*(?:#.*)?\n((?:  .*\n)*)", re.MULTILINE)  # the key line, then its indented lines
 
 
 def rank(study: pd.DataFrame, candidates: list[str]) -> pd.DataFrame:
     """Every candidate cell with its two accuracies and score, best first (ties: the order of ``candidates``)."""
     rows = study[(study["shot"] == SHOT) & (study["policy"] == POLICY) & study["way"].isin(WAYS)]
     table = rows.pivot_table(index="cell", columns="way", values="mean", aggfunc="first")
-    missing = [c for c in candidates if c not in table.index or table.loc[c].isna().any()]
+    table = table.reindex(index=candidates, columns=list(WAYS))
+    missing = [c for c in candidates if table.loc[c].isna().any()]
     if missing:
         raise ValueError(
             f"the study table has no {POLICY}-policy K = {SHOT} accuracy at {' and '.join(map(str, WAYS))} ways for "
             f"{', '.join(missing)}; every candidate must be trained and evaluated before two are picked: run "
             "`bash scripts/study_queue.sh`, then `bash scripts/land_study.sh omniglot_protonet`"
         )
-    ranked = table.loc[candidates, list(WAYS)].rename(columns=lambda w: f"acc_{w}way")
+    if len(candidates) < 2:
+        raise ValueError(f"two layers are picked from the candidates, got {len(candidates)}: {candidates}")
+    ranked = table.rename(columns=lambda w: f"acc_{w}way")
     ranked["score"] = ranked.mean(axis=1)
     ranked["order"] = range(len(ranked))
     return ranked.sort_values(["score", "order"], ascending=[False, True]).drop(columns="order")
 
 
-def rewrite(text: str, picked: list[str]) -> tuple[str, dict[str, str]]:
-    """The grid's text with its placeholders renamed to ``picked`` and the choice recorded; and the renaming."""
+def rewrite(text: str, ranked: pd.DataFrame) -> tuple[str, dict[str, str]]:
+    """The grid's text with its placeholders renamed to the two best of ``ranked`` and the choice recorded (with
+    their scores); and the renaming (placeholder -> layer)."""
     match = PLACEHOLDERS.search(text)
     if match is None:
+        if "# PLACEHOLDERS" in text:
+            raise ValueError(
+                "the grid's PLACEHOLDERS comment is not in the expected form '# PLACEHOLDERS: A and B stand for "
+                "...' (A, B: the placeholder cells' layer names); reword it so"
+            )
         raise ValueError("the grid has no '# PLACEHOLDERS: A and B stand for ...' comment: its layers are named")
+    picked = list(ranked.index[:2])
     holders = [match.group(1), match.group(2)]
     free = [p for p in picked if p not in holders]
     renaming = {h: (h if h in picked else free.pop(0)) for h in holders}
+    scores = " and ".join(f"{p} {ranked.loc[p, 'score']:.2f}" for p in picked)
     record = (
-        f"# The two other layers, {picked[0]} and {picked[1]}, were picked by scripts/pick_layers.py: the best mean\n"
-        f"# {POLICY}-policy K = {SHOT} accuracy at 5 and 20 ways on Omniglot (results/study/omniglot_protonet/).\n"
+        f"# The two other layers were picked by scripts/pick_layers.py: the best mean {POLICY}-policy K = {SHOT}\n"
+        f"# accuracy over 5 and 20 ways on Omniglot (results/study/omniglot_protonet/study.csv): {scores}.\n"
     )
     text = text[: match.start()] + record + text[match.end() :]
+    cells = CELLS.search(text)
+    if cells is None:
+        raise ValueError("the grid has no 'cells:' line followed by its indented cells")
     token = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(map(re.escape, holders)) + r")(?![A-Za-z0-9])")
-    head, cells = text.split("\ncells:\n", 1)
-    body, tail = re.match(r"((?:  .*\n)*)(.*)", cells, re.DOTALL).groups()  # the indented cell lines, the rest
-    return head + "\ncells:\n" + token.sub(lambda m: renaming[m.group(1)], body) + tail, renaming
+    body = token.sub(lambda m: renaming[m.group(1)], cells.group(1))
+    return text[: cells.start(1)] + body + text[cells.end(1) :], renaming
+
+
+def started_runs(runs: Path, renaming: dict[str, str]) -> list[str]:
+    """Run folders of the placeholder cells that are renamed (``<cell>/seed*`` and ``pre_<cell>/seed*``)."""
+    return [
+        str(p)
+        for old, new in renaming.items()
+        if old != new
+        for cell in (old, f"pre_{old}")
+        for p in sorted((runs / cell).glob("seed*"))
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", type=Path, default=STUDY_CSV, help="the Omniglot grid's study.csv")
-    parser.add_argument("--omniglot-grid", type=Path, default=OMNIGLOT_GRID)
+    parser.add_argument("--omniglot-grid", type=Path, default=OMNIGLOT_GRID, help="the grid that ranks the layers")
     parser.add_argument("--grid", type=Path, default=TARGET_GRID, help="the grid whose placeholders are named")
-    parser.add_argument("--runs-root", type=Path, default=ROOT / "runs", help="where the grid's run folders live")
+    parser.add_argument("--runs-root", type=Path, default=None, help="runs root (default: $FEWSHOT_RUNS or ./runs)")
     parser.add_argument("--apply", action="store_true", help="rewrite --grid (else print the choice only)")
     args = parser.parse_args(argv)
+    try:
+        return _pick(args)
+    except ValueError as error:  # ConfigError is one too
+        raise SystemExit(f"error: {error}") from error
 
+
+def _pick(args: argparse.Namespace) -> int:
     omniglot = load_grid(args.omniglot_grid)
-    candidates = [c.name for c in omniglot.cells if not any(c.name.startswith(n) for n in NOT_CANDIDATES)]
+    candidates = [c.name for c in omniglot.cells if not c.name.startswith(NOT_CANDIDATES)]
     study = pd.read_csv(args.study, comment="#")
-    study = study[study["grid"] == omniglot.name]
-    ranked = rank(study, candidates)
-    picked = list(ranked.index[:2])
+    ranked = rank(study[study["grid"] == omniglot.name], candidates)
     print(ranked.to_string(float_format=lambda v: f"{v:.2f}"))
-    print(f"picked: {picked[0]}, {picked[1]}")
+    print(f"picked: {ranked.index[0]}, {ranked.index[1]}")
     if not args.apply:
         return 0
-    text, renaming = rewrite(args.grid.read_text(), picked)
     grid = load_grid(args.grid)
-    started = [
-        str(p)
-        for old, new in renaming.items()
-        if old != new
-        for p in sorted((args.runs_root / "sweeps" / grid.name).glob(f"*{old}/seed*"))
-        if p.parent.name in (old, f"pre_{old}")
-    ]
+    text, renaming = rewrite(args.grid.read_text(), ranked)
+    started = started_runs(runs_root(args.runs_root) / "sweeps" / grid.name, renaming)
     if started:
         raise ValueError(f"placeholder cells already have run folders ({', '.join(started)}): move them aside first")
+    with tempfile.TemporaryDirectory() as tmp:  # the rewritten grid must load before it replaces the file
+        (Path(tmp) / args.grid.name).write_text(text)
+        load_grid(Path(tmp) / args.grid.name)
     args.grid.write_text(text)
-    load_grid(args.grid)  # the rewritten grid must still load
     print(f"wrote {args.grid}: " + ", ".join(f"{o} -> {n}" for o, n in renaming.items()))
     return 0
 

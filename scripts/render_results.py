@@ -6,8 +6,8 @@ A page (README.md, or any docs/*.md such as the full results page docs/results.m
 replaced by a Markdown rendering of ``results/NAME.csv``. The opening marker may select rows and columns:
 ``<!-- results:NAME where <pandas query> columns a,b,c digits 2 -->`` (all parts optional, in that order; ``digits``
 prints floats with that many decimals, else 4 significant digits; a p-value column, ``p`` or ``p_*``, always prints
-2 significant digits, since fixed decimals would print 6e-4 and 7e-19 alike as 0.00; other floats print as they are,
-so a tiny value shows up rather than being hidden as 0), e.g.
+2 significant digits, since fixed decimals would print 6e-4 and 7e-19 alike as 0.00; other floats are not rounded to 0
+below a threshold, and ``-0.00`` prints as ``0.00``), e.g.
 ``<!-- results:bench_norms where section == "step" columns dataset,layer,ms,ratio_to_batchnorm digits 2 -->``.
 Lines of the CSV starting with ``#`` are comments (the exact command that produced the file) and are rendered
 under the table. A pair ``<!-- include:PATH.md -->`` ... ``<!-- /include:PATH.md -->`` is replaced by the
@@ -74,7 +74,8 @@ def _markdown(frame: pd.DataFrame, digits: int | None = None) -> str:
             if column == "p" or column.startswith("p_"):
                 return f"{v:.2g}"
             if digits is not None:
-                return f"{v:.{digits}f}"
+                text = f"{v:.{digits}f}"
+                return text[1:] if text.startswith("-") and float(text) == 0 else text  # -0.00 reads as a sign
             return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
         return str(v)
 

@@ -40,14 +40,16 @@ def test_default_is_four_significant_digits_and_check_reports_staleness(render, 
 
 
 def test_p_values_keep_their_magnitude_and_other_tiny_values_are_not_hidden(render, tmp_path) -> None:
-    (tmp_path / "results" / "pairs.csv").write_text("diff,p_t,p_perm\n1.85e-16,7e-19,0.0073\n-0.304,1.0,0.5\n")
+    (tmp_path / "results" / "pairs.csv").write_text(
+        "diff,p_t,p_perm\n1.85e-16,7e-19,0.0073\n-0.304,1.0,0.5\n-0.001,0.9,0.9\n"
+    )
     readme = tmp_path / "README.md"
     readme.write_text(
         "<!-- results:pairs digits 2 -->\n<!-- /results:pairs -->\n<!-- results:pairs -->\n<!-- /results:pairs -->\n"
     )
     render.main([])
     lines = readme.read_text().splitlines()
-    assert lines[3:5] == ["| 0.00 | 7e-19 | 0.0073 |", "| -0.30 | 1 | 0.5 |"]
+    assert lines[3:6] == ["| 0.00 | 7e-19 | 0.0073 |", "| -0.30 | 1 | 0.5 |", "| 0.00 | 0.9 | 0.9 |"]  # no -0.00
     assert "| 1.85e-16 | 7e-19 | 0.0073 |" in lines
 
 

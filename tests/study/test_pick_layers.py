@@ -48,7 +48,7 @@ def test_ranks_by_the_mean_of_5_and_20_way_support_accuracy_at_k1_ties_in_grid_o
 
 def test_a_candidate_without_its_numbers_is_named(pick, tmp_path) -> None:
     scores = {c: (90.0, 80.0) for c in OTHERS if c != "kalmannorm"}
-    with pytest.raises(ValueError, match="kalmannorm; every candidate must be trained"):
+    with pytest.raises(SystemExit, match="error: .*kalmannorm; every candidate must be trained"):
         pick.main(["--study", str(_study(tmp_path / "s.csv", scores))])
 
 
@@ -68,8 +68,8 @@ def test_apply_renames_the_placeholder_cells_and_keeps_a_picked_placeholder(pick
     assert cells["layernorm"].after == "pre_layernorm" and cells["pre_layernorm"].priority == 1
     text = grid.read_text()
     assert "PLACEHOLDERS" not in text and "dbn" not in text
-    assert "layernorm and groupwhiten, were picked by scripts/pick_layers.py" in text
-    with pytest.raises(ValueError, match="no '# PLACEHOLDERS"):  # a second --apply has nothing left to name
+    assert "on Omniglot (results/study/omniglot_protonet/study.csv): layernorm 94.50 and groupwhiten 93.50." in text
+    with pytest.raises(SystemExit, match="no '# PLACEHOLDERS"):  # a second --apply has nothing left to name
         pick.main(["--study", str(study), "--grid", str(grid), "--runs-root", str(tmp_path), "--apply"])
 
 
@@ -79,6 +79,25 @@ def test_apply_refuses_while_a_placeholder_cell_has_a_run_folder(pick, tmp_path)
     before = grid.read_text()
     (tmp_path / "sweeps/miniimagenet_protonet/pre_dbn/seed0").mkdir(parents=True)
     study = _study(tmp_path / "s.csv", dict.fromkeys(OTHERS, (90.0, 80.0)) | {"layernorm": (98.0, 91.0)})
-    with pytest.raises(ValueError, match="pre_dbn/seed0\\): move them aside"):
+    with pytest.raises(SystemExit, match="pre_dbn/seed0\\): move them aside"):
         pick.main(["--study", str(study), "--grid", str(grid), "--runs-root", str(tmp_path), "--apply"])
     assert grid.read_text() == before
+
+
+def test_apply_with_both_placeholders_picked_renames_nothing_and_ignores_their_runs(pick, tmp_path, capsys) -> None:
+    grid = tmp_path / "mini.yaml"
+    shutil.copy(ROOT / "configs/study/miniimagenet_protonet.yaml", grid)
+    (tmp_path / "sweeps/miniimagenet_protonet/pre_dbn/seed0").mkdir(parents=True)  # stays valid: dbn is picked
+    study = _study(
+        tmp_path / "s.csv", dict.fromkeys(OTHERS, (90.0, 80.0)) | {"groupwhiten": (99.0, 90.0), "dbn": (98.0, 90.0)}
+    )
+    assert pick.main(["--study", str(study), "--grid", str(grid), "--runs-root", str(tmp_path), "--apply"]) == 0
+    assert "dbn -> dbn, groupwhiten -> groupwhiten" in capsys.readouterr().out
+    assert [c.name for c in load_grid(grid).cells][6:] == ["pre_dbn", "dbn", "pre_groupwhiten", "groupwhiten"]
+    assert "PLACEHOLDERS" not in grid.read_text()
+
+
+def test_a_reworded_placeholders_comment_is_named_not_taken_for_named_layers(pick) -> None:
+    ranked = pick.pd.DataFrame({"score": [2.0, 1.0]}, index=["layernorm", "tasknorm"])
+    with pytest.raises(ValueError, match="not in the expected form '# PLACEHOLDERS: A and B stand for"):
+        pick.rewrite("# PLACEHOLDERS: dbn, groupwhiten\nname: g\ncells:\n  - {name: dbn}\n", ranked)
