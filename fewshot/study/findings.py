@@ -196,7 +196,8 @@ def findings_markdown(table: pd.DataFrame, whiteness: pd.DataFrame, grids: Seque
     lines.append(
         f"Grids {', '.join(g.name for g in grids)}: {len(table[['grid', 'cell']].drop_duplicates())} cells, up to "
         f"{most} seed{'s' if most > 1 else ''}, {', '.join(map(str, budgets))} training episodes per run "
-        f"({table['train_minutes'].min():.0f}-{table['train_minutes'].max():.0f} min of wall time each"
+        f"({table['train_minutes'].min():.0f}-{table['train_minutes'].max():.0f} min of wall time per run, "
+        "a cell's mean over its seeds"
         f"{_first_stage(table)}). Headline setting per grid: its smallest way and K, the `support` policy "
         "(statistics from the K·N support images alone), differences to its reference cell (BN where it has one) "
         "paired on identical episodes, "
