@@ -33,8 +33,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fewshot.study.grid import load_grid  # noqa: E402
-from fewshot.training.episode_sets import runs_root  # noqa: E402
+from fewshot.study.grid import GridSpec, load_grid, plan_runs  # noqa: E402
 
 STUDY_CSV = ROOT / "results/study/omniglot_protonet/study.csv"
 OMNIGLOT_GRID = ROOT / "configs/study/omniglot_protonet.yaml"
@@ -89,21 +88,19 @@ def rewrite(text: str, ranked: pd.DataFrame) -> tuple[str, dict[str, str]]:
     text = text[: match.start()] + record + text[match.end() :]
     cells = CELLS.search(text)
     if cells is None:
-        raise ValueError("the grid has no 'cells:' line followed by its indented cells")
+        raise ValueError(
+            "the grid has no top-level 'cells:' line followed by its indented cells; write the cells as in "
+            "configs/study/omniglot_protonet.yaml"
+        )
     token = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(map(re.escape, holders)) + r")(?![A-Za-z0-9])")
     body = token.sub(lambda m: renaming[m.group(1)], cells.group(1))
     return text[: cells.start(1)] + body + text[cells.end(1) :], renaming
 
 
-def started_runs(runs: Path, renaming: dict[str, str]) -> list[str]:
-    """Run folders of the placeholder cells that are renamed (``<cell>/seed*`` and ``pre_<cell>/seed*``)."""
-    return [
-        str(p)
-        for old, new in renaming.items()
-        if old != new
-        for cell in (old, f"pre_{old}")
-        for p in sorted((runs / cell).glob("seed*"))
-    ]
+def started_runs(grid: GridSpec, root: Path | None, renaming: dict[str, str]) -> list[str]:
+    """Existing run folders (from :func:`plan_runs`) of the placeholder cells that are renamed, both stages."""
+    renamed = {cell for old, new in renaming.items() if old != new for cell in (old, f"pre_{old}")}
+    return [str(run.run_dir) for run in plan_runs(grid, root) if run.cell.name in renamed and run.run_dir.exists()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +128,7 @@ def _pick(args: argparse.Namespace) -> int:
         return 0
     grid = load_grid(args.grid)
     text, renaming = rewrite(args.grid.read_text(), ranked)
-    started = started_runs(runs_root(args.runs_root) / "sweeps" / grid.name, renaming)
+    started = started_runs(grid, args.runs_root, renaming)
     if started:
         raise ValueError(f"placeholder cells already have run folders ({', '.join(started)}): move them aside first")
     with tempfile.TemporaryDirectory() as tmp:  # the rewritten grid must load before it replaces the file
