@@ -13,7 +13,9 @@ any of the other layers was trained, so the choice cannot follow the miniImageNe
                    Omniglot grid).
 
 ``--apply`` rewrites the placeholder cells of the miniImageNet grid to the two picked layers (a placeholder that
-was picked keeps its cells), drops the ``PLACEHOLDERS`` comment and records the choice in its place. Only a grid
+was picked keeps its cells), drops the ``PLACEHOLDERS`` comment and records the choice in its place. A picked layer
+keeps the recipe its Omniglot cell gives it: its norm policies (TaskNorm trains with the support set as context) on
+the episodic cell, its layer options (``model.norm_kwargs.*``) on both stages. Only a grid
 none of whose placeholder cells has a run folder yet is rewritten (a run started under a placeholder's name would
 otherwise be attributed to another layer).
 
@@ -33,7 +35,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fewshot.study.grid import GridSpec, load_grid, plan_runs  # noqa: E402
+from fewshot.study.grid import CellSpec, GridSpec, load_grid, plan_runs  # noqa: E402
 
 STUDY_CSV = ROOT / "results/study/omniglot_protonet/study.csv"
 OMNIGLOT_GRID = ROOT / "configs/study/omniglot_protonet.yaml"
@@ -43,6 +45,15 @@ WAYS, SHOT, POLICY = (5, 20), 1, "support"
 # The comment's first line and its continuation lines up to the next line that is not a comment.
 PLACEHOLDERS = re.compile(r"^# PLACEHOLDERS: (\S+) and (\S+) stand for .*\n(?:# .*\n)*", re.MULTILINE)
 CELLS = re.compile(r"^cells:[ \t]*(?:#.*)?\n((?:  .*\n)*)", re.MULTILINE)  # the key line, then its indented lines
+# A layer's own recipe in its Omniglot cell, carried to its miniImageNet cells: the norm policies of episodic
+# training and validation (the episodic stage only: a classifier batch has no support set) and the layer's options.
+EPISODIC_KEYS = ("train.norm_policy=", "eval.norm_policy=", "model.norm_kwargs.")
+BOTH_STAGES_KEYS = ("model.norm_kwargs.",)
+
+
+def layer_recipe(cell: CellSpec) -> tuple[str, ...]:
+    """The overrides of an Omniglot cell that belong to its layer (policies, layer options), in order."""
+    return tuple(o for o in cell.overrides if o.startswith(EPISODIC_KEYS))
 
 
 def rank(study: pd.DataFrame, candidates: list[str]) -> pd.DataFrame:
@@ -65,9 +76,12 @@ def rank(study: pd.DataFrame, candidates: list[str]) -> pd.DataFrame:
     return ranked.sort_values(["score", "order"], ascending=[False, True]).drop(columns="order")
 
 
-def rewrite(text: str, ranked: pd.DataFrame) -> tuple[str, dict[str, str]]:
-    """The grid's text with its placeholders renamed to the two best of ``ranked`` and the choice recorded (with
-    their scores); and the renaming (placeholder -> layer)."""
+def rewrite(
+    text: str, ranked: pd.DataFrame, recipes: dict[str, tuple[str, ...]] | None = None
+) -> tuple[str, dict[str, str]]:
+    """The grid's text with its placeholders renamed to the two best of ``ranked``, each picked layer's recipe
+    (``recipes[layer]``, from :func:`layer_recipe`) added to its cells, and the choice recorded (with their
+    scores); and the renaming (placeholder -> layer)."""
     match = PLACEHOLDERS.search(text)
     if match is None:
         if "# PLACEHOLDERS" in text:
@@ -94,7 +108,37 @@ def rewrite(text: str, ranked: pd.DataFrame) -> tuple[str, dict[str, str]]:
         )
     token = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(map(re.escape, holders)) + r")(?![A-Za-z0-9])")
     body = token.sub(lambda m: renaming[m.group(1)], cells.group(1))
+    for layer in picked:
+        body = _with_recipe(body, layer, (recipes or {}).get(layer, ()))
     return text[: cells.start(1)] + body + text[cells.end(1) :], renaming
+
+
+def _with_recipe(body: str, layer: str, recipe: tuple[str, ...]) -> str:
+    """The cells' text with ``recipe`` appended to the ``set`` list of ``layer``'s cells: all of it on the episodic
+    cell (``name: layer``), its layer options on the pre-training cell (``name: pre_layer``)."""
+    if not recipe:
+        return body
+    chunks = re.split(r"(?m)^(?=  - )", body)  # one chunk per cell, each starting with its "  - " line
+    names = [m.group(1) if (m := re.match(r"  - \{name: ([^,}\s]+)", chunk)) else None for chunk in chunks]
+    if layer not in names:
+        raise ValueError(
+            f"the grid has no cell named {layer} to give its Omniglot recipe ({', '.join(recipe)}) to; its cells "
+            "are written as '  - {name: ..., set: [norm=...]}' (see configs/study/miniimagenet_protonet.yaml)"
+        )
+    for i, (chunk, name) in enumerate(zip(chunks, names, strict=True)):
+        if name not in (layer, f"pre_{layer}"):
+            continue
+        extra = recipe if name == layer else tuple(o for o in recipe if o.startswith(BOTH_STAGES_KEYS))
+        if not extra:
+            continue
+        target = f"norm={layer}]"
+        if chunk.count(target) != 1:
+            raise ValueError(
+                f"cell {name} of the grid has no single 'set: [..., {target}' list to add {layer}'s Omniglot "
+                f"recipe ({', '.join(extra)}) to; write its set list as in configs/study/miniimagenet_protonet.yaml"
+            )
+        chunks[i] = chunk.replace(target, f"norm={layer}, {', '.join(extra)}]")
+    return "".join(chunks)
 
 
 def started_runs(grid: GridSpec, root: Path | None, renaming: dict[str, str]) -> list[str]:
@@ -127,15 +171,23 @@ def _pick(args: argparse.Namespace) -> int:
     if not args.apply:
         return 0
     grid = load_grid(args.grid)
-    text, renaming = rewrite(args.grid.read_text(), ranked)
+    recipes = {c.name: layer_recipe(c) for c in omniglot.cells if c.name in candidates}
+    text, renaming = rewrite(args.grid.read_text(), ranked, recipes)
     started = started_runs(grid, args.runs_root, renaming)
     if started:
         raise ValueError(f"placeholder cells already have run folders ({', '.join(started)}): move them aside first")
     with tempfile.TemporaryDirectory() as tmp:  # the rewritten grid must load before it replaces the file
         (Path(tmp) / args.grid.name).write_text(text)
-        load_grid(Path(tmp) / args.grid.name)
+        rewritten = {c.name: c for c in load_grid(Path(tmp) / args.grid.name).cells}
+    for layer in ranked.index[:2]:  # the recipe must have reached the cell that trains the layer episodically
+        recipe = recipes[layer]
+        if recipe and rewritten[layer].overrides[-len(recipe) :] != recipe:
+            raise ValueError(f"the rewritten grid's {layer} cell does not end with its Omniglot recipe {recipe}")
     args.grid.write_text(text)
     print(f"wrote {args.grid}: " + ", ".join(f"{o} -> {n}" for o, n in renaming.items()))
+    for layer in ranked.index[:2]:
+        if recipes[layer]:
+            print(f"{layer} keeps its Omniglot recipe: {', '.join(recipes[layer])}")
     return 0
 
 

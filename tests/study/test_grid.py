@@ -32,6 +32,9 @@ def test_omniglot_grid_covers_every_layer_bn_and_swbn_seeds_first(tmp_path):
     assert (spec.ways, spec.shots, spec.queries) == ((5, 20), (1, 2, 3, 5, 10), 5)
     assert max(spec.shots) + spec.queries <= 20  # Omniglot has 20 images per class
     assert [r.key for r in select_runs(runs, ["swbn*/seed2"])] == ["swbn/seed2", "swbn_rho0.1/seed2"]
+    # TaskNorm trains and validates with the support set as its context (its paper's protocol); the others as BN
+    policies = {r.cell.name: (r.cfg.train.norm_policy, r.cfg.eval.norm_policy) for r in runs}
+    assert policies.pop("tasknorm") == ("support", "support") and set(policies.values()) == {("running", "running")}
 
 
 def test_maml_grid_is_2042_meta_steps_of_32_tasks(tmp_path):
@@ -41,6 +44,8 @@ def test_maml_grid_is_2042_meta_steps_of_32_tasks(tmp_path):
     assert runs[0].reuse_from.is_dir() and [r.reuse_from for r in runs[1:]] == [None, None]
     assert {r.target_episodes // r.cfg.train.meta_batch for r in runs} == {2042}
     assert all(r.target_episodes % r.cfg.train.meta_batch == 0 for r in runs)
+    policies = [(r.cfg.train.norm_policy, r.cfg.eval.norm_policy) for r in runs]
+    assert policies == [("transductive", "transductive")] * 2 + [("support", "support")]  # TaskNorm: support context
 
 
 def test_miniimagenet_maml_grid_is_3500_second_order_meta_steps_for_bn_and_swbn(tmp_path):

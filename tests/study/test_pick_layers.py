@@ -101,3 +101,39 @@ def test_a_reworded_placeholders_comment_is_named_not_taken_for_named_layers(pic
     ranked = pick.pd.DataFrame({"score": [2.0, 1.0]}, index=["layernorm", "tasknorm"])
     with pytest.raises(ValueError, match="not in the expected form '# PLACEHOLDERS: A and B stand for"):
         pick.rewrite("# PLACEHOLDERS: dbn, groupwhiten\nname: g\ncells:\n  - {name: dbn}\n", ranked)
+
+
+def test_a_picked_layer_keeps_its_omniglot_recipe_tasknorm_trains_on_support_context(pick, tmp_path) -> None:
+    grid = tmp_path / "mini.yaml"
+    shutil.copy(ROOT / "configs/study/miniimagenet_protonet.yaml", grid)
+    study = _study(tmp_path / "s.csv", dict.fromkeys(OTHERS, (90.0, 80.0)) | {"tasknorm": (98.0, 91.0)})
+    assert pick.main(["--study", str(study), "--grid", str(grid), "--runs-root", str(tmp_path), "--apply"]) == 0
+    cells = {c.name: c for c in load_grid(grid).cells}
+    policies = ("train.norm_policy=support", "eval.norm_policy=support")
+    assert cells["tasknorm"].overrides == ("train.max_minutes=null", "norm=tasknorm", *policies)
+    assert cells["pre_tasknorm"].overrides == ("train.max_minutes=null", "norm=tasknorm")  # a classifier: no support
+    assert cells["dbn"].overrides == ("train.max_minutes=null", "norm=dbn")  # picked second: no recipe of its own
+
+
+def test_layer_options_go_to_both_stages_policies_to_the_episodic_one(pick) -> None:
+    text = (
+        "name: g\n# PLACEHOLDERS: dbn and groupwhiten stand for two layers\ncells:\n"
+        "  - {name: pre_dbn, config: a.yaml, set: [norm=dbn], evaluate: false}\n"
+        "  - {name: dbn, config: b.yaml,\n     set: [norm=dbn], after: pre_dbn}\n"
+        "evaluation: {}\n"
+    )
+    ranked = pick.pd.DataFrame({"score": [2.0, 1.0]}, index=["iternorm", "layernorm"])
+    recipe = ("train.norm_policy=support", "model.norm_kwargs.groups=8")
+    out, renaming = pick.rewrite(text, ranked, {"iternorm": recipe, "layernorm": ()})
+    assert renaming == {"dbn": "iternorm", "groupwhiten": "layernorm"}
+    assert "set: [norm=iternorm, model.norm_kwargs.groups=8], evaluate: false" in out
+    assert "set: [norm=iternorm, train.norm_policy=support, model.norm_kwargs.groups=8], after: pre_iternorm" in out
+
+
+def test_a_cell_without_a_plain_set_list_is_named_not_left_without_its_recipe(pick) -> None:
+    text = "# PLACEHOLDERS: dbn and groupwhiten stand for two layers\ncells:\n  - {name: dbn, set: [model.x=1]}\n"
+    ranked = pick.pd.DataFrame({"score": [2.0, 1.0]}, index=["dbn", "tasknorm"])
+    with pytest.raises(ValueError, match="cell dbn of the grid has no single 'set: \\[..., norm=dbn\\]' list"):
+        pick.rewrite(text, ranked, {"dbn": ("train.norm_policy=support",)})
+    with pytest.raises(ValueError, match="no cell named tasknorm to give its Omniglot recipe"):  # groupwhiten: none
+        pick.rewrite(text, ranked, {"tasknorm": ("train.norm_policy=support",)})
