@@ -184,7 +184,7 @@ def _assert_labels_on_device(sy: Tensor, qy: Tensor, way: int, index: int) -> No
 MIN_QUERY_ROWS = 16
 
 
-def rowwise(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+def rowwise(fn: Callable[[Tensor], Tensor], x: Tensor, model: nn.Module | None = None) -> Tensor:
     """``fn(x)`` for a row-independent ``fn``, computed so that each output row is bitwise batch-invariant.
 
     PyTorch picks kernels by batch size: a convolution gets oneDNN only when the batch has at least 16 images or
@@ -192,17 +192,24 @@ def rowwise(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     the native kernel), and a one-row matrix product runs as a matrix-vector product. Different kernels change
     the last bits. From 16 rows up, each row's result depends on that row alone (checked for Conv-4, ResNet-12,
     grouped 1×1 whitening products and linear heads, on 1 and 2 threads, plain and channels-last). So a batch of
-    fewer than ``MIN_QUERY_ROWS`` rows is padded by repeating its rows, and the extra outputs are dropped.
+    fewer than ``MIN_QUERY_ROWS`` rows is padded by repeating its rows, and the extra outputs are dropped. A
+    module whose forward mixes rows through batch statistics (:func:`fewshot.norms.batch_dependent`: TaskNorm
+    outside ``using``, a layer under ``transductive``) is called on ``x`` as it is, since padding would change its
+    statistics; so is any ``fn`` when ``model`` (the module ``fn`` runs) is such a module.
 
     Args:
         fn: maps ``(M, ...)`` to ``(M, ...)`` row by row (no batch statistics).
         x: input of shape ``(M, ...)``.
+        model: the module whose normalization layers ``fn`` runs, when ``fn`` is not that module itself.
 
     Returns:
         ``fn(x)``, shape ``(M, ...)``.
     """
     n = x.shape[0]
     if n >= MIN_QUERY_ROWS or n == 0:
+        return fn(x)
+    owner = model if model is not None else fn
+    if isinstance(owner, nn.Module) and norms.batch_dependent(owner):
         return fn(x)
     padded = torch.cat([x] * -(-MIN_QUERY_ROWS // n))[:MIN_QUERY_ROWS]
     return fn(padded)[:n]

@@ -88,10 +88,13 @@ def _positive_float(name: str, value: object) -> float:
     return float(value)
 
 
-def _query_runner(rowwise_query: bool, norm_policy: Policy) -> Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]:
-    """How to apply a forward to the query: batch-invariantly (see ``rowwise``) unless statistics are per batch."""
+def _query_runner(
+    rowwise_query: bool, norm_policy: Policy, model: nn.Module
+) -> Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]:
+    """How to apply a forward of ``model`` to the query: batch-invariantly (see ``rowwise``, which also checks the
+    layers of ``model`` for batch statistics) unless statistics are per batch."""
     if rowwise_query and norm_policy is not Policy.TRANSDUCTIVE:
-        return rowwise
+        return lambda fn, x: rowwise(fn, x, model=model)
     return lambda fn, x: fn(x)
 
 
@@ -241,7 +244,7 @@ class MAML(Learner):
         self, forward: Callable[[Tensor], Tensor], xs: Tensor, xq: Tensor, norm_policy: Policy, rowwise_query: bool
     ) -> Tensor:
         """Query outputs of ``forward``; under the support policy, with the statistics of ``forward(xs)``."""
-        run = _query_runner(rowwise_query, norm_policy)
+        run = _query_runner(rowwise_query, norm_policy, self)
         if norm_policy is not Policy.SUPPORT:
             return run(forward, xq)
         with norms.collect(self) as support_stats:
@@ -295,7 +298,7 @@ class MAML(Learner):
             {k[strip:]: v for k, v in buffers.items() if k.startswith("backbone.")},
         )
         head_fixed = {k: v for k, v in fixed.items() if k.startswith("head.")}
-        run = _query_runner(how.rowwise_query, how.norm_policy)
+        run = _query_runner(how.rowwise_query, how.norm_policy, self)
 
         def features(x: Tensor) -> Tensor:
             return functional_call(self.backbone, backbone_state, (x,), strict=True)

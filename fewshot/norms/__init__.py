@@ -36,6 +36,7 @@ from fewshot.norms.policy import Policy as Policy
 from fewshot.norms.registry import NORM_LAYERS as NORM_LAYERS
 from fewshot.norms.registry import create as create
 from fewshot.norms.registry import names as names
+from fewshot.norms.state import batch_dependent as batch_dependent
 from fewshot.norms.state import frozen_stats as frozen_stats
 from fewshot.norms.state import notify_lr_scale as notify_lr_scale
 from fewshot.norms.state import set_policy as set_policy
@@ -45,6 +46,7 @@ __all__ = [
     "NormLayer",
     "Policy",
     "advance",
+    "batch_dependent",
     "collect",
     "collect_whiteness",
     "commit",

@@ -503,6 +503,16 @@ class NormLayer(nn.Module):
             "`with fewshot.norms.using(model, stats):` (same task), or use set_policy(model, 'running'/'transductive')"
         )
 
+    def batch_dependent(self) -> bool:
+        """Whether a forward now (this mode, policy and statistics flow) normalizes with its own batch's statistics,
+        so that each output row depends on the other rows: BN in training or without running state, any layer under
+        ``transductive``, TaskNorm's context outside ``using``. False for per-sample layers and for a forward that is
+        given statistics (``using``); a ``support``-policy forward with neither raises in ``forward`` itself."""
+        try:
+            return not self.per_sample and self._source(current_flow()) == "own"
+        except RuntimeError:
+            return False
+
     def _observe(self, stats: Any, flow: Any) -> None:
         """A batch-statistics forward saw ``stats``: hand them to a collecting flow, and update the state."""
         if flow is not None and flow.collects:

@@ -1,4 +1,4 @@
-"""Model-wide switches for normalization layers: ``frozen_stats`` and ``set_policy``.
+"""Model-wide switches for normalization layers: ``frozen_stats`` and ``set_policy``; and ``batch_dependent``.
 
 * ``frozen_stats(model)``: no layer changes any buffer or state inside the block.
 * ``set_policy(model, policy)``: sets the statistics policy of every layer; usable as a plain call or as a
@@ -22,12 +22,32 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from fewshot.norms.base import NormLayer
 from fewshot.norms.policy import Policy
 
-__all__ = ["PolicyChange", "frozen_stats", "norm_layers", "notify_lr_scale", "set_policy"]
+__all__ = ["PolicyChange", "batch_dependent", "frozen_stats", "norm_layers", "notify_lr_scale", "set_policy"]
 
 
 def norm_layers(module: nn.Module) -> list[NormLayer]:
     """Every NormLayer in ``module.modules()`` (``module`` itself included), in registration order."""
     return [m for m in module.modules() if isinstance(m, NormLayer)]
+
+
+def batch_dependent(module: nn.Module) -> bool:
+    """Whether a forward of ``module`` now mixes its input rows through batch statistics: some NormLayer would
+    normalize with its own batch's statistics (:meth:`NormLayer.batch_dependent`), or a torch BatchNorm is in
+    training mode or keeps no running statistics. Then a query batch cannot be padded or split without changing
+    its outputs (``fewshot.learners.base.rowwise`` checks this).
+
+    Example:
+        >>> from fewshot.norms import create
+        >>> layer = create("tasknorm", 8).eval()  # no running state: its context is the batch it is given
+        >>> batch_dependent(layer), batch_dependent(create("batchnorm", 8).eval())
+        (True, False)
+    """
+    for m in module.modules():
+        if isinstance(m, NormLayer) and m.batch_dependent():
+            return True
+        if isinstance(m, _BatchNorm) and (m.training or m.running_mean is None):
+            return True
+    return False
 
 
 def _torch_norms_with_state(module: nn.Module) -> list[tuple[str, nn.Module]]:

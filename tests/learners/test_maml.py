@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fewshot.learners.maml as maml_module
 import fewshot.norms as norms
 from fewshot import backbones, learners
+from fewshot.learners.base import rowwise
 from fewshot.learners.maml import MAML
 from fewshot.norms.kernels import primitive_kernels
 from fewshot.norms.state import norm_layers
@@ -220,6 +222,25 @@ def test_support_and_running_policies_score_each_query_independently(tiny_backbo
     whole = learner.predict(ep, policy="transductive")
     first_half = learner.predict(_with_query(ep, 0, 10), policy="transductive")
     assert (whole[:10] - first_half).abs().max() > 1e-4
+
+
+def test_a_query_batch_that_is_its_own_context_is_not_padded(tiny_backbone, episode_factory):
+    torch.manual_seed(0)
+    learner = _maml(tiny_backbone(norm="tasknorm"))
+    learner.eval()
+    xq = episode_factory(0, n_query=1).query_x  # 5 rows, fewer than rowwise's padding threshold
+    run = maml_module._query_runner(True, norms.Policy.RUNNING, learner)
+    with torch.no_grad():
+        assert torch.equal(run(lambda x: learner(x), xq), learner(xq))  # TaskNorm's context: these 5 rows alone
+        with norms.set_policy(learner, "support"), norms.using(learner, _support_stats(learner, xq)):
+            padded = maml_module._query_runner(True, norms.Policy.SUPPORT, learner)(lambda x: learner(x), xq)
+            assert torch.equal(padded, rowwise(lambda x: learner(x), xq))  # given statistics: rows independent
+
+
+def _support_stats(learner, xs):
+    with norms.collect(learner) as stats:
+        learner(xs)
+    return stats
 
 
 def _with_query(ep, start: int, stop: int):

@@ -136,6 +136,25 @@ def test_rowwise_pads_small_batches_and_keeps_the_format():
     assert torch.equal(rowwise(fn, big), big * 2) and seen[-1][0] == MIN_QUERY_ROWS + 1
 
 
+def test_rowwise_never_pads_a_batch_whose_statistics_mix_its_rows():
+    torch.manual_seed(0)
+    layer = norms.create("tasknorm", 4).eval()  # no running state: the batch it is given is its context
+    x = torch.randn(5, 4, 3, 3)  # fewer than MIN_QUERY_ROWS: padding would add repeated rows to the context
+    assert torch.equal(rowwise(layer, x), layer(x))
+    assert torch.equal(rowwise(lambda v: layer(v) * 2, x, model=layer), layer(x) * 2)
+    assert not torch.equal(rowwise(lambda v: layer(v), x), layer(x))  # a bare function is taken as row-independent
+
+
+def test_tasknorm_under_running_takes_its_query_context_from_the_queries_alone(tiny_backbone, episode_factory):
+    torch.manual_seed(0)
+    learner = learners.create("protonet", tiny_backbone(norm="tasknorm")).eval()
+    ep = episode_factory(0, n_query=1)  # 5 query rows
+    with torch.no_grad():
+        support_z = learner.backbone(learner.prepare(ep.support_x))
+        expected = learner.logits(support_z, ep.support_y, learner.backbone(learner.prepare(ep.query_x)), 5)
+        torch.testing.assert_close(learner.predict(ep, policy="running"), expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 def test_meta_learning_beats_chance_on_new_classes(tiny_backbone, episode_factory, evaluate, distance):
     torch.manual_seed(0)

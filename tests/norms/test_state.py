@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot.norms import collect, create, frozen_stats, set_policy, using
+from fewshot.norms import batch_dependent, collect, create, frozen_stats, set_policy, using
 from fewshot.norms.state import PolicyChange
 
 
@@ -148,3 +148,27 @@ def test_set_policy_validates_the_policy_and_refuses_native_batchnorm():
         set_policy(native, "transductive")
     with pytest.raises(ValueError, match="policy must be one of"):
         create("batchnorm", 3).policy = "query"
+
+
+# ------------------------------------------------------------------ batch_dependent
+def test_batch_dependent_says_whether_a_forward_now_mixes_rows_through_batch_statistics():
+    bn = create("batchnorm", 4)
+    assert batch_dependent(bn)  # training mode: the batch's statistics
+    assert not batch_dependent(bn.eval())  # running statistics
+    assert batch_dependent(create("batchnorm", 4, track_running_stats=False).eval())
+    with set_policy(bn, "transductive"):
+        assert batch_dependent(bn)
+    assert not batch_dependent(bn)  # the policy is restored
+    tasknorm = create("tasknorm", 4).eval()
+    assert batch_dependent(tasknorm)  # no running state: its context is the batch it is given
+    set_policy(tasknorm, "support")
+    with collect(tasknorm) as stats:
+        assert batch_dependent(tasknorm)  # the support forward: its own statistics
+        tasknorm(torch.randn(5, 4, 3, 3))
+    with using(tasknorm, stats):
+        assert not batch_dependent(tasknorm)  # each query with the support's context and its own moments
+    assert not batch_dependent(tasknorm)  # a support-policy forward with no statistics raises instead
+    assert not batch_dependent(create("groupnorm", 4, groups=2))  # per sample, in any mode
+    assert batch_dependent(nn.Sequential(nn.Conv2d(2, 4, 1), nn.BatchNorm2d(4)))  # torch BN in training
+    assert not batch_dependent(nn.Sequential(nn.Conv2d(2, 4, 1), nn.BatchNorm2d(4)).eval())
+    assert batch_dependent(nn.BatchNorm2d(4, track_running_stats=False).eval())
