@@ -194,11 +194,12 @@ def rowwise(fn: Callable[[Tensor], Tensor], x: Tensor, model: nn.Module | None =
     grouped 1×1 whitening products and linear heads, on 1 and 2 threads, plain and channels-last). So a batch of
     fewer than ``MIN_QUERY_ROWS`` rows is padded by repeating its rows, and the extra outputs are dropped. A
     module whose forward mixes rows through batch statistics (:func:`fewshot.norms.batch_dependent`: TaskNorm
-    outside ``using``, a layer under ``transductive``) is called on ``x`` as it is, since padding would change its
-    statistics; so is any ``fn`` when ``model`` (the module ``fn`` runs) is such a module.
+    outside ``using``, a layer under ``transductive``) is called on ``x`` as it is when ``x`` has 2 to 15 rows,
+    since repeating some rows would change its statistics (copies of a single row do not: one row is padded); so
+    is any ``fn`` when ``model`` (the module ``fn`` runs) is such a module.
 
     Args:
-        fn: maps ``(M, ...)`` to ``(M, ...)`` row by row (no batch statistics).
+        fn: maps ``(M, ...)`` to ``(M, ...)``, row by row unless its module is batch-dependent (see above).
         x: input of shape ``(M, ...)``.
         model: the module whose normalization layers ``fn`` runs, when ``fn`` is not that module itself.
 
@@ -209,8 +210,8 @@ def rowwise(fn: Callable[[Tensor], Tensor], x: Tensor, model: nn.Module | None =
     if n >= MIN_QUERY_ROWS or n == 0:
         return fn(x)
     owner = model if model is not None else fn
-    if isinstance(owner, nn.Module) and norms.batch_dependent(owner):
-        return fn(x)
+    if n > 1 and isinstance(owner, nn.Module) and norms.batch_dependent(owner):
+        return fn(x)  # copies of one row have that row's statistics: a single row is still padded
     padded = torch.cat([x] * -(-MIN_QUERY_ROWS // n))[:MIN_QUERY_ROWS]
     return fn(padded)[:n]
 

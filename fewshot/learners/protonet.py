@@ -51,7 +51,8 @@ class ProtoNet(Learner):
     same single forward with batch statistics; ``"support"`` as in training; ``"running"`` runs support and query
     separately in eval mode with running statistics. Under ``"support"`` and ``"running"`` each query's logits
     depend on that query alone, bitwise: scoring the query set whole or one image at a time gives equal logits
-    (see :func:`fewshot.learners.base.rowwise`).
+    (see :func:`fewshot.learners.base.rowwise`), except for layers without running state, whose ``"running"`` context
+    is the batch at hand (TaskNorm: the query set; ``fewshot.norms.batch_dependent``).
 
     Args:
         backbone: feature extractor, ``(N, C, H, W)`` → ``(N, D)``.

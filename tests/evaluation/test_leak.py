@@ -87,3 +87,18 @@ def test_protonet_leak_check_and_untouched_buffers(norm, episode_factory, one_th
     assert reports["running"].max_abs_logit_diff == 0.0 and not reports["running"].transductive
     assert reports["support"].max_abs_logit_diff == 0.0 and not reports["support"].transductive
     assert reports["transductive"].transductive and reports["transductive"].max_abs_logit_diff > 1e-3
+
+
+def test_tasknorm_under_running_is_reported_transductive_not_an_error(episodes) -> None:
+    # TaskNorm keeps no running state: under `running` its query context is the query batch (12 rows here, scored
+    # unpadded), so predictions depend on the other queries; a query scored alone (one row, padded with its own
+    # copies) must not raise.
+    from torch import nn
+
+    from fewshot import learners
+    from fewshot.norms import create
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(4, 8, 1), create("tasknorm", 8), nn.Flatten())
+    report = check_leak(learners.create("protonet", backbone), episodes, policy="running", n_episodes=2)
+    assert report.transductive and report.max_abs_logit_diff > 1e-4

@@ -143,6 +143,8 @@ def test_rowwise_never_pads_a_batch_whose_statistics_mix_its_rows():
     assert torch.equal(rowwise(layer, x), layer(x))
     assert torch.equal(rowwise(lambda v: layer(v) * 2, x, model=layer), layer(x) * 2)
     assert not torch.equal(rowwise(lambda v: layer(v), x), layer(x))  # a bare function is taken as row-independent
+    one = x[:1]  # a single row cannot be a batch (N >= 2) but its copies have its statistics: padded, exact
+    torch.testing.assert_close(rowwise(layer, one), layer(torch.cat([one, one]))[:1], rtol=1e-6, atol=1e-6)
 
 
 def test_tasknorm_under_running_takes_its_query_context_from_the_queries_alone(tiny_backbone, episode_factory):
